@@ -1,0 +1,1446 @@
+/* loadgen: load generator for sluice (SSE over HTTP/1.1, loopback only).
+ *
+ * Modes:
+ *   fanout  N subscribers on one channel, one publisher POSTing M events at
+ *           a fixed rate; checks every subscriber got every event exactly
+ *           once and in order, and measures publish->receive latency.
+ *   idle    N subscribers that just stay open; server RSS per stream.
+ *   churn   for D seconds, open/await-first-chunk/close subscriptions with
+ *           C in flight; subscriptions per second.
+ *   free-port, wait-listen: helpers for bench/run.
+ *
+ * One thread, one epoll set, level-triggered. Every loop is bounded by a
+ * count or a deadline; the program always stops by itself (--max-time).
+ */
+#define _GNU_SOURCE
+#include "hist.h"
+#include "net.h"
+#include "stream_parse.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NS_PER_S 1000000000ULL
+#define NS_PER_MS 1000000ULL
+#define MAX_EPOLL_EVENTS 1024
+#define READ_BUF_SIZE 65536
+#define PUB_RESP_MAX 4096
+#define PUB_MAX_RECONNECTS 10
+#define CHURN_GIVE_UP_ERRORS 2000
+
+enum mode { MODE_FANOUT, MODE_IDLE, MODE_CHURN, MODE_FREE_PORT, MODE_WAIT_LISTEN };
+
+struct config {
+	enum mode mode;
+	struct sockaddr_in dst;
+	char host[64];
+	int port;
+	const char *channel;
+	int auth;
+	const char *token;
+	unsigned subs;
+	unsigned events;
+	double rate;
+	unsigned payload_size;
+	unsigned connect_concurrency;
+	double connect_timeout_s;
+	double wait_s;
+	double duration_s;
+	unsigned churn_concurrency;
+	double attempt_timeout_s;
+	double settle_s;
+	double hold_s;
+	double max_time_s;
+	long server_pid;
+	unsigned src_addrs;
+	int verbose;
+};
+
+/* ---- small utilities ---------------------------------------------------- */
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("loadgen: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(2);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		die("clock_gettime: %s", strerror(errno));
+	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t secs_to_ns(double s)
+{
+	return s <= 0 ? 0 : (uint64_t)(s * 1e9);
+}
+
+static void close_fd(int fd)
+{
+	/* close() on a socket only fails for a bad fd, which would be our bug */
+	if (close(fd) != 0)
+		die("close(%d): %s", fd, strerror(errno));
+}
+
+static double ns_to_ms(uint64_t ns)
+{
+	return (double)ns / 1e6;
+}
+
+/* VmRSS of a process in KiB, or -1. */
+static long read_rss_kib(long pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%ld/status", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	char line[256];
+	long kib = -1;
+	for (int i = 0; i < 200 && fgets(line, sizeof line, f); i++) {
+		if (strncmp(line, "VmRSS:", 6) == 0) {
+			kib = strtol(line + 6, NULL, 10);
+			break;
+		}
+	}
+	if (fclose(f) != 0)
+		return -1;
+	return kib;
+}
+
+/* ---- state -------------------------------------------------------------- */
+
+enum sub_phase {
+	SUB_UNUSED,
+	SUB_CONNECTING,	/* non-blocking connect in progress */
+	SUB_SENDING,	/* request partly written */
+	SUB_HEAD,	/* waiting for the response head */
+	SUB_OPEN,	/* 200 + event-stream head seen */
+	SUB_CLOSED,
+};
+
+enum sub_error {
+	ERR_CONNECT,	/* socket/bind/connect failed */
+	ERR_STATUS,	/* non-200 answer */
+	ERR_PROTOCOL,	/* not an event stream, malformed framing */
+	ERR_CLOSED,	/* server closed/reset before we were done */
+	ERR_TIMEOUT,
+	ERR_KINDS,
+};
+
+static const char *const error_names[ERR_KINDS] = {
+	"connect", "status", "protocol", "closed", "timeout",
+};
+
+struct sub {
+	int fd;
+	uint8_t phase;
+	uint8_t got_body;
+	uint8_t was_open;	/* reached SUB_OPEN at some point */
+	uint16_t req_sent;
+	uint16_t status;
+	uint32_t index;
+	uint64_t t_start;
+	uint64_t received;	/* events incl. duplicates */
+	uint64_t distinct;
+	uint64_t next_expected;	/* highest seq seen + 1 */
+	uint32_t dup;
+	uint32_t ooo;
+	uint32_t bad;
+	uint32_t no_id;
+	uint32_t comments;
+	uint8_t *seen;		/* bitmap of seqs, fanout only */
+	struct stream_parser sp;
+};
+
+enum pub_phase { PUB_OFF, PUB_CONNECTING, PUB_IDLE, PUB_SENDING, PUB_WAITING, PUB_FAILED };
+
+struct publisher {
+	int fd;
+	int phase;
+	char *req;
+	size_t req_cap;
+	size_t req_len;
+	size_t req_sent;
+	char resp[PUB_RESP_MAX];
+	size_t resp_len;
+	uint64_t t_send;
+	uint64_t next_seq;
+	uint64_t due;		/* events the schedule allows so far */
+	uint64_t ok;
+	uint64_t failed;
+	uint64_t first_send;
+	uint64_t last_send;
+	unsigned reconnects;
+	long long subs_min;
+	long long subs_max;
+	uint8_t *ok_bits;	/* seqs the server accepted (202) */
+	struct hist lat;
+};
+
+struct bench {
+	struct config cfg;
+	int epfd;
+	int timerfd;
+	struct sub *subs;
+	unsigned nsubs;
+	char sub_path[320];
+	char sub_req[512];
+	size_t sub_req_len;
+	unsigned next_src;
+	uint64_t now;		/* refreshed per read: receive timestamps */
+
+	/* connect phase */
+	unsigned launched;
+	unsigned pending;
+	unsigned ready;
+	uint64_t errors[ERR_KINDS];
+	int last_errno;
+	int last_status;
+
+	/* fanout */
+	struct publisher pub;
+	uint64_t events_received;
+	uint64_t first_receive;
+	uint64_t last_receive;
+	uint64_t drops;
+	struct hist lat;
+
+	/* churn */
+	uint64_t churn_done;
+	int churn_stopping;
+	struct hist open_lat;
+};
+
+static char read_buf[READ_BUF_SIZE];
+
+enum { KIND_SUB = 1, KIND_PUB = 2, KIND_TIMER = 3 };
+
+static uint64_t tag(uint32_t kind, uint32_t index)
+{
+	return ((uint64_t)kind << 32) | index;
+}
+
+static void ep_add(struct bench *b, int fd, uint32_t events, uint64_t data)
+{
+	struct epoll_event ev = { .events = events, .data.u64 = data };
+	if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+		die("epoll_ctl ADD: %s", strerror(errno));
+}
+
+static void ep_mod(struct bench *b, int fd, uint32_t events, uint64_t data)
+{
+	struct epoll_event ev = { .events = events, .data.u64 = data };
+	if (epoll_ctl(b->epfd, EPOLL_CTL_MOD, fd, &ev) != 0)
+		die("epoll_ctl MOD: %s", strerror(errno));
+}
+
+static unsigned next_source(struct bench *b)
+{
+	unsigned src = 1 + (b->next_src % b->cfg.src_addrs);
+	b->next_src++;
+	return src;
+}
+
+/* ---- subscriber streams ------------------------------------------------- */
+
+static void sub_close(struct bench *b, struct sub *s)
+{
+	if (s->fd >= 0)
+		close_fd(s->fd);	/* close also removes it from epoll */
+	s->fd = -1;
+	if (s->phase >= SUB_CONNECTING && s->phase <= SUB_HEAD && b->pending > 0)
+		b->pending--;
+	s->phase = SUB_CLOSED;
+}
+
+static void sub_fail(struct bench *b, struct sub *s, enum sub_error kind)
+{
+	b->errors[kind]++;
+	if (b->cfg.verbose && b->errors[kind] <= 5)
+		fprintf(stderr, "loadgen: stream %u: %s error (errno %d, status %d, %s)\n",
+			s->index, error_names[kind], b->last_errno, b->last_status,
+			sp_error(&s->sp));
+	sub_close(b, s);
+}
+
+static void sub_start(struct bench *b, struct sub *s)
+{
+	s->fd = -1;
+	s->phase = SUB_CONNECTING;
+	s->got_body = 0;
+	s->was_open = 0;
+	s->status = 0;
+	s->req_sent = 0;
+	s->t_start = now_ns();
+	sp_init(&s->sp);
+	b->launched++;
+	b->pending++;
+	int fd = net_connect_from(&b->cfg.dst, next_source(b));
+	if (fd < 0) {
+		b->last_errno = -fd;
+		sub_fail(b, s, ERR_CONNECT);
+		return;
+	}
+	s->fd = fd;
+	ep_add(b, fd, EPOLLOUT | EPOLLIN, tag(KIND_SUB, s->index));
+}
+
+static void sub_send(struct bench *b, struct sub *s)
+{
+	while (s->req_sent < b->sub_req_len) {
+		ssize_t n = send(s->fd, b->sub_req + s->req_sent,
+				 b->sub_req_len - s->req_sent, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return;	/* EPOLLOUT brings us back */
+			if (errno == EINTR)
+				continue;
+			b->last_errno = errno;
+			sub_fail(b, s, ERR_CLOSED);
+			return;
+		}
+		s->req_sent = (uint16_t)(s->req_sent + (size_t)n);
+	}
+	s->phase = SUB_HEAD;
+	ep_mod(b, s->fd, EPOLLIN, tag(KIND_SUB, s->index));
+}
+
+
+static int on_head(void *ctx, const struct sp_head *h)
+{
+	struct sub *s = ctx;
+	s->status = (uint16_t)h->status;
+	if (h->status != 200) {
+		s->sp.error = "status";
+		return 1;
+	}
+	if (!h->is_event_stream) {
+		s->sp.error = "200 without Content-Type: text/event-stream";
+		return 1;
+	}
+	s->phase = SUB_OPEN;
+	return 0;
+}
+
+/* The parser callbacks need the bench; one global keeps struct sub small. */
+static struct bench *g_bench;
+
+static int on_body(void *ctx, size_t n)
+{
+	struct sub *s = ctx;
+	(void)n;
+	if (!s->got_body) {
+		s->got_body = 1;
+		/* churn: an opened subscription is one with its first chunk */
+		if (g_bench->cfg.mode == MODE_CHURN)
+			return 1;
+	}
+	return 0;
+}
+
+static int on_comment(void *ctx, const char *text, size_t len)
+{
+	struct sub *s = ctx;
+	(void)text;
+	(void)len;
+	s->comments++;
+	return 0;
+}
+
+static int on_event(void *ctx, const struct sp_event *ev)
+{
+	struct sub *s = ctx;
+	struct bench *b = g_bench;
+	uint64_t seq, ts;
+
+	s->received++;
+	b->events_received++;
+	if (!ev->has_id)
+		s->no_id++;
+	if (sp_parse_payload(ev->data, ev->data_len, &seq, &ts) != 0 ||
+	    seq >= b->cfg.events || !s->seen) {
+		s->bad++;
+		return 0;
+	}
+	/* same host, same CLOCK_MONOTONIC: receive time - publish time */
+	hist_add(&b->lat, b->now >= ts ? b->now - ts : 0);
+	if (b->first_receive == 0)
+		b->first_receive = b->now;
+	b->last_receive = b->now;
+
+	uint8_t bit = (uint8_t)(1u << (seq & 7));
+	if (s->seen[seq >> 3] & bit) {
+		s->dup++;
+		return 0;
+	}
+	s->seen[seq >> 3] |= bit;
+	s->distinct++;
+	if (seq + 1 < s->next_expected)
+		s->ooo++;
+	else
+		s->next_expected = seq + 1;
+	return 0;
+}
+
+static const struct sp_callbacks sub_callbacks = {
+	.on_head = on_head,
+	.on_body = on_body,
+	.on_event = on_event,
+	.on_comment = on_comment,
+};
+
+/* A stream that was open and ended (or broke) while we still wanted it. */
+static void sub_lost(struct bench *b, struct sub *s, enum sub_error kind)
+{
+	if (s->phase == SUB_OPEN && b->cfg.mode != MODE_CHURN) {
+		b->drops++;
+		sub_close(b, s);
+		return;
+	}
+	sub_fail(b, s, kind);
+}
+
+static void sub_readable(struct bench *b, struct sub *s)
+{
+	ssize_t n = read(s->fd, read_buf, sizeof read_buf);
+	b->now = now_ns();
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return;
+		b->last_errno = errno;
+		sub_lost(b, s, ERR_CLOSED);
+		return;
+	}
+	if (n == 0) {
+		b->last_errno = 0;
+		sub_lost(b, s, ERR_CLOSED);
+		return;
+	}
+	enum sp_result r = sp_feed(&s->sp, read_buf, (size_t)n, &sub_callbacks, s);
+	if (s->phase == SUB_OPEN && !s->was_open) {
+		s->was_open = 1;
+		b->pending--;
+		if (b->cfg.mode != MODE_CHURN)
+			b->ready++;
+	}
+
+	switch (r) {
+	case SP_MORE:
+		return;
+	case SP_END:
+		sub_lost(b, s, ERR_CLOSED);
+		return;
+	case SP_STOPPED:
+		if (s->phase == SUB_OPEN && b->cfg.mode == MODE_CHURN && s->got_body) {
+			hist_add(&b->open_lat, b->now - s->t_start);
+			b->churn_done++;
+			sub_close(b, s);
+			return;
+		}
+		if (s->phase != SUB_OPEN && s->status != 200) {
+			b->last_status = s->status;
+			sub_fail(b, s, ERR_STATUS);
+			return;
+		}
+		sub_fail(b, s, ERR_PROTOCOL);
+		return;
+	case SP_ERROR:
+		sub_lost(b, s, ERR_PROTOCOL);
+		return;
+	}
+}
+
+static void sub_event(struct bench *b, struct sub *s, uint32_t events)
+{
+	if (s->phase == SUB_CONNECTING) {
+		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+			return;
+		int err = net_connect_result(s->fd);
+		if (err != 0) {
+			b->last_errno = err;
+			sub_fail(b, s, ERR_CONNECT);
+			return;
+		}
+		s->phase = SUB_SENDING;
+	}
+	if (s->phase == SUB_SENDING) {
+		sub_send(b, s);
+		return;
+	}
+	if (s->phase == SUB_HEAD || s->phase == SUB_OPEN)
+		sub_readable(b, s);
+}
+
+/* ---- publisher ---------------------------------------------------------- */
+
+static void pub_connect(struct bench *b)
+{
+	struct publisher *p = &b->pub;
+	int fd = net_connect_from(&b->cfg.dst, 0);
+	if (fd < 0) {
+		fprintf(stderr, "loadgen: publisher connect: %s\n", strerror(-fd));
+		p->phase = PUB_FAILED;
+		return;
+	}
+	p->fd = fd;
+	p->phase = PUB_CONNECTING;
+	p->resp_len = 0;
+	ep_add(b, fd, EPOLLOUT | EPOLLIN, tag(KIND_PUB, 0));
+}
+
+/* Drops the connection; the request in flight (if any) counts as failed. */
+static void pub_reset(struct bench *b, const char *why)
+{
+	struct publisher *p = &b->pub;
+	if (p->phase == PUB_SENDING || p->phase == PUB_WAITING)
+		p->failed++;
+	if (p->fd >= 0)
+		close_fd(p->fd);
+	p->fd = -1;
+	if (++p->reconnects > PUB_MAX_RECONNECTS) {
+		fprintf(stderr, "loadgen: publisher: %s; giving up after %u reconnects\n",
+			why, PUB_MAX_RECONNECTS);
+		p->phase = PUB_FAILED;
+		return;
+	}
+	if (b->cfg.verbose)
+		fprintf(stderr, "loadgen: publisher: %s; reconnecting\n", why);
+	pub_connect(b);
+}
+
+static void pub_build(struct bench *b, uint64_t seq, uint64_t ts)
+{
+	struct publisher *p = &b->pub;
+	char body[128];
+	int bl = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"ts\":%" PRIu64, seq, ts);
+	size_t pad = 0;
+	/* the closing of the object: ",\"pad\":\"" + pad + "\"}" or "}" */
+	if (b->cfg.payload_size > (unsigned)bl + 10)
+		pad = b->cfg.payload_size - (unsigned)bl - 10;
+	size_t body_len = (size_t)bl + (pad ? 9 + pad + 1 : 1);
+	size_t need = 256 + strlen(b->cfg.channel) + body_len;
+	if (need > p->req_cap) {
+		char *nr = realloc(p->req, need);
+		if (!nr)
+			die("out of memory");
+		p->req = nr;
+		p->req_cap = need;
+	}
+	int hl = snprintf(p->req, p->req_cap,
+			  "POST /pub/%s HTTP/1.1\r\nHost: %s:%d\r\n"
+			  "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+			  b->cfg.channel, b->cfg.host, b->cfg.port, body_len);
+	char *w = p->req + hl;
+	memcpy(w, body, (size_t)bl);
+	w += bl;
+	if (pad) {
+		memcpy(w, ",\"pad\":\"", 8);
+		w += 8;
+		memset(w, 'x', pad);
+		w += pad;
+		*w++ = '"';
+	}
+	*w++ = '}';
+	p->req_len = (size_t)(w - p->req);
+}
+
+static void pub_write(struct bench *b)
+{
+	struct publisher *p = &b->pub;
+	while (p->req_sent < p->req_len) {
+		ssize_t n = send(p->fd, p->req + p->req_sent, p->req_len - p->req_sent,
+				 MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				ep_mod(b, p->fd, EPOLLIN | EPOLLOUT, tag(KIND_PUB, 0));
+				return;
+			}
+			if (errno == EINTR)
+				continue;
+			pub_reset(b, strerror(errno));
+			return;
+		}
+		p->req_sent += (size_t)n;
+	}
+	p->phase = PUB_WAITING;
+	ep_mod(b, p->fd, EPOLLIN, tag(KIND_PUB, 0));
+}
+
+/* Sends the next event if the schedule allows and nothing is in flight. */
+static void pub_maybe_send(struct bench *b)
+{
+	struct publisher *p = &b->pub;
+	if (p->phase != PUB_IDLE || p->next_seq >= b->cfg.events)
+		return;
+	if (b->cfg.rate > 0 && p->next_seq >= p->due)
+		return;
+	uint64_t ts = now_ns();
+	pub_build(b, p->next_seq, ts);
+	p->req_sent = 0;
+	p->t_send = ts;
+	if (p->first_send == 0)
+		p->first_send = ts;
+	p->last_send = ts;
+	p->phase = PUB_SENDING;
+	p->next_seq++;
+	pub_write(b);
+}
+
+static long long json_number_after(const char *s, size_t n, const char *key)
+{
+	size_t k = strlen(key);
+	for (size_t i = 0; i + k < n; i++) {
+		if (memcmp(s + i, key, k) != 0)
+			continue;
+		size_t j = i + k;
+		while (j < n && (s[j] == ' ' || s[j] == ':'))
+			j++;
+		if (j < n && s[j] >= '0' && s[j] <= '9')
+			return strtoll(s + j, NULL, 10);
+		return -1;
+	}
+	return -1;
+}
+
+static void pub_readable(struct bench *b)
+{
+	struct publisher *p = &b->pub;
+	if (p->resp_len >= sizeof p->resp - 1) {
+		pub_reset(b, "publish response too large");
+		return;
+	}
+	ssize_t n = read(p->fd, p->resp + p->resp_len, sizeof p->resp - 1 - p->resp_len);
+	uint64_t t = now_ns();
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return;
+		pub_reset(b, strerror(errno));
+		return;
+	}
+	if (n == 0) {
+		pub_reset(b, "server closed the publish connection");
+		return;
+	}
+	if (p->phase != PUB_WAITING) {
+		pub_reset(b, "unexpected bytes on the publish connection");
+		return;
+	}
+	p->resp_len += (size_t)n;
+
+	struct sp_head h;
+	size_t head_len;
+	int hr = sp_parse_response_head(p->resp, p->resp_len, &h, &head_len);
+	if (hr == 0)
+		return;
+	if (hr < 0 || h.chunked) {
+		pub_reset(b, hr < 0 ? "malformed publish response"
+				    : "chunked publish response (unsupported)");
+		return;
+	}
+	size_t body_len = h.content_length > 0 ? (size_t)h.content_length : 0;
+	if (head_len + body_len > sizeof p->resp - 1) {
+		pub_reset(b, "publish response too large");
+		return;
+	}
+	if (p->resp_len < head_len + body_len)
+		return;
+	if (p->resp_len > head_len + body_len) {
+		pub_reset(b, "extra bytes after the publish response");
+		return;
+	}
+
+	hist_add(&p->lat, t - p->t_send);
+	uint64_t seq = p->next_seq - 1;
+	if (h.status == 202 || h.status == 200) {
+		p->ok++;
+		p->ok_bits[seq >> 3] |= (uint8_t)(1u << (seq & 7));
+		long long subs = json_number_after(p->resp + head_len, body_len, "\"subscribers\"");
+		if (subs >= 0) {
+			if (p->subs_min < 0 || subs < p->subs_min)
+				p->subs_min = subs;
+			if (subs > p->subs_max)
+				p->subs_max = subs;
+		}
+	} else {
+		p->failed++;
+		if (b->cfg.verbose || p->failed <= 3)
+			fprintf(stderr, "loadgen: publish seq %" PRIu64 " answered %d\n",
+				seq, h.status);
+	}
+	p->resp_len = 0;
+	p->phase = PUB_IDLE;
+	pub_maybe_send(b);
+}
+
+static void pub_event(struct bench *b, uint32_t events)
+{
+	struct publisher *p = &b->pub;
+	if (p->phase == PUB_CONNECTING) {
+		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+			return;
+		int err = net_connect_result(p->fd);
+		if (err != 0) {
+			pub_reset(b, strerror(err));
+			return;
+		}
+		p->phase = PUB_IDLE;
+		ep_mod(b, p->fd, EPOLLIN, tag(KIND_PUB, 0));
+		pub_maybe_send(b);
+		return;
+	}
+	if (p->phase == PUB_SENDING && (events & EPOLLOUT)) {
+		pub_write(b);
+		return;
+	}
+	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+		pub_readable(b);
+}
+
+static void timer_event(struct bench *b)
+{
+	uint64_t expirations;
+	ssize_t n = read(b->timerfd, &expirations, sizeof expirations);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		die("read timerfd: %s", strerror(errno));
+	}
+	if (n != (ssize_t)sizeof expirations)
+		die("read timerfd: short read");
+	b->pub.due += expirations;
+	pub_maybe_send(b);
+}
+
+static void start_publishing(struct bench *b)
+{
+	struct publisher *p = &b->pub;
+	if (b->cfg.rate > 0) {
+		b->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+		if (b->timerfd < 0)
+			die("timerfd_create: %s", strerror(errno));
+		uint64_t period = (uint64_t)(1e9 / b->cfg.rate);
+		if (period == 0)
+			period = 1;
+		struct itimerspec its = {
+			.it_interval = { .tv_sec = (time_t)(period / NS_PER_S),
+					 .tv_nsec = (long)(period % NS_PER_S) },
+			.it_value = { .tv_sec = 0, .tv_nsec = 1 },
+		};
+		if (timerfd_settime(b->timerfd, 0, &its, NULL) != 0)
+			die("timerfd_settime: %s", strerror(errno));
+		ep_add(b, b->timerfd, EPOLLIN, tag(KIND_TIMER, 0));
+	}
+	p->due = 0;
+	pub_connect(b);
+}
+
+static int pub_finished(const struct bench *b)
+{
+	const struct publisher *p = &b->pub;
+	return p->phase == PUB_FAILED ||
+	       (p->phase == PUB_IDLE && p->next_seq >= b->cfg.events);
+}
+
+/* ---- event loop --------------------------------------------------------- */
+
+static void dispatch(struct bench *b, int timeout_ms)
+{
+	struct epoll_event evs[MAX_EPOLL_EVENTS];
+	int n = epoll_wait(b->epfd, evs, MAX_EPOLL_EVENTS, timeout_ms);
+	if (n < 0) {
+		if (errno == EINTR)
+			return;
+		die("epoll_wait: %s", strerror(errno));
+	}
+	for (int i = 0; i < n; i++) {
+		uint32_t kind = (uint32_t)(evs[i].data.u64 >> 32);
+		uint32_t idx = (uint32_t)evs[i].data.u64;
+		if (kind == KIND_SUB) {
+			struct sub *s = &b->subs[idx];
+			if (s->fd >= 0)
+				sub_event(b, s, evs[i].events);
+		} else if (kind == KIND_PUB) {
+			if (b->pub.fd >= 0)
+				pub_event(b, evs[i].events);
+		} else if (kind == KIND_TIMER) {
+			timer_event(b);
+		}
+	}
+}
+
+/* ms until deadline, at most cap_ms, at least 0 */
+static int ms_until(uint64_t deadline, uint64_t now, int cap_ms)
+{
+	if (deadline <= now)
+		return 0;
+	uint64_t ms = (deadline - now + NS_PER_MS - 1) / NS_PER_MS;
+	return ms > (uint64_t)cap_ms ? cap_ms : (int)ms;
+}
+
+/* Opens the subscriptions with at most connect_concurrency in flight.
+ * Returns when all are open or failed, or at the deadline. */
+static void open_all(struct bench *b, uint64_t deadline)
+{
+	unsigned next = 0;
+	unsigned concurrency = b->cfg.connect_concurrency;
+	uint64_t t = now_ns();
+	unsigned last_report_ready = 0;
+	uint64_t last_report = t;
+	while (t < deadline) {
+		while (next < b->nsubs && b->pending < concurrency)
+			sub_start(b, &b->subs[next++]);
+		if (next >= b->nsubs && b->pending == 0)
+			return;
+		dispatch(b, ms_until(deadline, t, 100));
+		t = now_ns();
+		if (b->cfg.verbose && t - last_report > NS_PER_S && b->ready != last_report_ready) {
+			fprintf(stderr, "loadgen: %u/%u streams open\n", b->ready, b->nsubs);
+			last_report = t;
+			last_report_ready = b->ready;
+		}
+	}
+	/* deadline: whatever is still pending has timed out */
+	for (unsigned i = 0; i < b->nsubs; i++) {
+		struct sub *s = &b->subs[i];
+		if (s->phase >= SUB_CONNECTING && s->phase <= SUB_HEAD)
+			sub_fail(b, s, ERR_TIMEOUT);
+	}
+}
+
+/* Keeps the streams serviced (heartbeats, drops) until the deadline. */
+static void pump_until(struct bench *b, uint64_t deadline)
+{
+	uint64_t t = now_ns();
+	while (t < deadline) {
+		dispatch(b, ms_until(deadline, t, 100));
+		t = now_ns();
+	}
+}
+
+static unsigned count_open(const struct bench *b)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < b->nsubs; i++)
+		n += b->subs[i].phase == SUB_OPEN;
+	return n;
+}
+
+/* ---- reports ------------------------------------------------------------ */
+
+static uint64_t total_errors(const struct bench *b)
+{
+	uint64_t n = 0;
+	for (int k = 0; k < ERR_KINDS; k++)
+		n += b->errors[k];
+	return n;
+}
+
+static void print_errors(const struct bench *b)
+{
+	printf("  errors: %" PRIu64 " (", total_errors(b));
+	for (int k = 0; k < ERR_KINDS; k++)
+		printf("%s%s %" PRIu64, k ? ", " : "", error_names[k], b->errors[k]);
+	printf(")");
+	if (b->last_errno)
+		printf(" last errno: %s", strerror(b->last_errno));
+	if (b->last_status)
+		printf(" last status: %d", b->last_status);
+	printf("\n");
+}
+
+static void print_hist_line(const char *label, const struct hist *h)
+{
+	if (h->count == 0) {
+		printf("  %s: no samples\n", label);
+		return;
+	}
+	printf("  %s: p50 %.3f ms  p99 %.3f ms  max %.3f ms  (%" PRIu64 " samples)\n",
+	       label, ns_to_ms(hist_quantile(h, 0.50)), ns_to_ms(hist_quantile(h, 0.99)),
+	       ns_to_ms(h->max), h->count);
+}
+
+static void result_hist(const char *prefix, const struct hist *h)
+{
+	printf(" %s_p50_us=%" PRIu64 " %s_p99_us=%" PRIu64 " %s_max_us=%" PRIu64, prefix,
+	       hist_quantile(h, 0.50) / 1000, prefix, hist_quantile(h, 0.99) / 1000, prefix,
+	       h->max / 1000);
+}
+
+static void print_target(const struct bench *b, const char *mode)
+{
+	printf("loadgen %s: target %s:%d  stream path %s  source addresses 127.0.0.1-%u\n",
+	       mode, b->cfg.host, b->cfg.port, b->sub_path, b->cfg.src_addrs);
+}
+
+/* ---- modes -------------------------------------------------------------- */
+
+static void setup_streams(struct bench *b, unsigned n)
+{
+	b->nsubs = n;
+	b->subs = calloc(n ? n : 1, sizeof *b->subs);
+	if (!b->subs)
+		die("out of memory for %u streams", n);
+	for (unsigned i = 0; i < n; i++) {
+		b->subs[i].fd = -1;
+		b->subs[i].index = i;
+	}
+}
+
+static int run_fanout(struct bench *b)
+{
+	const struct config *c = &b->cfg;
+	setup_streams(b, c->subs);
+	size_t bitmap_bytes = ((size_t)c->events + 7) / 8;
+	if ((double)bitmap_bytes * c->subs > 1024.0 * 1024 * 1024)
+		die("--subs x --events too large for the per-stream bitmaps (1 GiB cap)");
+	uint8_t *bits = calloc((size_t)c->subs + 1, bitmap_bytes ? bitmap_bytes : 1);
+	if (!bits)
+		die("out of memory for bitmaps");
+	for (unsigned i = 0; i < c->subs; i++)
+		b->subs[i].seen = bits + (size_t)i * bitmap_bytes;
+	b->pub.ok_bits = bits + (size_t)c->subs * bitmap_bytes;
+
+	uint64_t t0 = now_ns();
+	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
+	long rss_before = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+
+	uint64_t connect_deadline = t0 + secs_to_ns(c->connect_timeout_s);
+	open_all(b, connect_deadline < hard_deadline ? connect_deadline : hard_deadline);
+	uint64_t t_open = now_ns();
+	unsigned ready = b->ready;
+	long rss_open = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+
+	/* publish; then wait (bounded) for stragglers */
+	start_publishing(b);
+	uint64_t t = now_ns();
+	uint64_t drain_deadline = 0;
+	uint64_t last_check = 0;
+	while (t < hard_deadline) {
+		int cap = 100;
+		if (drain_deadline)
+			cap = ms_until(drain_deadline, t, 20);
+		dispatch(b, ms_until(hard_deadline, t, cap));
+		t = now_ns();
+		if (!drain_deadline && pub_finished(b))
+			drain_deadline = t + secs_to_ns(c->wait_s);
+		if (!drain_deadline)
+			continue;
+		if (t >= drain_deadline)
+			break;
+		if (t - last_check < 10 * NS_PER_MS)
+			continue;
+		last_check = t;
+		/* done early when every open stream has every accepted event */
+		int all = 1;
+		for (unsigned i = 0; i < b->nsubs && all; i++)
+			if (b->subs[i].phase == SUB_OPEN && b->subs[i].distinct < b->pub.ok)
+				all = 0;
+		if (all)
+			break;
+	}
+	uint64_t t_end = now_ns();
+	long rss_end = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+
+	/* tally: missing = accepted events a stream that was opened never got */
+	uint64_t missing = 0, dup = 0, ooo = 0, bad = 0, no_id = 0, comments = 0;
+	uint64_t streams_missing = 0;
+	for (unsigned i = 0; i < b->nsubs; i++) {
+		struct sub *s = &b->subs[i];
+		dup += s->dup;
+		ooo += s->ooo;
+		bad += s->bad;
+		no_id += s->no_id;
+		comments += s->comments;
+		if (!s->was_open)
+			continue;	/* never subscribed: counted under errors */
+		uint64_t m = 0;
+		for (uint64_t q = 0; q < c->events; q++) {
+			uint8_t bit = (uint8_t)(1u << (q & 7));
+			if ((b->pub.ok_bits[q >> 3] & bit) && !(s->seen[q >> 3] & bit))
+				m++;
+		}
+		missing += m;
+		streams_missing += m > 0;
+	}
+	if (ready < b->nsubs)
+		printf("note: only %u of %u streams opened; missing counts only opened ones\n",
+		       ready, b->nsubs);
+	uint64_t expected = (uint64_t)ready * b->pub.ok;
+	uint64_t span = b->last_receive > b->pub.first_send ? b->last_receive - b->pub.first_send : 0;
+	double deliveries_per_s = span ? (double)b->events_received * 1e9 / (double)span : 0;
+	uint64_t pub_span = b->pub.last_send - b->pub.first_send;
+	double pub_rate = pub_span && b->pub.next_seq > 1
+		? (double)(b->pub.next_seq - 1) * 1e9 / (double)pub_span : 0;
+	uint64_t open_errors = total_errors(b);
+
+	print_target(b, "fanout");
+	printf("  streams: %u requested, %u opened in %.2f s (concurrency %u), "
+	       "%" PRIu64 " dropped by the server during the run\n",
+	       b->nsubs, ready, (double)(t_open - t0) / 1e9, c->connect_concurrency, b->drops);
+	print_errors(b);
+	printf("  publish: %" PRIu64 " sent, %" PRIu64 " accepted, %" PRIu64 " failed; "
+	       "target %.1f/s, achieved %.1f/s; payload %u bytes min\n",
+	       b->pub.next_seq, b->pub.ok, b->pub.failed, c->rate, pub_rate, c->payload_size);
+	printf("  publish answer: subscribers reported min %lld max %lld\n",
+	       b->pub.subs_min, b->pub.subs_max);
+	print_hist_line("publish answer latency", &b->pub.lat);
+	printf("  delivery: %" PRIu64 " events received, %" PRIu64 " expected "
+	       "(opened streams x accepted events)\n", b->events_received, expected);
+	printf("  integrity: missing %" PRIu64 " (in %" PRIu64 " streams), duplicated %" PRIu64
+	       ", out of order %" PRIu64 ", unparseable %" PRIu64 ", without id %" PRIu64
+	       ", comments/heartbeats %" PRIu64 "\n",
+	       missing, streams_missing, dup, ooo, bad, no_id, comments);
+	print_hist_line("delivery latency (publish -> receive)", &b->lat);
+	printf("  deliveries/s: %.0f (events received / first publish -> last receive, %.3f s)\n",
+	       deliveries_per_s, (double)span / 1e9);
+	printf("  run: %.2f s total, waited %.2f s after the last publish (max %.1f s)\n",
+	       (double)(t_end - t0) / 1e9,
+	       b->pub.last_send && t_end > b->pub.last_send ? (double)(t_end - b->pub.last_send) / 1e9 : 0,
+	       c->wait_s);
+	if (rss_before >= 0)
+		printf("  server RSS: %ld KiB before, %ld KiB with streams open, %ld KiB at end\n",
+		       rss_before, rss_open, rss_end);
+
+	int ok = ready == b->nsubs && open_errors == 0 && missing == 0 && dup == 0 &&
+		 ooo == 0 && bad == 0 && b->drops == 0 && b->pub.failed == 0 &&
+		 b->pub.ok == c->events && b->pub.phase != PUB_FAILED;
+	printf("RESULT mode=fanout ok=%d subs=%u opened=%u events=%u rate=%g pub_ok=%" PRIu64
+	       " pub_failed=%" PRIu64 " received=%" PRIu64 " expected=%" PRIu64
+	       " missing=%" PRIu64 " dup=%" PRIu64 " ooo=%" PRIu64 " bad=%" PRIu64
+	       " no_id=%" PRIu64 " drops=%" PRIu64 " errors=%" PRIu64,
+	       ok, b->nsubs, ready, c->events, c->rate, b->pub.ok, b->pub.failed,
+	       b->events_received, expected, missing, dup, ooo, bad, no_id, b->drops, open_errors);
+	result_hist("lat", &b->lat);
+	printf(" deliveries_per_s=%.0f pub_rate=%.1f", deliveries_per_s, pub_rate);
+	result_hist("pub", &b->pub.lat);
+	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld\n",
+	       (double)(t_open - t0) / 1e9, rss_before, rss_end);
+	free(bits);
+	return ok ? 0 : 1;
+}
+
+static int run_idle(struct bench *b)
+{
+	const struct config *c = &b->cfg;
+	setup_streams(b, c->subs);
+	uint64_t t0 = now_ns();
+	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
+	long rss_before = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+	if (c->server_pid > 0 && rss_before < 0)
+		die("cannot read VmRSS of pid %ld", c->server_pid);
+
+	uint64_t connect_deadline = t0 + secs_to_ns(c->connect_timeout_s);
+	open_all(b, connect_deadline < hard_deadline ? connect_deadline : hard_deadline);
+	uint64_t t_open = now_ns();
+	unsigned ready = b->ready;
+
+	/* let the server finish whatever it does per stream before measuring */
+	uint64_t settle_end = t_open + secs_to_ns(c->settle_s);
+	pump_until(b, settle_end < hard_deadline ? settle_end : hard_deadline);
+	long rss_after = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+	unsigned open_after_settle = count_open(b);
+
+	uint64_t hold_end = now_ns() + secs_to_ns(c->hold_s);
+	pump_until(b, hold_end < hard_deadline ? hold_end : hard_deadline);
+	unsigned open_at_end = count_open(b);
+	uint64_t comments = 0;
+	for (unsigned i = 0; i < b->nsubs; i++)
+		comments += b->subs[i].comments;
+
+	print_target(b, "idle");
+	printf("  streams: %u requested, %u opened in %.2f s (concurrency %u); "
+	       "%u open after settle (%.1f s), %u open after hold (%.1f s)\n",
+	       b->nsubs, ready, (double)(t_open - t0) / 1e9, c->connect_concurrency,
+	       open_after_settle, c->settle_s, open_at_end, c->hold_s);
+	print_errors(b);
+	printf("  comments/heartbeats received: %" PRIu64 "\n", comments);
+	double per_stream = 0;
+	if (rss_before >= 0 && rss_after >= 0) {
+		long delta = rss_after - rss_before;
+		per_stream = open_after_settle ? (double)delta * 1024.0 / open_after_settle : 0;
+		printf("  server RSS: %ld KiB before, %ld KiB with %u streams open, delta %ld KiB\n",
+		       rss_before, rss_after, open_after_settle, delta);
+		printf("  RSS per idle stream: %.0f bytes (%.2f KiB)\n", per_stream,
+		       per_stream / 1024.0);
+	} else {
+		printf("  server RSS: not measured (pass --server-pid)\n");
+	}
+	uint64_t open_errors = total_errors(b);
+	int ok = ready == b->nsubs && open_errors == 0 && open_at_end == ready;
+	printf("RESULT mode=idle ok=%d subs=%u opened=%u open_at_end=%u errors=%" PRIu64
+	       " drops=%" PRIu64 " open_s=%.3f rss_before_kib=%ld rss_after_kib=%ld"
+	       " rss_per_stream_bytes=%.0f\n",
+	       ok, b->nsubs, ready, open_at_end, open_errors, b->drops,
+	       (double)(t_open - t0) / 1e9, rss_before, rss_after, per_stream);
+	return ok ? 0 : 1;
+}
+
+static int run_churn(struct bench *b)
+{
+	const struct config *c = &b->cfg;
+	setup_streams(b, c->churn_concurrency);
+	uint64_t t0 = now_ns();
+	uint64_t end = t0 + secs_to_ns(c->duration_s);
+	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
+	if (end > hard_deadline)
+		end = hard_deadline;
+	uint64_t attempt_ns = secs_to_ns(c->attempt_timeout_s);
+
+	for (unsigned i = 0; i < b->nsubs; i++)
+		sub_start(b, &b->subs[i]);
+	uint64_t t = now_ns();
+	int gave_up = 0;
+	while (t < end) {
+		dispatch(b, ms_until(end, t, 50));
+		t = now_ns();
+		for (unsigned i = 0; i < b->nsubs; i++) {
+			struct sub *s = &b->subs[i];
+			if (s->phase >= SUB_CONNECTING && s->phase <= SUB_OPEN &&
+			    t - s->t_start > attempt_ns)
+				sub_fail(b, s, ERR_TIMEOUT);
+			if (s->phase == SUB_CLOSED && t < end)
+				sub_start(b, s);
+		}
+		if (b->churn_done == 0 && total_errors(b) >= CHURN_GIVE_UP_ERRORS) {
+			gave_up = 1;
+			break;	/* nothing works: no point hammering on */
+		}
+	}
+	uint64_t t_end = now_ns();
+	unsigned abandoned = 0;
+	for (unsigned i = 0; i < b->nsubs; i++) {
+		if (b->subs[i].phase != SUB_CLOSED && b->subs[i].phase != SUB_UNUSED) {
+			abandoned++;
+			sub_close(b, &b->subs[i]);
+		}
+	}
+	double secs = (double)(t_end - t0) / 1e9;
+	double per_s = secs > 0 ? (double)b->churn_done / secs : 0;
+	uint64_t errors = total_errors(b);
+
+	print_target(b, "churn");
+	printf("  %.2f s, %u in flight: %" PRIu64 " subscriptions completed "
+	       "(200 + first chunk, then closed), %u cut off at the end%s\n",
+	       secs, c->churn_concurrency, b->churn_done, abandoned,
+	       gave_up ? " (gave up: nothing succeeded)" : "");
+	printf("  subscriptions/s: %.0f\n", per_s);
+	print_errors(b);
+	print_hist_line("open latency (connect -> first chunk)", &b->open_lat);
+	int ok = b->churn_done > 0 && errors == 0;
+	printf("RESULT mode=churn ok=%d auth=%d concurrency=%u duration_s=%.2f completed=%" PRIu64
+	       " subs_per_s=%.0f errors=%" PRIu64,
+	       ok, c->auth, c->churn_concurrency, secs, b->churn_done, per_s, errors);
+	for (int k = 0; k < ERR_KINDS; k++)
+		printf(" err_%s=%" PRIu64, error_names[k], b->errors[k]);
+	result_hist("open", &b->open_lat);
+	printf("\n");
+	return ok ? 0 : 1;
+}
+
+static int run_wait_listen(const struct config *c)
+{
+	uint64_t deadline = now_ns() + secs_to_ns(c->connect_timeout_s);
+	for (unsigned attempt = 0; attempt < 100000 && now_ns() < deadline; attempt++) {
+		int fd = net_connect_from(&c->dst, 0);
+		if (fd < 0)
+			die("socket: %s", strerror(-fd));
+		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+		int n = poll(&pfd, 1, 200);
+		if (n < 0 && errno != EINTR)
+			die("poll: %s", strerror(errno));
+		int err = n > 0 ? net_connect_result(fd) : ETIMEDOUT;
+		close_fd(fd);
+		if (err == 0)
+			return 0;
+		struct timespec pause = { .tv_sec = 0, .tv_nsec = 50 * 1000 * 1000 };
+		if (nanosleep(&pause, NULL) != 0 && errno != EINTR)
+			die("nanosleep: %s", strerror(errno));
+	}
+	fprintf(stderr, "loadgen: nothing listening on %s:%d after %.1f s\n", c->host,
+		c->port, c->connect_timeout_s);
+	return 1;
+}
+
+/* ---- command line ------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fputs(
+"usage: loadgen --mode MODE --port PORT [options]\n"
+"\n"
+"Load generator for sluice. Talks HTTP/1.1 to 127.0.0.0/8 only.\n"
+"\n"
+"modes:\n"
+"  fanout       --subs N streams on /sub/CHANNEL, then POST --events M to\n"
+"               /pub/CHANNEL at --rate R/s; checks every stream got every\n"
+"               accepted event once and in order; latency percentiles\n"
+"  idle         open --subs N streams, measure server VmRSS (--server-pid)\n"
+"               before and after; print RSS per idle stream\n"
+"  churn        for --duration S, open a stream, wait for 200 + first chunk,\n"
+"               close it; --concurrency C in flight; subscriptions/s\n"
+"  free-port    print a TCP port free on 127.0.0.1 and exit\n"
+"  wait-listen  exit 0 once PORT accepts connections (up to --connect-timeout)\n"
+"\n"
+"target:\n"
+"  --host ADDR              server address, must be in 127.0.0.0/8 (127.0.0.1)\n"
+"  --port PORT              server port (required except for free-port)\n"
+"  --channel NAME           channel, [A-Za-z0-9._-] (bench)\n"
+"  --auth                   subscribe via /sub-auth/CHANNEL?token=TOKEN\n"
+"  --token TOKEN            token for --auth (let-me-in)\n"
+"  --src-addrs K            spread client sockets over 127.0.0.1..127.0.0.K (254)\n"
+"\n"
+"streams:\n"
+"  --subs N                 streams for fanout/idle (100)\n"
+"  --connect-concurrency C  streams being opened at once (256)\n"
+"  --connect-timeout S      all streams must be open within S seconds (60)\n"
+"\n"
+"fanout:\n"
+"  --events M               events to publish (100)\n"
+"  --rate R                 events per second; 0 = next one as soon as the\n"
+"                           previous is answered (100)\n"
+"  --payload-size B         pad each event's data to at least B bytes (0)\n"
+"  --wait S                 after the last publish answer, wait at most S s for\n"
+"                           stragglers (5)\n"
+"\n"
+"idle:\n"
+"  --server-pid PID         server process for VmRSS (also reported by fanout)\n"
+"  --settle S               after all streams are open, wait S s, then read RSS (1)\n"
+"  --hold S                 then keep the streams open S s more and check none\n"
+"                           was dropped (0)\n"
+"\n"
+"churn:\n"
+"  --duration S             seconds to run (5)\n"
+"  --concurrency C          subscriptions in flight (64)\n"
+"  --attempt-timeout S      one subscription attempt may take S s (5)\n"
+"\n"
+"general:\n"
+"  --max-time S             hard stop for the whole run (900)\n"
+"  --verbose                progress and first errors on stderr\n"
+"  --help\n"
+"\n"
+"Event payload (the POST body, verbatim the SSE data): {\"seq\":N,\"ts\":T}\n"
+"with N = 0..M-1 and T = CLOCK_MONOTONIC in ns when the request was sent.\n"
+"Delivery latency = receive time (CLOCK_MONOTONIC right after read()) - T.\n"
+"\n"
+"Output: human-readable figures, then one line 'RESULT key=value ...'.\n"
+"Exit status: 0 ok, 1 the run found errors (see ok=0), 2 usage/setup error.\n",
+	      f);
+}
+
+static double parse_double(const char *opt, const char *s, double lo, double hi)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (errno || end == s || *end || v < lo || v > hi)
+		die("%s: expected a number in [%g, %g], got '%s'", opt, lo, hi, s);
+	return v;
+}
+
+static unsigned parse_uint(const char *opt, const char *s, unsigned lo, unsigned hi)
+{
+	return (unsigned)parse_double(opt, s, lo, hi);
+}
+
+static void parse_args(struct config *c, int argc, char **argv)
+{
+	enum {
+		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
+		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
+		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
+	};
+	static const struct option opts[] = {
+		{ "mode", required_argument, NULL, O_MODE },
+		{ "host", required_argument, NULL, O_HOST },
+		{ "port", required_argument, NULL, O_PORT },
+		{ "channel", required_argument, NULL, O_CHANNEL },
+		{ "auth", no_argument, NULL, O_AUTH },
+		{ "token", required_argument, NULL, O_TOKEN },
+		{ "src-addrs", required_argument, NULL, O_SRC },
+		{ "subs", required_argument, NULL, O_SUBS },
+		{ "connect-concurrency", required_argument, NULL, O_CCONC },
+		{ "connect-timeout", required_argument, NULL, O_CTIMEOUT },
+		{ "events", required_argument, NULL, O_EVENTS },
+		{ "rate", required_argument, NULL, O_RATE },
+		{ "payload-size", required_argument, NULL, O_PAYLOAD },
+		{ "wait", required_argument, NULL, O_WAIT },
+		{ "server-pid", required_argument, NULL, O_PID },
+		{ "settle", required_argument, NULL, O_SETTLE },
+		{ "hold", required_argument, NULL, O_HOLD },
+		{ "duration", required_argument, NULL, O_DURATION },
+		{ "concurrency", required_argument, NULL, O_CONC },
+		{ "attempt-timeout", required_argument, NULL, O_ATIMEOUT },
+		{ "max-time", required_argument, NULL, O_MAXTIME },
+		{ "verbose", no_argument, NULL, O_VERBOSE },
+		{ "help", no_argument, NULL, O_HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	*c = (struct config){
+		.mode = MODE_FANOUT, .port = -1, .channel = "bench", .token = "let-me-in",
+		.subs = 100, .events = 100, .rate = 100, .connect_concurrency = 256,
+		.connect_timeout_s = 60, .wait_s = 5, .duration_s = 5,
+		.churn_concurrency = 64, .attempt_timeout_s = 5, .settle_s = 1,
+		.hold_s = 0, .max_time_s = 900, .server_pid = -1, .src_addrs = 254,
+	};
+	snprintf(c->host, sizeof c->host, "127.0.0.1");
+	const char *mode = "fanout";
+	int o;
+	while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case O_MODE: mode = optarg; break;
+		case O_HOST:
+			if (strlen(optarg) >= sizeof c->host)
+				die("--host too long");
+			snprintf(c->host, sizeof c->host, "%s", optarg);
+			break;
+		case O_PORT: c->port = (int)parse_uint("--port", optarg, 1, 65535); break;
+		case O_CHANNEL: c->channel = optarg; break;
+		case O_AUTH: c->auth = 1; break;
+		case O_TOKEN: c->token = optarg; break;
+		case O_SRC: c->src_addrs = parse_uint("--src-addrs", optarg, 1, 254); break;
+		case O_SUBS: c->subs = parse_uint("--subs", optarg, 0, 1000000); break;
+		case O_CCONC:
+			c->connect_concurrency = parse_uint("--connect-concurrency", optarg, 1, 100000);
+			break;
+		case O_CTIMEOUT:
+			c->connect_timeout_s = parse_double("--connect-timeout", optarg, 0.1, 3600);
+			break;
+		case O_EVENTS: c->events = parse_uint("--events", optarg, 0, 100000000); break;
+		case O_RATE: c->rate = parse_double("--rate", optarg, 0, 1e7); break;
+		case O_PAYLOAD: c->payload_size = parse_uint("--payload-size", optarg, 0, 1 << 20); break;
+		case O_WAIT: c->wait_s = parse_double("--wait", optarg, 0, 3600); break;
+		case O_PID: c->server_pid = (long)parse_uint("--server-pid", optarg, 1, 1u << 30); break;
+		case O_SETTLE: c->settle_s = parse_double("--settle", optarg, 0, 3600); break;
+		case O_HOLD: c->hold_s = parse_double("--hold", optarg, 0, 3600); break;
+		case O_DURATION: c->duration_s = parse_double("--duration", optarg, 0.1, 3600); break;
+		case O_CONC: c->churn_concurrency = parse_uint("--concurrency", optarg, 1, 10000); break;
+		case O_ATIMEOUT:
+			c->attempt_timeout_s = parse_double("--attempt-timeout", optarg, 0.1, 3600);
+			break;
+		case O_MAXTIME: c->max_time_s = parse_double("--max-time", optarg, 1, 86400); break;
+		case O_VERBOSE: c->verbose = 1; break;
+		case O_HELP: usage(stdout); exit(0);
+		default: usage(stderr); exit(2);
+		}
+	}
+	if (optind < argc)
+		die("unexpected argument '%s' (see --help)", argv[optind]);
+	if (strcmp(mode, "fanout") == 0) c->mode = MODE_FANOUT;
+	else if (strcmp(mode, "idle") == 0) c->mode = MODE_IDLE;
+	else if (strcmp(mode, "churn") == 0) c->mode = MODE_CHURN;
+	else if (strcmp(mode, "free-port") == 0) c->mode = MODE_FREE_PORT;
+	else if (strcmp(mode, "wait-listen") == 0) c->mode = MODE_WAIT_LISTEN;
+	else die("unknown --mode '%s' (see --help)", mode);
+
+	struct in_addr addr;
+	if (net_parse_loopback(c->host, &addr) != 0)
+		die("--host %s: only IPv4 loopback addresses (127.0.0.0/8) are allowed", c->host);
+	memset(&c->dst, 0, sizeof c->dst);
+	c->dst.sin_family = AF_INET;
+	c->dst.sin_addr = addr;
+	if (c->mode != MODE_FREE_PORT) {
+		if (c->port < 0)
+			die("--port is required (see --help)");
+		c->dst.sin_port = htons((uint16_t)c->port);
+	}
+	size_t cl = strlen(c->channel);
+	if (cl == 0 || cl > 100)
+		die("--channel must be 1..100 characters");
+	for (size_t i = 0; i < cl; i++) {
+		char ch = c->channel[i];
+		int okc = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+			  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-';
+		if (!okc)
+			die("--channel: only [A-Za-z0-9._-] (no URL encoding here)");
+	}
+	for (const char *t = c->token; *t; t++)
+		if (*t <= ' ' || *t == '&' || *t == '#' || *t == '%' || *t > '~')
+			die("--token: plain URL-safe characters only");
+	if (strlen(c->token) > 200)
+		die("--token too long");
+}
+
+int main(int argc, char **argv)
+{
+	static struct bench bench;
+	struct bench *b = &bench;
+	g_bench = b;
+	parse_args(&b->cfg, argc, argv);
+	const struct config *c = &b->cfg;
+
+	if (c->mode == MODE_FREE_PORT) {
+		int port = net_free_port((unsigned)getpid() ^ (unsigned)now_ns());
+		if (port < 0)
+			die("no free port on 127.0.0.1");
+		printf("%d\n", port);
+		return 0;
+	}
+	if (c->mode == MODE_WAIT_LISTEN)
+		return run_wait_listen(c);
+
+	rlim_t soft, hard;
+	if (net_raise_nofile(&soft, &hard) != 0)
+		die("RLIMIT_NOFILE: %s", strerror(errno));
+	unsigned need = (c->mode == MODE_CHURN ? c->churn_concurrency : c->subs) + 16;
+	if (soft < need)
+		die("open files limit %llu is too low for %u sockets", (unsigned long long)soft, need);
+
+	/* a closed peer must be an error we see, not a signal that kills us */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		die("signal: %s", strerror(errno));
+
+	b->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (b->epfd < 0)
+		die("epoll_create1: %s", strerror(errno));
+	b->timerfd = -1;
+	b->pub.fd = -1;
+	b->pub.subs_min = -1;
+	b->pub.subs_max = -1;
+	hist_init(&b->lat);
+	hist_init(&b->pub.lat);
+	hist_init(&b->open_lat);
+
+	if (c->auth)
+		snprintf(b->sub_path, sizeof b->sub_path, "/sub-auth/%s?token=%s", c->channel,
+			 c->token);
+	else
+		snprintf(b->sub_path, sizeof b->sub_path, "/sub/%s", c->channel);
+	int rl = snprintf(b->sub_req, sizeof b->sub_req,
+			  "GET %s HTTP/1.1\r\nHost: %s:%d\r\n"
+			  "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+			  b->sub_path, c->host, c->port);
+	if (rl < 0 || (size_t)rl >= sizeof b->sub_req)
+		die("request line too long");
+	b->sub_req_len = (size_t)rl;
+
+	int rc;
+	switch (c->mode) {
+	case MODE_IDLE: rc = run_idle(b); break;
+	case MODE_CHURN: rc = run_churn(b); break;
+	default: rc = run_fanout(b); break;
+	}
+	if (fflush(stdout) != 0)
+		die("stdout: %s", strerror(errno));
+	return rc;
+}
