@@ -1111,6 +1111,7 @@ static int run_churn(struct bench *b)
 		sub_start(b, &b->subs[i]);
 	uint64_t t = now_ns();
 	int gave_up = 0;
+	uint64_t done_seen = 0, errors_at_progress = 0;
 	while (t < end) {
 		dispatch(b, ms_until(end, t, 50));
 		t = now_ns();
@@ -1122,9 +1123,13 @@ static int run_churn(struct bench *b)
 			if (s->phase == SUB_CLOSED && t < end)
 				sub_start(b, s);
 		}
-		if (b->churn_done == 0 && total_errors(b) >= CHURN_GIVE_UP_ERRORS) {
+		uint64_t errors = total_errors(b);
+		if (b->churn_done != done_seen) {
+			done_seen = b->churn_done;
+			errors_at_progress = errors;
+		} else if (errors - errors_at_progress >= CHURN_GIVE_UP_ERRORS) {
 			gave_up = 1;
-			break;	/* nothing works: no point hammering on */
+			break;	/* only failures lately (server gone?): stop hammering */
 		}
 	}
 	uint64_t t_end = now_ns();
@@ -1143,7 +1148,7 @@ static int run_churn(struct bench *b)
 	printf("  %.2f s, %u in flight: %" PRIu64 " subscriptions completed "
 	       "(200 + first chunk, then closed), %u cut off at the end%s\n",
 	       secs, c->churn_concurrency, b->churn_done, abandoned,
-	       gave_up ? " (gave up: nothing succeeded)" : "");
+	       gave_up ? " (gave up: only errors lately)" : "");
 	printf("  subscriptions/s: %.0f\n", per_s);
 	print_errors(b);
 	print_hist_line("open latency (connect -> first chunk)", &b->open_lat);
