@@ -1,0 +1,598 @@
+-- sluice.mask: declarative masking of JSON payloads, per subscriber view.
+--
+--   local m = mask.compile {
+--     rules = {
+--       { "user.phone",  "phone" },
+--       { "items.*.card", "redact" },
+--       { "email",       "email" },
+--       { "ssn",         "national_id" },
+--       { "token",       "drop" },
+--       { "user.id",     { "hash", salt = "s", len = 16 } },
+--       { "note",        function(v, path) return v:upper() end },
+--     },
+--     on_invalid = "redact",   -- "raw" | "drop" | "redact" (default)
+--   }
+--   m:apply(json_string) -> new_json | nil, ops, err
+--   m.key                -> stable identifier of the rule set (see below)
+--   mask.key(spec)       -> the same key without keeping the masker
+--   mask.compile(rules)  -- a bare rules list/map is accepted too;
+--                        -- { ["user.phone"] = "phone", ... } is applied in
+--                        -- sorted path order
+--
+-- apply() decodes the payload, runs the rules in order, and re-encodes.
+--   * returns the new payload (nil = drop the event), the number of fields
+--     masked (ops), and err = "invalid_json" when the payload was not a JSON
+--     object or array.
+--   * ops == 0 (no rule matched anything) returns the input string itself,
+--     byte for byte.
+--   * a payload that is not a JSON object/array (bad JSON, a bare scalar, an
+--     empty string) follows on_invalid: "raw" passes it unchanged (ops 0),
+--     "drop" returns nil (ops 1), "redact" returns the JSON string
+--     "[redacted]" i.e. `"[redacted]"` with quotes (ops 1).  Default
+--     "redact": a masked view never leaks a payload it could not inspect.
+--
+-- Paths: dot-separated keys.  "*" matches every member of an object or
+-- every element of an array.  A segment of digits is an array index,
+-- 0-BASED like JSON/JavaScript/jq ("items.0.card" is the first item); on an
+-- object it matches the key of that name ("0").  "\." escapes a dot inside
+-- a key.  Missing fields and type mismatches are ignored.
+--
+-- Built-in maskers (strings; numbers and booleans are masked as their text;
+-- objects/arrays given to phone/email/national_id/hash become "[redacted]";
+-- JSON null is left alone by every built-in except drop):
+--   phone        keeps the first 3 and last 4 DIGITS, every other digit
+--                becomes "*", non-digits (+, spaces, dashes, parens) are
+--                kept: "+86 138-1234-5678" -> "+86 1**-****-5678".  With
+--                fewer than 8 digits every digit is masked.
+--   email        first character of the local part, "***", "@", the whole
+--                domain: "john.doe@example.com" -> "j***@example.com".
+--                Not an address -> "[redacted]".
+--   national_id  over letters and digits (other characters kept): keeps the
+--                first 6 and last 4 when at least 14 of them (18-character
+--                ID cards: "110105********002X"); keeps only the last 4 when
+--                8 to 13 (an SSN "123-45-6789" -> "***-**-6789": first 6 +
+--                last 4 would reveal it all); masks all when fewer.
+--   redact       the string "[redacted]" (mask.REDACTED).
+--   hash         lowercase hex HMAC-SHA256(salt, text) through libcrypto;
+--                { "hash", salt = "...", len = n } keeps the first n hex
+--                digits (default 64).  salt is required: an unsalted hash
+--                of a phone number is reversed by brute force in seconds.
+--   drop         removes the field; removing an array element shifts the
+--                following elements down.
+-- Custom maskers: function(value, path) -> new value; nil removes the field
+-- like drop.  path is the concrete path ("items.0.card").  value is the
+-- decoded Lua value (JSON null is mask.null; empty arrays are tables with
+-- the mask.array_mt metatable).  A custom masker that raises makes apply()
+-- raise "sluice.mask: custom masker for 'rule' failed at 'path': <error>";
+-- the server isolates that error (the event is not delivered to the view).
+--
+-- Rule-set key: m.key is "mask:" followed by 32 hex digits of SHA-256 over
+-- a canonical description of (on_invalid, rules in order).  Subscribers
+-- whose rule sets have the same key share one view, so each event is
+-- masked and encoded once per view.  Hash salts enter the key only through
+-- their digest.  A custom function is identified by the function value
+-- itself: the same function object gives the same key, within one Lua
+-- state only.  compile() returns the same masker object for the same key,
+-- and caches by spec table identity: do not mutate a spec after using it.
+--
+-- JSON notes (Debian's lua-cjson 2.1.0 is the baseline):
+--   * cjson decodes [] and {} to the same empty table and has no
+--     empty-array marker (no encode_empty_table_as_object /
+--     decode_array_with_array_mt in this build).  Empty arrays are kept as
+--     arrays: before decoding, "[]" outside strings is rewritten to a
+--     one-element array holding a per-process random sentinel that the
+--     encoder turns back into "[]".  With OpenResty's cjson the native
+--     array metatable is used instead.
+--   * cjson.encode prints numbers with at most 14 significant digits
+--     (1712345678901234 -> 1.7123456789012e+15), which would corrupt ids
+--     and microsecond timestamps in the fields NOT being masked.  Payloads
+--     are therefore re-encoded by a small encoder here: integers up to 2^53
+--     exactly, other numbers with the shortest of %.14g..%.17g that reads
+--     back identically.
+--   * object key order is not preserved (Lua tables have none); "\/" is
+--     not escaped; NaN/Infinity are not JSON and are refused on decode.
+--   * a dedicated cjson.safe instance is used: global cjson settings of
+--     other code are neither read nor changed.
+
+local crypto = require "sluice.crypto"
+local cjson = require("cjson.safe").new()
+
+local type, tostring, tonumber, pairs, ipairs = type, tostring, tonumber, pairs, ipairs
+local getmetatable, setmetatable, pcall = getmetatable, setmetatable, pcall
+local find, match, gsub, sub, byte, format =
+  string.find, string.match, string.gsub, string.sub, string.byte, string.format
+local concat, sort, tremove = table.concat, table.sort, table.remove
+local huge = math.huge
+
+cjson.decode_invalid_numbers(false)
+pcall(cjson.decode_max_depth, 1000)
+
+local M = {}
+
+local NULL = cjson.null
+local REDACTED = "[redacted]"
+M.null = NULL
+M.REDACTED = REDACTED
+
+-- Arrays that are empty, or built by custom maskers, carry this metatable.
+local ARRAY_MT = { __name = "sluice.mask.array" }
+M.array_mt = ARRAY_MT
+function M.empty_array() return setmetatable({}, ARRAY_MT) end
+
+-- OpenResty's cjson can mark decoded arrays itself.
+local NATIVE_ARRAY_MT
+if cjson.decode_array_with_array_mt and cjson.array_mt then
+  cjson.decode_array_with_array_mt(true)
+  NATIVE_ARRAY_MT = cjson.array_mt
+end
+
+---------------------------------------------------------------------------
+-- Empty-array sentinel (Debian cjson)
+
+local SENTINEL = "\0sluice.mask.empty-array." .. crypto.hex(crypto.random_bytes(8))
+local SENTINEL_JSON = '"\\u0000' .. sub(SENTINEL, 2) .. '"'
+
+local function is_sentinel_array(t)
+  return t[1] == SENTINEL and t[2] == nil
+end
+
+-- Rewrites "[ ]" outside strings to "[SENTINEL]".  Only called when the
+-- payload contains something that looks like an empty array.
+local function mark_empty_arrays(s)
+  local out, last, i = {}, 1, 1
+  while true do
+    local p = find(s, '["%[]', i)
+    if not p then break end
+    if byte(s, p) == 34 then -- '"': skip the string
+      local j = p + 1
+      while true do
+        local q = find(s, '["\\]', j)
+        if not q then return s end -- unterminated: decode will refuse it
+        if byte(s, q) == 92 then j = q + 2 else i = q + 1; break end
+      end
+    else
+      local close = match(s, "^%[[ \t\r\n]*()%]", p)
+      if close then
+        out[#out + 1] = sub(s, last, p)
+        out[#out + 1] = SENTINEL_JSON
+        last = close
+        i = close + 1
+      else
+        i = p + 1
+      end
+    end
+  end
+  if last == 1 then return s end
+  out[#out + 1] = sub(s, last)
+  return concat(out)
+end
+
+-- Replace sentinel arrays inside a value by ARRAY_MT tables, so that a
+-- custom masker sees ordinary (empty) tables.
+local function clean(v, depth)
+  if depth > 1000 then return v end
+  if is_sentinel_array(v) then return setmetatable({}, ARRAY_MT) end
+  for k, x in pairs(v) do
+    if type(x) == "table" then v[k] = clean(x, depth + 1) end
+  end
+  return v
+end
+
+---------------------------------------------------------------------------
+-- Encoder
+
+local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+for i = 0, 31 do
+  local c = string.char(i)
+  if not ESC[c] then ESC[c] = format("\\u%04x", i) end
+end
+
+local function quote(s)
+  if find(s, '[%z\1-\31"\\]') then s = gsub(s, '[%z\1-\31"\\]', ESC) end
+  return '"' .. s .. '"'
+end
+
+local TWO53 = 2 ^ 53
+
+local function number_text(x)
+  if x ~= x or x == huge or x == -huge then
+    error("sluice.mask: cannot encode NaN or infinity as JSON", 0)
+  end
+  if x % 1 == 0 and x > -TWO53 and x < TWO53 then return format("%d", x) end
+  for digits = 14, 17 do
+    local s = format("%." .. digits .. "g", x)
+    if tonumber(s) == x then return s end
+  end
+  return format("%.17g", x)
+end
+
+local encode_value
+
+local function is_array(t)
+  local mt = getmetatable(t)
+  if mt == ARRAY_MT or (NATIVE_ARRAY_MT and mt == NATIVE_ARRAY_MT) then return true end
+  local n = #t
+  if n == 0 then return false end
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  return count == n
+end
+
+function encode_value(v, buf, depth)
+  local t = type(v)
+  if t == "string" then
+    buf[#buf + 1] = quote(v)
+  elseif t == "number" then
+    buf[#buf + 1] = number_text(v)
+  elseif t == "boolean" then
+    buf[#buf + 1] = v and "true" or "false"
+  elseif v == NULL then
+    buf[#buf + 1] = "null"
+  elseif t == "table" then
+    if depth > 1000 then error("sluice.mask: cannot encode: nesting deeper than 1000 (a cycle?)", 0) end
+    if is_sentinel_array(v) then
+      buf[#buf + 1] = "[]"
+    elseif is_array(v) then
+      local n = #v
+      if n == 0 then buf[#buf + 1] = "[]"; return end
+      buf[#buf + 1] = "["
+      for i = 1, n do
+        if i > 1 then buf[#buf + 1] = "," end
+        encode_value(v[i], buf, depth + 1)
+      end
+      buf[#buf + 1] = "]"
+    else
+      buf[#buf + 1] = "{"
+      local first = true
+      for k, x in pairs(v) do
+        local kt = type(k)
+        if kt == "number" then k = number_text(k)
+        elseif kt ~= "string" then error("sluice.mask: cannot encode a " .. kt .. " key as JSON", 0) end
+        if not first then buf[#buf + 1] = "," end
+        first = false
+        buf[#buf + 1] = quote(k)
+        buf[#buf + 1] = ":"
+        encode_value(x, buf, depth + 1)
+      end
+      buf[#buf + 1] = "}"
+    end
+  else
+    error("sluice.mask: cannot encode a " .. t .. " value as JSON", 0)
+  end
+end
+
+local function encode(v)
+  local buf = {}
+  encode_value(v, buf, 0)
+  return concat(buf)
+end
+M._encode = encode -- exposed for specs
+
+---------------------------------------------------------------------------
+-- Built-in maskers: function(value, opts) -> new value (nil removes)
+
+local function text_of(v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "number" then return number_text(v) end
+  if t == "boolean" then return tostring(v) end
+  return nil
+end
+
+local function phone(v)
+  local s = text_of(v)
+  if not s then return REDACTED end
+  local _, n = gsub(s, "%d", "")
+  local i = 0
+  return (gsub(s, "%d", function(d)
+    i = i + 1
+    if n >= 8 and (i <= 3 or i > n - 4) then return d end
+    return "*"
+  end))
+end
+
+local function email(v)
+  local s = text_of(v)
+  if not s then return REDACTED end
+  local localpart, domain = match(s, "^(.+)@([^@]+)$")
+  if not localpart then return REDACTED end
+  local first = match(localpart, "^[%z\1-\127\194-\244][\128-\191]*")
+  if not first then return REDACTED end
+  return first .. "***@" .. domain
+end
+
+local function national_id(v)
+  local s = text_of(v)
+  if not s then return REDACTED end
+  local _, n = gsub(s, "%w", "")
+  local head, tail = 0, 0
+  if n >= 14 then head, tail = 6, 4 elseif n >= 8 then tail = 4 end
+  local i = 0
+  return (gsub(s, "%w", function(c)
+    i = i + 1
+    if i <= head or i > n - tail then return c end
+    return "*"
+  end))
+end
+
+local function redact() return REDACTED end
+
+local function drop() return nil end
+
+local function make_hash(opts)
+  local salt, len = opts.salt, opts.len or 64
+  if type(salt) ~= "string" or salt == "" then
+    error("sluice.mask: the hash masker needs a non-empty salt: { \"hash\", salt = \"...\" }", 0)
+  end
+  if type(len) ~= "number" or len < 1 or len > 64 or len % 1 ~= 0 then
+    error("sluice.mask: hash len must be an integer between 1 and 64", 0)
+  end
+  local f = function(v)
+    local s = text_of(v)
+    if not s then return REDACTED end
+    local h = crypto.hex(crypto.hmac("sha256", salt, s))
+    return len < 64 and sub(h, 1, len) or h
+  end
+  return f, "hash(" .. crypto.hex(crypto.sha256(salt)) .. "," .. len .. ")"
+end
+
+local BUILTIN = { phone = phone, email = email, national_id = national_id, redact = redact, drop = drop }
+
+---------------------------------------------------------------------------
+-- Compiling rules
+
+local WILD = {} -- path segment "*"
+
+local function parse_path(path)
+  if type(path) ~= "string" or path == "" then
+    error("sluice.mask: a rule path must be a non-empty string", 0)
+  end
+  local segs, cur, i, n = {}, {}, 1, #path
+  while i <= n do
+    local c = sub(path, i, i)
+    if c == "\\" and i < n then
+      cur[#cur + 1] = sub(path, i + 1, i + 1)
+      i = i + 2
+    else
+      if c == "." then
+        segs[#segs + 1] = concat(cur)
+        cur = {}
+      else
+        cur[#cur + 1] = c
+      end
+      i = i + 1
+    end
+  end
+  segs[#segs + 1] = concat(cur)
+  for k, s in ipairs(segs) do
+    if s == "" then error("sluice.mask: empty segment in path '" .. path .. "'", 0) end
+    if s == "*" then segs[k] = WILD
+    elseif find(s, "^%d+$") and #s < 10 then segs[k] = { index = tonumber(s), key = s }
+    end
+  end
+  return segs
+end
+
+local function function_id(f)
+  return "fn:" .. (match(tostring(f), "0x%x+") or tostring(f))
+end
+
+-- -> fn, is_custom, id
+local function compile_masker(m, path)
+  local t = type(m)
+  if t == "string" then
+    if m == "hash" then error("sluice.mask: rule '" .. path .. "': hash needs a salt: { \"hash\", salt = \"...\" }", 0) end
+    local f = BUILTIN[m]
+    if not f then
+      error("sluice.mask: rule '" .. path .. "': unknown masker '" .. m
+            .. "' (phone, email, national_id, redact, hash, drop, or a function)", 0)
+    end
+    return f, false, m
+  elseif t == "function" then
+    return m, true, function_id(m)
+  elseif t == "table" then
+    local name = m[1] or m.name
+    if name == "hash" then
+      local f, id = make_hash(m)
+      return f, false, id
+    end
+    return compile_masker(name, path)
+  end
+  error("sluice.mask: rule '" .. path .. "': masker must be a name, a table or a function", 0)
+end
+
+local function normalise_rules(rules)
+  if type(rules) ~= "table" then error("sluice.mask: rules must be a list of {path, masker} or a map", 0) end
+  local list = {}
+  if rules[1] ~= nil then
+    for i, r in ipairs(rules) do
+      if type(r) ~= "table" or r[1] == nil or r[2] == nil then
+        error("sluice.mask: rule " .. i .. " must be { path, masker }", 0)
+      end
+      list[#list + 1] = { r[1], r[2] }
+    end
+  else
+    local paths = {}
+    for p in pairs(rules) do
+      if type(p) ~= "string" then error("sluice.mask: rules map keys must be paths", 0) end
+      paths[#paths + 1] = p
+    end
+    sort(paths)
+    for _, p in ipairs(paths) do list[#list + 1] = { p, rules[p] } end
+  end
+  if #list == 0 then error("sluice.mask: no rules", 0) end
+  return list
+end
+
+local ON_INVALID = { raw = true, drop = true, redact = true }
+
+local Masker = {}
+Masker.__index = Masker
+
+local BY_KEY, by_key_n, BY_KEY_MAX = {}, 0, 256
+local BY_SPEC = setmetatable({}, { __mode = "k" })
+
+local function build(spec)
+  if type(spec) ~= "table" then error("sluice.mask.compile(spec): spec table required", 0) end
+  local rules, on_invalid = spec, "redact"
+  if spec.rules ~= nil then
+    rules = spec.rules
+    on_invalid = spec.on_invalid or "redact"
+  end
+  if not ON_INVALID[on_invalid] then
+    error("sluice.mask: on_invalid must be \"raw\", \"drop\" or \"redact\", got '" .. tostring(on_invalid) .. "'", 0)
+  end
+  local compiled, ids = {}, { "on_invalid=" .. on_invalid }
+  for i, r in ipairs(normalise_rules(rules)) do
+    local path, m = r[1], r[2]
+    local segs = parse_path(path)
+    local fn, custom, id = compile_masker(m, path)
+    compiled[i] = { path = path, segs = segs, nseg = #segs, fn = fn, custom = custom, drop = (fn == drop) }
+    ids[#ids + 1] = format("%d:%s=%s", #path, path, id)
+  end
+  local canonical = concat(ids, "\n")
+  local key = "mask:" .. sub(crypto.hex(crypto.sha256(canonical)), 1, 32)
+  return setmetatable({ rules = compiled, on_invalid = on_invalid, key = key }, Masker)
+end
+
+function M.compile(spec)
+  local m = BY_SPEC[spec]
+  if m then return m end
+  m = build(spec)
+  local existing = BY_KEY[m.key]
+  if existing then
+    m = existing
+  else
+    if by_key_n >= BY_KEY_MAX then BY_KEY, by_key_n = {}, 0 end
+    BY_KEY[m.key] = m
+    by_key_n = by_key_n + 1
+  end
+  if type(spec) == "table" then BY_SPEC[spec] = m end
+  return m
+end
+
+function M.key(spec)
+  return M.compile(spec).key
+end
+
+---------------------------------------------------------------------------
+-- Applying
+
+local function path_string(stack, depth)
+  local parts = {}
+  for i = 1, depth do parts[i] = tostring(stack[i]) end
+  return concat(parts, ".")
+end
+
+-- Masks node[k] (value v) with rule; returns the new value, or nil to remove.
+local function mask_value(rule, v, stack, depth)
+  if rule.custom then
+    if type(v) == "table" then v = clean(v, 0) end
+    local ok, res = pcall(rule.fn, v, path_string(stack, depth))
+    if not ok then
+      error(format("sluice.mask: custom masker for '%s' failed at '%s': %s",
+                   rule.path, path_string(stack, depth), tostring(res)), 0)
+    end
+    return res
+  end
+  if rule.drop then return nil end
+  if type(v) == "table" then return REDACTED end
+  return rule.fn(v)
+end
+
+-- Walks `node` for segment i of the rule.  Returns the number of ops.
+local walk
+
+local function visit(rule, node, k, v, i, stack, depth)
+  -- node[k] == v; stack[depth] names k
+  if i == rule.nseg then
+    if v == NULL and not rule.custom and not rule.drop then return 0, false end
+    local nv = mask_value(rule, v, stack, depth)
+    if nv == nil then return 1, true end
+    node[k] = nv
+    return 1, false
+  end
+  if type(v) == "table" then return walk(rule, v, i + 1, stack, depth), false end
+  return 0, false
+end
+
+function walk(rule, node, i, stack, depth)
+  if is_sentinel_array(node) then return 0 end
+  local seg = rule.segs[i]
+  local n = #node
+  local ops = 0
+  if seg == WILD then
+    if n > 0 then -- array
+      local removed
+      for idx = 1, n do
+        stack[depth + 1] = idx - 1
+        local o, rm = visit(rule, node, idx, node[idx], i, stack, depth + 1)
+        ops = ops + o
+        if rm then removed = removed or {}; removed[#removed + 1] = idx end
+      end
+      if removed then
+        for r = #removed, 1, -1 do tremove(node, removed[r]) end
+      end
+    else
+      for k, v in pairs(node) do
+        stack[depth + 1] = k
+        local o, rm = visit(rule, node, k, v, i, stack, depth + 1)
+        ops = ops + o
+        if rm then node[k] = nil end
+      end
+    end
+    return ops
+  end
+  local k, v, arr
+  if type(seg) == "table" then
+    if n > 0 then
+      k, arr = seg.index + 1, true
+      v = node[k]
+      stack[depth + 1] = seg.index
+    else
+      k = seg.key
+      v = node[k]
+      stack[depth + 1] = k
+    end
+  else
+    if n > 0 then return 0 end -- a name on an array
+    k = seg
+    v = node[k]
+    stack[depth + 1] = k
+  end
+  if v == nil then return 0 end
+  local o, rm = visit(rule, node, k, v, i, stack, depth + 1)
+  if rm then
+    if arr then tremove(node, k) else node[k] = nil end
+  end
+  return o
+end
+
+local INVALID_REDACTED = '"' .. REDACTED .. '"'
+
+function Masker:_invalid(payload)
+  local p = self.on_invalid
+  if p == "raw" then return payload, 0, "invalid_json" end
+  if p == "drop" then return nil, 1, "invalid_json" end
+  return INVALID_REDACTED, 1, "invalid_json"
+end
+
+function Masker:apply(payload)
+  if type(payload) ~= "string" then
+    error("sluice.mask: apply(payload) expects a JSON string, got " .. type(payload), 2)
+  end
+  if not find(payload, "^[ \t\r\n]*[%[{]") then return self:_invalid(payload) end
+  local src = payload
+  if not NATIVE_ARRAY_MT and find(src, "%[[ \t\r\n]*%]") then src = mark_empty_arrays(src) end
+  local doc = cjson.decode(src)
+  if type(doc) ~= "table" then return self:_invalid(payload) end
+  local ops, stack = 0, {}
+  local rules = self.rules
+  for r = 1, #rules do
+    ops = ops + walk(rules[r], doc, 1, stack, 0)
+  end
+  if ops == 0 then return payload, 0 end
+  return encode(doc), ops
+end
+
+return M
