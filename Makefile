@@ -1,0 +1,76 @@
+# sluice: make deps | make | make run | make test | make bench | make asan
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
+LDFLAGS ?=
+LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
+LLHTTP_SRC    := /usr/share/llhttp
+LLHTTP_INC    := /usr/share/include/llhttp
+BUILD   ?= build
+LISTEN  ?= 127.0.0.1:8080
+APPS    ?= apps
+
+# Every Debian package that building, running and testing needs.
+PACKAGES := gcc make pkg-config libluajit2-5.1-dev luajit2 libev-dev node-llhttp \
+            uthash-dev libssl-dev lua-busted lua-cjson lua-socket nginx-light curl
+
+CORE_SRC := $(wildcard core/*.c)
+CORE_OBJ := $(CORE_SRC:core/%.c=$(BUILD)/core/%.o)
+LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+
+.PHONY: all deps run test check asan bench clean
+
+all: sluice
+
+deps:
+	@missing=$$(for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+sluice: $(CORE_OBJ) $(LLHTTP_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -Wl,-E
+
+$(BUILD)/core/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)/core
+	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -I$(LLHTTP_INC) -c -o $@ $<
+
+# llhttp is generated C from Debian's node-llhttp: built as is, without our
+# warning flags, which are for code we write.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c | $(BUILD)/llhttp
+	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+
+$(BUILD)/core $(BUILD)/llhttp:
+	mkdir -p $@
+
+run: deps
+	$(MAKE) sluice
+	./sluice --listen $(LISTEN) --apps $(APPS)
+
+test: deps
+	$(MAKE) sluice
+	./spec/run
+
+check: sluice
+	./sluice --check $(APPS)
+
+# The specs against a build with AddressSanitizer and UBSan.
+asan: deps
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	        LDFLAGS="-fsanitize=address,undefined" sluice-asan
+	SLUICE_BIN=./sluice-asan ASAN_OPTIONS=detect_leaks=1 ./spec/run
+
+sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -Wl,-E
+
+bench: deps
+	$(MAKE) sluice
+	bench/run all
+
+clean:
+	rm -rf build build-asan sluice sluice-asan

@@ -1,0 +1,601 @@
+#include "channel.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <uthash.h>
+
+#include "buf.h"
+#include "conn.h"
+#include "frame.h"
+#include "log.h"
+#include "sse.h"
+#include "worker.h"
+
+struct sub {
+    struct sub *prev, *next;      /* in the channel view's list */
+    struct sub *next_in_conn;
+    struct conn *conn;
+    struct channel *chan;
+    int view;
+};
+
+struct chan_view {
+    int view;
+    uint32_t nsubs;
+    struct sub *first;
+};
+
+struct view_frame {
+    int view;
+    struct frame *frame;
+};
+
+struct hist_entry {
+    struct event_src *src;
+    ev_tstamp at;
+    struct frame *raw;            /* view 0, framed on first use */
+    struct view_frame *views;     /* masked views framed so far */
+    uint32_t nviews;
+};
+
+struct channel {
+    UT_hash_handle hh;
+    struct chan_view *views;
+    uint32_t nviews;
+    uint32_t nsubs;
+    struct hist_entry *ring;
+    uint32_t head, count, cap;
+    size_t history_len;
+    double history_ttl;
+    /* Every event of this channel with an id >= complete_from is in the
+     * ring; an older Last-Event-ID may have missed something. */
+    uint64_t complete_from;
+    size_t name_len;
+    char name[];
+};
+
+struct history_rule {
+    char *prefix;
+    size_t prefix_len;
+    size_t history_len;
+    double history_ttl;
+};
+
+struct channels {
+    struct worker *w;
+    struct channel *by_name;
+    uint64_t boot_id;             /* ids of this process are > boot_id */
+    uint64_t last_id;
+    uint64_t forgotten_upto;      /* ids a freed channel may have dropped */
+    size_t nsubs, nevents;
+    struct history_rule *rules;
+    size_t nrules;
+    view_framer framer;
+    void *framer_ctx;
+    bool framing;                 /* inside a script's transform */
+    ev_timer sweeper;
+};
+
+/* ---- history ---------------------------------------------------------- */
+
+static struct hist_entry *ring_at(struct channel *ch, uint32_t i)
+{
+    return &ch->ring[(ch->head + i) % ch->cap];
+}
+
+static void entry_free(struct hist_entry *e)
+{
+    frame_unref(e->raw);
+    for (uint32_t i = 0; i < e->nviews; i++)
+        frame_unref(e->views[i].frame);
+    free(e->views);
+    free(e->src);
+}
+
+static void evict_oldest(struct channels *cs, struct channel *ch)
+{
+    struct hist_entry *e = ring_at(ch, 0);
+    ch->complete_from = e->src->id + 1;
+    entry_free(e);
+    ch->head = (ch->head + 1) % ch->cap;
+    ch->count--;
+    cs->nevents--;
+}
+
+static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now)
+{
+    while (ch->count && (ch->count > ch->history_len ||
+                         ring_at(ch, 0)->at + ch->history_ttl <= now))
+        evict_oldest(cs, ch);
+}
+
+static bool ring_reserve(struct channel *ch)
+{
+    if (ch->count < ch->cap)
+        return true;
+    uint32_t cap = ch->cap ? ch->cap * 2 : 8;
+    if (cap > ch->history_len)
+        cap = (uint32_t)ch->history_len;
+    struct hist_entry *ring = malloc(sizeof *ring * cap);
+    if (!ring)
+        return false;
+    for (uint32_t i = 0; i < ch->count; i++)
+        ring[i] = *ring_at(ch, i);
+    free(ch->ring);
+    ch->ring = ring;
+    ch->cap = cap;
+    ch->head = 0;
+    return true;
+}
+
+/* ---- channels --------------------------------------------------------- */
+
+static const struct history_rule *rule_for(const struct channels *cs,
+                                           const char *name, size_t len)
+{
+    const struct history_rule *best = NULL;
+    for (size_t i = 0; i < cs->nrules; i++) {
+        const struct history_rule *r = &cs->rules[i];
+        if (r->prefix_len <= len && memcmp(r->prefix, name, r->prefix_len) == 0 &&
+            (!best || r->prefix_len > best->prefix_len))
+            best = r;
+    }
+    return best;
+}
+
+static void apply_rule(const struct channels *cs, struct channel *ch)
+{
+    const struct history_rule *r = rule_for(cs, ch->name, ch->name_len);
+    ch->history_len = r->history_len;
+    ch->history_ttl = r->history_ttl;
+}
+
+static struct channel *find(struct channels *cs, const char *name, size_t len)
+{
+    struct channel *ch = NULL;
+    HASH_FIND(hh, cs->by_name, name, len, ch);
+    return ch;
+}
+
+static struct channel *get(struct channels *cs, const char *name, size_t len)
+{
+    struct channel *ch = find(cs, name, len);
+    if (ch)
+        return ch;
+    ch = calloc(1, sizeof *ch + len + 1);
+    if (!ch)
+        return NULL;
+    memcpy(ch->name, name, len);
+    ch->name_len = len;
+    ch->complete_from = (cs->forgotten_upto > cs->boot_id ? cs->forgotten_upto
+                                                          : cs->boot_id) + 1;
+    apply_rule(cs, ch);
+    HASH_ADD_KEYPTR(hh, cs->by_name, ch->name, ch->name_len, ch);
+    return ch;
+}
+
+static void release_if_unused(struct channels *cs, struct channel *ch)
+{
+    if (ch->nsubs || ch->count)
+        return;
+    /* Remember that events of a forgotten channel may have been dropped,
+     * so a client resuming on it later is told rather than misled. */
+    if (ch->complete_from - 1 > cs->forgotten_upto)
+        cs->forgotten_upto = ch->complete_from - 1;
+    HASH_DEL(cs->by_name, ch);
+    free(ch->views);
+    free(ch->ring);
+    free(ch);
+}
+
+static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct channels *cs = t->data;
+    struct channel *ch, *tmp;
+    ev_tstamp now = ev_now(loop);
+    HASH_ITER(hh, cs->by_name, ch, tmp) {
+        evict_expired(cs, ch, now);
+        release_if_unused(cs, ch);
+    }
+}
+
+struct channels *channels_new(struct worker *w, size_t history_len,
+                              double history_ttl)
+{
+    struct channels *cs = calloc(1, sizeof *cs);
+    if (!cs)
+        return NULL;
+    cs->w = w;
+    if (channels_configure(cs, "", history_len, history_ttl) < 0) {
+        free(cs);
+        return NULL;
+    }
+    /* Ids keep growing across restarts (microsecond clock at boot, below
+     * 2^53 so Lua numbers hold them exactly); an id from an earlier run is
+     * recognised as such and answered with the reset event. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cs->boot_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    cs->last_id = cs->boot_id;
+    ev_timer_init(&cs->sweeper, on_sweep, 1.0, 1.0);
+    cs->sweeper.data = cs;
+    ev_timer_start(w->loop, &cs->sweeper);
+    ev_unref(w->loop);   /* the sweeper alone must not keep the loop alive */
+    return cs;
+}
+
+void channels_free(struct channels *cs)
+{
+    if (!cs)
+        return;
+    ev_ref(cs->w->loop);
+    ev_timer_stop(cs->w->loop, &cs->sweeper);
+    struct channel *ch, *tmp;
+    HASH_ITER(hh, cs->by_name, ch, tmp) {
+        while (ch->count)
+            evict_oldest(cs, ch);
+        HASH_DEL(cs->by_name, ch);
+        free(ch->views);
+        free(ch->ring);
+        free(ch);
+    }
+    for (size_t i = 0; i < cs->nrules; i++)
+        free(cs->rules[i].prefix);
+    free(cs->rules);
+    free(cs);
+}
+
+void channels_set_framer(struct channels *cs, view_framer fn, void *ctx)
+{
+    cs->framer = fn;
+    cs->framer_ctx = ctx;
+}
+
+int channels_configure(struct channels *cs, const char *prefix,
+                       size_t history_len, double history_ttl)
+{
+    size_t plen = strlen(prefix);
+    struct history_rule *r = NULL;
+    for (size_t i = 0; i < cs->nrules; i++)
+        if (cs->rules[i].prefix_len == plen && memcmp(cs->rules[i].prefix, prefix, plen) == 0)
+            r = &cs->rules[i];
+    if (!r) {
+        struct history_rule *rules = realloc(cs->rules, sizeof *rules * (cs->nrules + 1));
+        if (!rules)
+            return -1;
+        cs->rules = rules;
+        r = &rules[cs->nrules];
+        r->prefix = strdup(prefix);
+        if (!r->prefix)
+            return -1;
+        r->prefix_len = plen;
+        cs->nrules++;
+    }
+    r->history_len = history_len > UINT32_MAX / 2 ? UINT32_MAX / 2 : history_len;
+    r->history_ttl = history_ttl;
+    struct channel *ch, *tmp;
+    HASH_ITER(hh, cs->by_name, ch, tmp)
+        apply_rule(cs, ch);
+    return 0;
+}
+
+/* ---- framing ---------------------------------------------------------- */
+
+static struct frame *frame_raw(const struct event_src *src)
+{
+    char id[24];
+    int n = snprintf(id, sizeof id, "%" PRIu64, src->id);
+    struct sse_event ev = { .id = id, .id_len = (size_t)n,
+                            .event = src->name, .event_len = src->name_len,
+                            .data = src->data, .data_len = src->data_len,
+                            .retry_ms = -1 };
+    return frame_sse(&ev);
+}
+
+static struct frame *frame_view(struct channels *cs, const struct event_src *src,
+                                int view)
+{
+    if (view == 0)
+        return frame_raw(src);
+    if (!cs->framer)
+        return NULL;
+    cs->framing = true;
+    struct frame *f = cs->framer(cs->framer_ctx, view, src);
+    cs->framing = false;
+    return f;
+}
+
+/* The frame of e for a view, framed once and kept with the entry. */
+static struct frame *entry_frame(struct channels *cs, struct hist_entry *e, int view)
+{
+    if (view == 0) {
+        if (!e->raw)
+            e->raw = frame_raw(e->src);
+        return e->raw;
+    }
+    for (uint32_t i = 0; i < e->nviews; i++)
+        if (e->views[i].view == view)
+            return e->views[i].frame;
+    struct frame *f = frame_view(cs, e->src, view);
+    struct view_frame *vs = realloc(e->views, sizeof *vs * (e->nviews + 1));
+    if (!vs) {
+        frame_unref(f);
+        return NULL;
+    }
+    e->views = vs;
+    vs[e->nviews++] = (struct view_frame){ view, f };   /* NULL = dropped */
+    return f;
+}
+
+static struct event_src *src_new(uint64_t id, const char *event, size_t elen,
+                                 const char *data, size_t dlen)
+{
+    struct event_src *s = malloc(sizeof *s + dlen + (event ? elen + 1 : 0) + 1);
+    if (!s)
+        return NULL;
+    s->id = id;
+    s->data_len = dlen;
+    memcpy(s->data, data, dlen);
+    s->data[dlen] = '\0';
+    s->name = NULL;
+    s->name_len = 0;
+    if (event) {
+        s->name = s->data + dlen + 1;
+        memcpy(s->name, event, elen);
+        s->name[elen] = '\0';
+        s->name_len = elen;
+    }
+    return s;
+}
+
+/* ---- publish ---------------------------------------------------------- */
+
+int channels_publish(struct channels *cs, const char *name, size_t name_len,
+                     const char *event, size_t event_len,
+                     const char *data, size_t data_len,
+                     struct publish_result *out)
+{
+    if (cs->framing)
+        return -2;   /* a transform publishing would re-enter fan-out */
+    struct channel *ch = get(cs, name, name_len);
+    if (!ch)
+        return -1;
+    struct hist_entry e = { 0 };
+    e.src = src_new(cs->last_id + 1, event, event_len, data, data_len);
+    if (!e.src) {
+        release_if_unused(cs, ch);
+        return -1;
+    }
+    cs->last_id++;
+    e.at = ev_now(cs->w->loop);
+    out->id = e.src->id;
+    out->reached = 0;
+    cs->w->stats.published++;
+
+    for (uint32_t v = 0; v < ch->nviews; v++) {
+        struct chan_view *cv = &ch->views[v];
+        struct frame *f = entry_frame(cs, &e, cv->view);
+        if (!f)
+            continue;
+        for (struct sub *s = cv->first; s; s = s->next)
+            if (conn_stream_send(s->conn, f))
+                out->reached++;
+    }
+    cs->w->stats.delivered += out->reached;
+
+    if (ch->history_len && ring_reserve(ch)) {
+        if (ch->count == ch->cap)
+            evict_oldest(cs, ch);
+        *ring_at(ch, ch->count) = e;
+        ch->count++;
+        cs->nevents++;
+        evict_expired(cs, ch, e.at);
+    } else {
+        ch->complete_from = e.src->id + 1;   /* nothing kept to resume from */
+        entry_free(&e);
+    }
+    release_if_unused(cs, ch);
+    return 0;
+}
+
+/* ---- subscribe -------------------------------------------------------- */
+
+static int view_index(struct channel *ch, int view, bool create)
+{
+    for (uint32_t i = 0; i < ch->nviews; i++)
+        if (ch->views[i].view == view)
+            return (int)i;
+    if (!create)
+        return -1;
+    struct chan_view *vs = realloc(ch->views, sizeof *vs * (ch->nviews + 1));
+    if (!vs)
+        return -1;
+    ch->views = vs;
+    vs[ch->nviews] = (struct chan_view){ view, 0, NULL };
+    return (int)ch->nviews++;
+}
+
+static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int view)
+{
+    int vi = view_index(ch, view, true);
+    struct sub *s = vi < 0 ? NULL : calloc(1, sizeof *s);
+    if (!s)
+        return false;
+    struct chan_view *cv = &ch->views[vi];
+    s->conn = c;
+    s->chan = ch;
+    s->view = view;
+    s->next = cv->first;
+    if (cv->first)
+        cv->first->prev = s;
+    cv->first = s;
+    cv->nsubs++;
+    ch->nsubs++;
+    cs->nsubs++;
+    s->next_in_conn = c->subs;
+    c->subs = s;
+    return true;
+}
+
+static void json_string(struct buf *b, const char *s, size_t n)
+{
+    buf_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\')
+            buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20)
+            buf_printf(b, "\\u%04x", ch);
+        else
+            buf_put(b, &s[i], 1);
+    }
+    buf_put(b, "\"", 1);
+}
+
+static void send_reset(struct conn *c, const struct channel *ch, const char *reason,
+                       uint64_t last_id)
+{
+    struct buf data = { 0 };
+    buf_puts(&data, "{\"channel\":");
+    json_string(&data, ch->name, ch->name_len);
+    buf_printf(&data, ",\"reason\":\"%s\",\"last_event_id\":\"%" PRIu64 "\"}",
+               reason, last_id);
+    const char *name = c->reset_event ? c->reset_event : "sluice-reset";
+    struct sse_event ev = { .event = name, .event_len = strlen(name),
+                            .data = data.data, .data_len = data.len, .retry_ms = -1 };
+    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    buf_free(&data);
+    if (!f) {
+        conn_abort(c);
+        return;
+    }
+    conn_stream_send(c, f);
+    frame_unref(f);
+}
+
+/* First ring position with an id above last_id (ids grow along the ring). */
+static uint32_t first_after(struct channel *ch, uint64_t last_id)
+{
+    uint32_t lo = 0, hi = ch->count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (ring_at(ch, mid)->src->id <= last_id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+#define MAX_SUBSCRIBE 64
+
+int channels_subscribe(struct channels *cs, struct conn *c,
+                       const struct subscription_req *reqs, int n,
+                       bool has_last, uint64_t last_id)
+{
+    if (n > MAX_SUBSCRIBE)
+        return -1;
+    struct channel *chans[MAX_SUBSCRIBE];
+    uint32_t pos[MAX_SUBSCRIBE];
+    int views[MAX_SUBSCRIBE];
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        struct channel *ch = get(cs, reqs[i].name, reqs[i].name_len);
+        if (!ch)
+            return -1;
+        bool dup = false;
+        for (int j = 0; j < m; j++)
+            dup |= chans[j] == ch && views[j] == reqs[i].view;
+        if (dup)
+            continue;
+        chans[m] = ch;
+        views[m] = reqs[i].view;
+        pos[m] = ch->count;   /* nothing to replay */
+        if (has_last) {
+            evict_expired(cs, ch, ev_now(cs->w->loop));
+            if (last_id <= cs->boot_id || last_id > cs->last_id)
+                send_reset(c, ch, "unknown-id", last_id);
+            else if (last_id + 1 < ch->complete_from)
+                send_reset(c, ch, "history-expired", last_id);
+            else
+                pos[m] = first_after(ch, last_id);
+        }
+        m++;
+    }
+    /* Replay the missed events of all channels merged in id order, so a
+     * stream sees them as it would have live. */
+    for (;;) {
+        int best = -1;
+        uint64_t best_id = UINT64_MAX;
+        for (int i = 0; i < m; i++) {
+            if (pos[i] < chans[i]->count) {
+                uint64_t id = ring_at(chans[i], pos[i])->src->id;
+                if (id < best_id) {
+                    best_id = id;
+                    best = i;
+                }
+            }
+        }
+        if (best < 0 || c->state != CONN_STREAMING)
+            break;
+        struct frame *f = entry_frame(cs, ring_at(chans[best], pos[best]), views[best]);
+        if (f)
+            conn_stream_send(c, f);
+        pos[best]++;
+    }
+    for (int i = 0; i < m; i++)
+        if (!add_sub(cs, c, chans[i], views[i]))
+            return -1;
+    return 0;
+}
+
+void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
+{
+    struct sub *s = c->subs;
+    c->subs = NULL;
+    while (s) {
+        struct sub *next = s->next_in_conn;
+        struct channel *ch = s->chan;
+        int vi = view_index(ch, s->view, false);
+        struct chan_view *cv = &ch->views[vi];
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            cv->first = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        cv->nsubs--;
+        ch->nsubs--;
+        cs->nsubs--;
+        if (cv->nsubs == 0)   /* keep the view list short: publish walks it */
+            ch->views[vi] = ch->views[--ch->nviews];
+        free(s);
+        release_if_unused(cs, ch);
+        s = next;
+    }
+}
+
+uint64_t channels_last_id(const struct channels *cs)
+{
+    return cs->last_id;
+}
+
+void channels_counts(const struct channels *cs, size_t *channels,
+                     size_t *subs, size_t *events)
+{
+    *channels = HASH_COUNT(cs->by_name);
+    *subs = cs->nsubs;
+    *events = cs->nevents;
+}
+
+uint32_t channels_subscribers(struct channels *cs, const char *name,
+                              size_t name_len)
+{
+    struct channel *ch = find(cs, name, name_len);
+    return ch ? ch->nsubs : 0;
+}

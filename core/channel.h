@@ -1,0 +1,79 @@
+/* Channels: subscribers grouped by view, a bounded history ring, fan-out of
+ * events framed once per view, and Last-Event-ID resume. */
+#ifndef SLUICE_CHANNEL_H
+#define SLUICE_CHANNEL_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct conn;
+struct frame;
+struct worker;
+
+/* An event as published, kept so it can be framed for a view that had no
+ * subscriber when it was published (a resuming client's). */
+struct event_src {
+    uint64_t id;
+    char *name;         /* NULL: no event: line */
+    size_t name_len;
+    size_t data_len;
+    char data[];
+};
+
+/* Frames src for a masked view (view > 0): the script's transform. NULL
+ * drops the event for that view. */
+typedef struct frame *(*view_framer)(void *ctx, int view,
+                                     const struct event_src *src);
+
+struct channels;
+
+struct channels *channels_new(struct worker *w, size_t history_len,
+                              double history_ttl);
+void channels_free(struct channels *cs);
+void channels_set_framer(struct channels *cs, view_framer fn, void *ctx);
+
+/* History limits for channels whose name starts with prefix ("" = all),
+ * longest prefix wins; applies to channels created from now on and to
+ * existing ones. */
+int channels_configure(struct channels *cs, const char *prefix,
+                       size_t history_len, double history_ttl);
+
+struct publish_result {
+    uint64_t id;
+    uint32_t reached;   /* subscribers the event was queued for */
+};
+
+int channels_publish(struct channels *cs, const char *name, size_t name_len,
+                     const char *event, size_t event_len,
+                     const char *data, size_t data_len,
+                     struct publish_result *out);
+
+struct subscription_req {
+    const char *name;
+    size_t name_len;
+    int view;
+};
+
+/* Subscribes a stream to n channels at once. With has_last, first replays
+ * what it missed on every channel, merged in id order; a channel whose
+ * history no longer covers last_id gets the reset event instead. */
+int channels_subscribe(struct channels *cs, struct conn *c,
+                       const struct subscription_req *reqs, int n,
+                       bool has_last, uint64_t last_id);
+
+void channels_unsubscribe_conn(struct channels *cs, struct conn *c);
+
+/* The last id assigned (0 before the first event). */
+uint64_t channels_last_id(const struct channels *cs);
+
+/* Counts for stats: channels, subscriptions, history entries. */
+void channels_counts(const struct channels *cs, size_t *channels,
+                     size_t *subs, size_t *events);
+
+/* Subscribers of a channel (0 if it does not exist). */
+uint32_t channels_subscribers(struct channels *cs, const char *name,
+                              size_t name_len);
+
+#endif

@@ -1,0 +1,486 @@
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "channel.h"
+#include "log.h"
+#include "lua_api.h"
+#include "sse.h"
+#include "worker.h"
+
+static void on_io(struct ev_loop *loop, ev_io *io, int revents);
+
+/* Frames every stream shares; they live as long as the process. */
+static struct frame *shared_chunk(const char *sse_text)
+{
+    char *body;
+    size_t n = strlen(sse_text);
+    struct frame *f = frame_new_chunk(n, &body);
+    if (!f)
+        return NULL;
+    memcpy(body, sse_text, n);
+    frame_make_static(f);
+    return f;
+}
+
+static struct frame *heartbeat_frame(void)
+{
+    static struct frame *f;
+    if (!f)
+        f = shared_chunk(":\n\n");
+    return f;
+}
+
+static struct frame *last_chunk_frame(void)
+{
+    static struct frame *f;
+    if (!f) {
+        f = frame_copy("0\r\n\r\n", 5);
+        if (f)
+            frame_make_static(f);
+    }
+    return f;
+}
+
+static void set_events(struct conn *c, int events)
+{
+    if ((c->io.events & (EV_READ | EV_WRITE)) == events)
+        return;
+    ev_io_stop(c->w->loop, &c->io);
+    ev_io_set(&c->io, c->fd, events);
+    if (events)
+        ev_io_start(c->w->loop, &c->io);
+}
+
+static void schedule_flush(struct conn *c)
+{
+    if (c->in_flush_queue)
+        return;
+    c->in_flush_queue = true;
+    /* Plain answers go first: a publisher must not wait behind the
+     * fan-out its own publish caused. */
+    if (conn_is_stream(c))
+        TAILQ_INSERT_TAIL(&c->w->flush_queue, c, flush_link);
+    else
+        TAILQ_INSERT_HEAD(&c->w->flush_queue, c, flush_link);
+}
+
+bool conn_is_stream(const struct conn *c)
+{
+    return c->stream;
+}
+
+static void remember_peer(struct conn *c, const struct sockaddr *sa)
+{
+    if (sa && sa->sa_family == AF_INET) {
+        c->peer.family = AF_INET;
+        memcpy(c->peer.addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    } else if (sa && sa->sa_family == AF_INET6) {
+        c->peer.family = AF_INET6;
+        memcpy(c->peer.addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    }
+}
+
+void conn_peer_text(const struct conn *c, char *out, size_t size)
+{
+    if (!c->peer.family || !inet_ntop(c->peer.family, c->peer.addr, out, (socklen_t)size))
+        snprintf(out, size, "unknown");
+}
+
+void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
+{
+    int one = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+        log_debug("TCP_NODELAY: %s", strerror(errno));
+    struct conn *c = calloc(1, sizeof *c);
+    if (c) {
+        c->w = w;
+        c->fd = fd;
+        c->parser = malloc(sizeof *c->parser);
+    }
+    if (!c || !c->parser || !worker_register_conn(w, c)) {
+        free(c ? c->parser : NULL);
+        free(c);
+        if (close(fd) < 0)
+            log_debug("close: %s", strerror(errno));
+        log_warn("out of memory accepting a connection");
+        return;
+    }
+    remember_peer(c, peer);
+    http_parser_init(c->parser, &w->limits);
+    ev_io_init(&c->io, on_io, fd, EV_READ);
+    c->io.data = c;
+    ev_io_start(w->loop, &c->io);
+    deadline_arm(&w->header_timeouts, &c->timeout);
+}
+
+void conn_free(struct conn *c)
+{
+    struct worker *w = c->w;
+    if (c->lua_watch)
+        lua_api_stream_closed(w->vm, c);
+    channels_unsubscribe_conn(w->channels, c);
+    ev_io_stop(w->loop, &c->io);
+    deadline_cancel(&c->timeout);
+    if (c->in_flush_queue)
+        TAILQ_REMOVE(&w->flush_queue, c, flush_link);
+    outbuf_clear(&c->out);
+    if (c->parser) {
+        http_parser_free(c->parser);
+        free(c->parser);
+    }
+    free(c->reset_event);
+    if (close(c->fd) < 0)
+        log_debug("close: %s", strerror(errno));
+    worker_conn_released(w, c);
+    free(c);
+}
+
+void conn_abort(struct conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    c->state = CONN_DEAD;
+    schedule_flush(c);
+}
+
+/* Writes what is queued. Returns false if c was freed. */
+static bool write_out(struct conn *c)
+{
+    switch (outbuf_write(&c->out, c->fd)) {
+    case OUTBUF_ERROR:
+        conn_free(c);
+        return false;
+    case OUTBUF_AGAIN:
+        c->writing = true;
+        set_events(c, EV_READ | EV_WRITE);
+        return true;
+    case OUTBUF_DRAINED:
+        break;
+    }
+    if (c->state == CONN_CLOSING) {
+        conn_free(c);
+        return false;
+    }
+    if (c->writing) {
+        c->writing = false;
+        set_events(c, EV_READ);
+    }
+    return true;
+}
+
+void conn_on_flush(struct conn *c)
+{
+    c->in_flush_queue = false;
+    if (c->state == CONN_DEAD) {
+        conn_free(c);
+        return;
+    }
+    if (!c->writing)   /* else EV_WRITE will tell us when to write */
+        write_out(c);
+}
+
+static void enqueue(struct conn *c, struct frame *f, uint32_t off, uint32_t len)
+{
+    if (!outbuf_push(&c->out, f, off, len)) {
+        log_warn("out of memory queueing output; closing connection");
+        conn_abort(c);
+        return;
+    }
+    schedule_flush(c);
+}
+
+static void enqueue_bytes(struct conn *c, const char *bytes, size_t len)
+{
+    struct frame *f = frame_copy(bytes, len);
+    if (!f) {
+        conn_abort(c);
+        return;
+    }
+    enqueue(c, f, 0, f->len);
+    frame_unref(f);
+}
+
+/* After an answer: the next request on this connection, or closing. */
+static void finish_request(struct conn *c)
+{
+    c->served = true;
+    if (c->keep_alive && !c->w->stopping) {
+        c->state = CONN_READING;
+        deadline_arm(&c->w->keepalive_timeouts, &c->timeout);
+    } else {
+        c->state = CONN_CLOSING;
+        deadline_cancel(&c->timeout);
+    }
+}
+
+void conn_respond(struct conn *c, int status, const char *head, size_t head_len,
+                  const char *body, size_t body_len)
+{
+    (void)status;
+    if (c->state != CONN_DISPATCHING && c->state != CONN_READING)
+        return;
+    struct frame *f = frame_new(head_len + body_len);
+    if (!f) {
+        conn_abort(c);
+        return;
+    }
+    memcpy(f->data, head, head_len);
+    if (body_len)
+        memcpy(f->data + head_len, body, body_len);
+    enqueue(c, f, 0, f->len);
+    frame_unref(f);
+    finish_request(c);
+}
+
+void conn_respond_error(struct conn *c, int status, const char *extra_headers)
+{
+    char body[128];
+    int blen = snprintf(body, sizeof body, "%d %s\n", status, http_reason(status));
+    struct buf head = { 0 };
+    bool keep = c->keep_alive && status < 500 && status != 408 &&
+                status != 400 && status != 413 && status != 414 && status != 431;
+    /* After a framing error the rest of the input cannot be trusted. */
+    c->keep_alive = keep;
+    buf_printf(&head, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               "Content-Length: %d\r\n%s%s\r\n", status, http_reason(status), blen,
+               keep ? "" : "Connection: close\r\n",
+               extra_headers ? extra_headers : "");
+    if (head.failed) {
+        buf_free(&head);
+        conn_abort(c);
+        return;
+    }
+    bool is_head = c->parser && c->parser->req.complete && http_is_head(c->parser);
+    conn_respond(c, status, head.data, head.len, body, is_head ? 0 : (size_t)blen);
+    buf_free(&head);
+}
+
+bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
+                      struct frame *first, double heartbeat)
+{
+    if (c->state != CONN_DISPATCHING)
+        return false;
+    enqueue_bytes(c, head, head_len);
+    if (c->state == CONN_DEAD)
+        return false;
+    c->state = CONN_STREAMING;
+    c->stream = true;
+    c->w->stats.streams_opened++;
+    conn_stream_send(c, first);
+    if (heartbeat > 0)
+        deadline_arm(worker_heartbeat_list(c->w, heartbeat), &c->timeout);
+    else
+        deadline_cancel(&c->timeout);
+    return c->state == CONN_STREAMING;
+}
+
+static void send_gap_marker(struct conn *c, uint32_t dropped)
+{
+    char data[96];
+    int n = snprintf(data, sizeof data,
+                     "{\"reason\":\"slow-consumer\",\"dropped\":%u}", dropped);
+    const char *name = c->reset_event ? c->reset_event : "sluice-reset";
+    struct sse_event ev = { .event = name, .event_len = strlen(name),
+                            .data = data, .data_len = (size_t)n, .retry_ms = -1 };
+    char *body;
+    struct frame *f = frame_new_chunk(sse_event_size(&ev), &body);
+    if (!f) {
+        conn_abort(c);
+        return;
+    }
+    sse_event_write(body, &ev);
+    if (c->chunked)
+        enqueue(c, f, 0, f->len);
+    else
+        enqueue(c, f, f->body_off, f->body_len);
+    frame_unref(f);
+}
+
+bool conn_stream_send(struct conn *c, struct frame *f)
+{
+    if (c->state != CONN_STREAMING || !f)
+        return false;
+    uint32_t off = c->chunked ? 0 : f->body_off;
+    uint32_t len = c->chunked ? f->len : f->body_len;
+    size_t cap = c->w->cfg->max_queued;
+    if (c->out.bytes + len > cap) {
+        if (c->slow_policy == SLOW_CLOSE) {
+            /* Ids and history let it reconnect and resume without loss. */
+            c->w->stats.slow_closed++;
+            log_debug("slow consumer closed (%zu bytes queued)", c->out.bytes);
+            conn_abort(c);
+            return false;
+        }
+        uint32_t dropped = outbuf_drop_oldest(&c->out, cap / 2);
+        c->w->stats.slow_gapped++;
+        send_gap_marker(c, dropped);
+    }
+    c->wrote_since_heartbeat = true;
+    enqueue(c, f, off, len);
+    return c->state == CONN_STREAMING;
+}
+
+void conn_stream_end(struct conn *c)
+{
+    if (c->state != CONN_STREAMING)
+        return;
+    if (c->chunked) {
+        struct frame *f = last_chunk_frame();
+        if (f)
+            enqueue(c, f, 0, f->len);
+    }
+    channels_unsubscribe_conn(c->w->channels, c);
+    deadline_cancel(&c->timeout);
+    if (c->state == CONN_STREAMING)
+        c->state = CONN_CLOSING;
+    schedule_flush(c);
+}
+
+void conn_stream_goodbye(struct conn *c, long retry_ms)
+{
+    struct sse_event ev = { .retry_ms = retry_ms, .comment = "server shutting down",
+                            .comment_len = 20 };
+    struct frame *f = frame_sse(&ev);
+    if (f) {
+        conn_stream_send(c, f);
+        frame_unref(f);
+    }
+    conn_stream_end(c);
+}
+
+void conn_heartbeat(struct conn *c)
+{
+    if (c->state != CONN_STREAMING)
+        return;
+    if (!c->wrote_since_heartbeat) {
+        struct frame *f = heartbeat_frame();
+        if (f) {
+            if (c->chunked)
+                enqueue(c, f, 0, f->len);
+            else
+                enqueue(c, f, f->body_off, f->body_len);
+        }
+    }
+    c->wrote_since_heartbeat = false;
+}
+
+void conn_timed_out(struct conn *c)
+{
+    if (c->state != CONN_READING)
+        return;
+    bool partial = c->parser && c->parser->started;
+    if (c->served && !partial) {
+        c->state = CONN_DEAD;   /* an idle keep-alive connection: just close */
+        schedule_flush(c);
+        return;
+    }
+    c->keep_alive = false;
+    conn_respond_error(c, 408, NULL);
+}
+
+static void dispatch(struct conn *c)
+{
+    struct worker *w = c->w;
+    w->stats.requests++;
+    c->state = CONN_DISPATCHING;
+    c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
+    deadline_cancel(&c->timeout);
+    lua_api_dispatch(w->vm, c);
+    if (c->state == CONN_DISPATCHING) {
+        log_error("handler produced no answer for %s; answering 500",
+                  http_method(c->parser));
+        conn_respond_error(c, 500, NULL);
+    }
+}
+
+/* Parses and answers every complete request in data. */
+static void feed(struct conn *c, const char *data, size_t len)
+{
+    while (len && c->state == CONN_READING) {
+        struct http_parser *p = c->parser;
+        size_t used = 0;
+        enum http_parse_result r = http_parse(p, data, len, &used);
+        data += used;
+        len -= used;
+        if (r == HTTP_PARSE_BAD) {
+            c->keep_alive = false;
+            conn_respond_error(c, http_bad_status(p), NULL);
+            return;
+        }
+        if (r == HTTP_PARSE_MORE) {
+            if (p->started && c->timeout.list != &c->w->header_timeouts)
+                deadline_arm(&c->w->header_timeouts, &c->timeout);
+            if (p->head_done && p->req.expect_continue && !c->sent_continue) {
+                c->sent_continue = true;
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                enqueue_bytes(c, cont, sizeof cont - 1);
+            }
+            return;
+        }
+        dispatch(c);
+        c->sent_continue = false;
+        if (c->state != CONN_READING)
+            break;
+        http_parser_next(p);
+    }
+    if (c->state != CONN_READING && c->parser) {
+        /* A stream or a closing connection parses nothing more. */
+        http_parser_free(c->parser);
+        free(c->parser);
+        c->parser = NULL;
+    }
+}
+
+static void on_readable(struct conn *c)
+{
+    struct worker *w = c->w;
+    /* Pipelined requests whose answers the client is not reading: stop
+     * reading until the answers drain, so memory stays bounded. */
+    if (c->state == CONN_READING && c->out.bytes > w->cfg->max_queued) {
+        set_events(c, EV_WRITE);
+        return;
+    }
+    ssize_t n = read(c->fd, w->readbuf, sizeof w->readbuf);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        conn_free(c);
+        return;
+    }
+    if (n == 0) {   /* the client went away (or half-closed: treat alike) */
+        conn_free(c);
+        return;
+    }
+    if (c->state == CONN_READING)
+        feed(c, w->readbuf, (size_t)n);
+    /* Streams ignore input; reading only notices a vanished client. */
+}
+
+static void on_io(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    struct conn *c = io->data;
+    if (revents & EV_WRITE) {
+        if (c->state == CONN_DEAD) {
+            conn_free(c);
+            return;
+        }
+        c->writing = false;
+        if (!write_out(c))
+            return;
+        if (c->state == CONN_READING && !(c->io.events & EV_READ))
+            set_events(c, EV_READ);
+    }
+    if (revents & EV_READ)
+        on_readable(c);
+}

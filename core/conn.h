@@ -1,0 +1,97 @@
+/* The connection state machine: read, parse, dispatch, respond or stream,
+ * write, close. */
+#ifndef SLUICE_CONN_H
+#define SLUICE_CONN_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "deadline.h"
+#include "http.h"
+#include "outbuf.h"
+
+struct worker;
+struct sub;
+
+enum conn_state {
+    CONN_READING,      /* waiting for or parsing a request */
+    CONN_DISPATCHING,  /* a Lua handler is deciding */
+    CONN_STREAMING,    /* an open SSE stream */
+    CONN_CLOSING,      /* write what is queued, then close */
+    CONN_DEAD,         /* close at the end of this loop turn */
+};
+
+enum slow_policy { SLOW_CLOSE, SLOW_DROP_OLDEST };
+
+struct peer_addr {
+    uint8_t family;        /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+};
+
+struct conn {
+    struct worker *w;
+    ev_io io;
+    int fd;
+    uint32_t slot;
+    struct peer_addr peer;
+    enum conn_state state;
+    struct http_parser *parser;   /* freed once a stream opens */
+    struct outbuf out;
+    struct deadline timeout;      /* header, keep-alive or heartbeat */
+    TAILQ_ENTRY(conn) flush_link;
+    bool in_flush_queue;
+    bool writing;                 /* waiting for EV_WRITE */
+    bool served;                  /* has answered a request before */
+    bool keep_alive;
+    bool sent_continue;
+    /* Streams only. */
+    bool stream;
+    bool chunked;                 /* HTTP/1.1: events are chunks */
+    bool wrote_since_heartbeat;
+    bool lua_watch;               /* Lua asked to hear when it closes */
+    uint8_t slow_policy;
+    struct sub *subs;
+    char *reset_event;            /* name of the missed-events event */
+};
+
+struct sockaddr;
+void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);
+
+/* The client's address as text ("127.0.0.1", "::1"). */
+void conn_peer_text(const struct conn *c, char *out, size_t size);
+void conn_on_flush(struct conn *c);          /* from the worker's flusher */
+void conn_free(struct conn *c);              /* close now and free */
+
+/* Answering (from Lua or C). head is the status line and headers, ending
+ * with the blank line; body may be NULL. */
+void conn_respond(struct conn *c, int status, const char *head, size_t head_len,
+                  const char *body, size_t body_len);
+void conn_respond_error(struct conn *c, int status, const char *extra_headers);
+
+/* Opens an SSE stream: head is the response head, first the opening
+ * event (retry hint or comment) so the client's open event fires at once. */
+bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
+                      struct frame *first, double heartbeat);
+
+/* Queues one framed event on a stream, applying the slow-consumer policy.
+ * False if the stream is gone or was closed by the policy. */
+bool conn_stream_send(struct conn *c, struct frame *f);
+
+/* Ends a stream cleanly after what is queued (terminating chunk). */
+void conn_stream_end(struct conn *c);
+
+/* Ends a stream with a reconnect hint (shutdown). */
+void conn_stream_goodbye(struct conn *c, long retry_ms);
+
+/* Closes at the end of this loop turn; safe in the middle of a fan-out. */
+void conn_abort(struct conn *c);
+
+bool conn_is_stream(const struct conn *c);
+
+/* Deadline expiries, routed here by the worker. */
+void conn_timed_out(struct conn *c);    /* header or keep-alive timeout */
+void conn_heartbeat(struct conn *c);    /* a stream's heartbeat is due */
+
+#endif

@@ -1,0 +1,66 @@
+#include "frame.h"
+
+#include "sse.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STATIC_REFS (UINT32_MAX / 2)
+
+struct frame *frame_new(size_t len)
+{
+    if (len > UINT32_MAX - 64)
+        return NULL;
+    struct frame *f = malloc(sizeof *f + len);
+    if (!f)
+        return NULL;
+    f->refs = 1;
+    f->len = (uint32_t)len;
+    f->body_off = 0;
+    f->body_len = (uint32_t)len;
+    return f;
+}
+
+struct frame *frame_new_chunk(size_t body_len, char **body)
+{
+    char head[24];
+    int hlen = snprintf(head, sizeof head, "%zx\r\n", body_len);
+    struct frame *f = frame_new((size_t)hlen + body_len + 2);
+    if (!f)
+        return NULL;
+    memcpy(f->data, head, (size_t)hlen);
+    memcpy(f->data + hlen + body_len, "\r\n", 2);
+    f->body_off = (uint32_t)hlen;
+    f->body_len = (uint32_t)body_len;
+    *body = f->data + hlen;
+    return f;
+}
+
+struct frame *frame_copy(const void *bytes, size_t len)
+{
+    struct frame *f = frame_new(len);
+    if (f && len)
+        memcpy(f->data, bytes, len);
+    return f;
+}
+
+void frame_unref(struct frame *f)
+{
+    if (f && --f->refs == 0)
+        free(f);
+}
+
+void frame_make_static(struct frame *f)
+{
+    f->refs = STATIC_REFS;
+}
+
+struct frame *frame_sse(const struct sse_event *ev)
+{
+    char *body;
+    struct frame *f = frame_new_chunk(sse_event_size(ev), &body);
+    if (f)
+        sse_event_write(body, ev);
+    return f;
+}

@@ -1,0 +1,285 @@
+#include "http.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PARSER(ll) ((struct http_parser *)(ll))
+
+static bool reserve(char **buf, uint32_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return true;
+    size_t cap2 = *cap ? *cap : 512;
+    while (cap2 < need)
+        cap2 *= 2;
+    char *b = realloc(*buf, cap2);
+    if (!b)
+        return false;
+    *buf = b;
+    *cap = (uint32_t)cap2;
+    return true;
+}
+
+/* Head bytes are capped; the cap decides between 414 and 431. */
+static int head_append(struct http_parser *p, const char *at, size_t n,
+                       int status_if_over)
+{
+    struct http_request *r = &p->req;
+    if (r->head_len + n > p->limits->max_head) {
+        r->reject_status = status_if_over;
+        return -1;
+    }
+    if (!reserve(&r->head, &r->head_cap, r->head_len + n)) {
+        r->reject_status = 503;
+        return -1;
+    }
+    memcpy(r->head + r->head_len, at, n);
+    r->head_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *ll)
+{
+    PARSER(ll)->started = true;
+    return 0;
+}
+
+static int on_url(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = PARSER(ll);
+    if (head_append(p, at, n, 414))
+        return -1;
+    p->req.url_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_header_field(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = PARSER(ll);
+    struct http_request *r = &p->req;
+    bool new_header = r->in_value || r->nheaders == 0;
+    if (new_header) {
+        if (r->nheaders >= p->limits->max_headers) {
+            r->reject_status = 431;
+            return -1;
+        }
+        if (r->nheaders == r->headers_cap) {
+            uint32_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+            struct http_header *h = realloc(r->headers, sizeof *h * cap);
+            if (!h) {
+                r->reject_status = 503;
+                return -1;
+            }
+            r->headers = h;
+            r->headers_cap = cap;
+        }
+        r->headers[r->nheaders++] = (struct http_header){ r->head_len, 0,
+                                                          r->head_len, 0 };
+        r->in_value = false;
+    }
+    struct http_header *h = &r->headers[r->nheaders - 1];
+    if (head_append(p, at, n, 431))
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        r->head[h->name_off + h->name_len + i] =
+            (char)tolower((unsigned char)at[i]);
+    h->name_len += (uint32_t)n;
+    h->value_off = r->head_len;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = PARSER(ll);
+    struct http_request *r = &p->req;
+    r->in_value = true;
+    if (head_append(p, at, n, 431))
+        return -1;
+    r->headers[r->nheaders - 1].value_len += (uint32_t)n;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *ll)
+{
+    struct http_parser *p = PARSER(ll);
+    struct http_request *r = &p->req;
+    p->head_done = true;
+    if ((ll->flags & F_CONTENT_LENGTH) &&
+        ll->content_length > p->limits->max_body) {
+        r->reject_status = 413;
+        return -1;
+    }
+    uint32_t n;
+    const char *expect = http_header(r, "expect", &n);
+    r->expect_continue = expect && n == 12 &&
+                         strncasecmp(expect, "100-continue", 12) == 0;
+    return 0;
+}
+
+static int on_body(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http_parser *p = PARSER(ll);
+    struct http_request *r = &p->req;
+    if (r->body_len + n > p->limits->max_body) {
+        r->reject_status = 413;
+        return -1;
+    }
+    if (r->body_len + n > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 1024;
+        while (cap < r->body_len + n)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b) {
+            r->reject_status = 503;
+            return -1;
+        }
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, at, n);
+    r->body_len += n;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *ll)
+{
+    PARSER(ll)->req.complete = true;
+    return HPE_PAUSED;   /* hand the request over before parsing the next */
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_parser_init(struct http_parser *p, const struct http_limits *lim)
+{
+    memset(p, 0, sizeof *p);
+    p->limits = lim;
+    llhttp_init(&p->ll, HTTP_REQUEST, &settings);
+}
+
+static void request_reset(struct http_request *r, bool keep_buffers)
+{
+    if (!keep_buffers) {
+        free(r->head);
+        free(r->headers);
+        free(r->body);
+        memset(r, 0, sizeof *r);
+        return;
+    }
+    r->head_len = r->url_len = 0;
+    r->nheaders = 0;
+    r->body_len = 0;
+    r->reject_status = 0;
+    r->in_value = r->expect_continue = r->complete = false;
+}
+
+void http_parser_free(struct http_parser *p)
+{
+    request_reset(&p->req, false);
+}
+
+void http_parser_next(struct http_parser *p)
+{
+    /* Keep small buffers for the next keep-alive request; drop big ones. */
+    bool keep = p->req.head_cap <= 4096 && p->req.body_cap <= 16384;
+    request_reset(&p->req, keep);
+    p->head_done = p->started = false;
+    llhttp_resume(&p->ll);
+}
+
+enum http_parse_result http_parse(struct http_parser *p, const char *data,
+                                  size_t len, size_t *used)
+{
+    llhttp_errno_t err = llhttp_execute(&p->ll, data, len);
+    if (err == HPE_OK) {
+        *used = len;
+        return HTTP_PARSE_MORE;
+    }
+    if (err == HPE_PAUSED && p->req.complete) {
+        *used = (size_t)(llhttp_get_error_pos(&p->ll) - data);
+        return HTTP_PARSE_DONE;
+    }
+    *used = len;
+    return HTTP_PARSE_BAD;
+}
+
+int http_bad_status(const struct http_parser *p)
+{
+    return p->req.reject_status ? p->req.reject_status : 400;
+}
+
+bool http_keep_alive(const struct http_parser *p)
+{
+    return llhttp_should_keep_alive(&p->ll);
+}
+
+bool http_is_1_0(const struct http_parser *p)
+{
+    return p->ll.http_major == 1 && p->ll.http_minor == 0;
+}
+
+const char *http_method(const struct http_parser *p)
+{
+    return llhttp_method_name((llhttp_method_t)p->ll.method);
+}
+
+bool http_is_head(const struct http_parser *p)
+{
+    return p->ll.method == HTTP_HEAD;
+}
+
+const char *http_header(const struct http_request *r, const char *name,
+                        uint32_t *len)
+{
+    size_t n = strlen(name);
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        const struct http_header *h = &r->headers[i];
+        if (h->name_len == n && memcmp(r->head + h->name_off, name, n) == 0) {
+            *len = h->value_len;
+            return r->head + h->value_off;
+        }
+    }
+    return NULL;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,205 @@
+#include "luavm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "log.h"
+
+/* The signal handler needs the state of the thread it interrupts. */
+static _Thread_local struct luavm *current_vm;
+
+/* Raised on every instruction once the budget is spent, so a script that
+ * catches the error with pcall cannot keep looping: only the C boundary in
+ * luavm_sandbox_run clears the hook. */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    struct luavm *vm = current_vm;
+    if (vm && vm->budget_expired)
+        luaL_error(L, "script exceeded its CPU budget of %d ms", vm->cpu_budget_ms);
+}
+
+static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
+{
+    (void)sig; (void)info; (void)uctx;
+    struct luavm *vm = current_vm;
+    if (!vm || vm->sandbox_depth == 0)
+        return;
+    vm->budget_expired = 1;
+    /* lua_sethook is the one Lua API call that is safe in a signal handler
+     * (LuaJIT's own interrupt handler does the same). */
+    lua_sethook(vm->L, budget_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct luavm *vm = ud;
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem_used -= osize;
+        return NULL;
+    }
+    /* Only script code is refused memory: the runtime must still be able to
+     * answer 500 and clean up after the script that ran out. */
+    if (vm->mem_limit && nsize > osize && vm->sandbox_depth > 0 &&
+        vm->mem_used + (nsize - osize) > vm->mem_limit) {
+        vm->mem_exceeded = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p)
+        vm->mem_used = vm->mem_used - osize + nsize;
+    return p;
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = "(error object is not a string)";
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what)
+{
+    lua_State *L = vm->L;
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    int rc = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    if (rc == 0)
+        return true;
+    log_error("%s: %s", what, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return false;
+}
+
+static void arm_cpu_timer(struct luavm *vm, int ms)
+{
+    if (!vm->cpu_timer_armed_ok)
+        return;
+    struct itimerspec its = { 0 };
+    its.it_value.tv_sec = ms / 1000;
+    its.it_value.tv_nsec = (long)(ms % 1000) * 1000000L;
+    if (timer_settime(vm->cpu_timer, 0, &its, NULL) < 0)
+        log_warn("timer_settime: %s", strerror(errno));
+}
+
+int luavm_sandbox_run(lua_State *L)
+{
+    struct luavm *vm = current_vm;
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int nargs = lua_gettop(L) - 1;
+    bool outermost = vm->sandbox_depth == 0;
+    if (outermost) {
+        vm->budget_expired = 0;
+        vm->mem_exceeded = false;
+        if (vm->cpu_budget_ms > 0)
+            arm_cpu_timer(vm, vm->cpu_budget_ms);
+    }
+    vm->sandbox_depth++;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, 1);
+    int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
+    vm->sandbox_depth--;
+    if (outermost) {
+        if (vm->cpu_budget_ms > 0)
+            arm_cpu_timer(vm, 0);
+        /* Disarm first, then clear: a late signal is harmless after this. */
+        lua_sethook(L, NULL, 0, 0);
+    }
+    lua_remove(L, 1);   /* the traceback function */
+    if (rc != 0) {
+        if (rc == LUA_ERRMEM || vm->mem_exceeded) {
+            lua_pop(L, 1);
+            lua_pushfstring(L, "script exceeded the Lua memory limit of %d MiB",
+                            (int)(vm->mem_limit >> 20));
+            if (outermost)
+                lua_gc(L, LUA_GCCOLLECT, 0);
+        } else if (!lua_isstring(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushstring(L, "(error object is not a string)");
+        }
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+static bool setup_cpu_timer(struct luavm *vm)
+{
+    struct sigaction sa = { 0 };
+    sa.sa_sigaction = on_cpu_timer;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGVTALRM, &sa, NULL) < 0) {
+        log_error("sigaction(SIGVTALRM): %s", strerror(errno));
+        return false;
+    }
+    struct sigevent sev = { 0 };
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGVTALRM;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    /* CPU time of this thread: a handler blocked by nothing but itself. */
+    if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &vm->cpu_timer) < 0) {
+        log_error("timer_create: %s", strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+struct luavm *luavm_new(struct worker *w, const char *lua_dir,
+                        size_t mem_limit, int cpu_budget_ms)
+{
+    struct luavm *vm = calloc(1, sizeof *vm);
+    if (!vm)
+        return NULL;
+    vm->w = w;
+    vm->mem_limit = mem_limit;
+    vm->cpu_budget_ms = cpu_budget_ms;
+    vm->L = lua_newstate(capped_alloc, vm);
+    if (!vm->L) {
+        free(vm);
+        return NULL;
+    }
+    current_vm = vm;
+    if (cpu_budget_ms > 0)
+        vm->cpu_timer_armed_ok = setup_cpu_timer(vm);
+    lua_State *L = vm->L;
+    luaL_openlibs(L);
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", lua_dir, lua_dir);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+    return vm;
+}
+
+void luavm_free(struct luavm *vm)
+{
+    if (!vm)
+        return;
+    if (vm->cpu_timer_armed_ok && timer_delete(vm->cpu_timer) < 0)
+        log_warn("timer_delete: %s", strerror(errno));
+    lua_close(vm->L);
+    if (current_vm == vm)
+        current_vm = NULL;
+    free(vm);
+}
+
+size_t luavm_memory(const struct luavm *vm)
+{
+    return vm->mem_used;
+}

@@ -1,0 +1,48 @@
+/* The worker's Lua state: a memory-capped allocator, a CPU budget for
+ * script code, and protected calls that turn every error into a log line. */
+#ifndef SLUICE_LUAVM_H
+#define SLUICE_LUAVM_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <lua.h>
+
+struct worker;
+
+struct luavm {
+    lua_State *L;
+    struct worker *w;
+    size_t mem_used;
+    size_t mem_limit;          /* 0: unlimited */
+    int cpu_budget_ms;         /* 0: no watchdog */
+    int sandbox_depth;         /* > 0 while script code runs */
+    timer_t cpu_timer;
+    bool cpu_timer_armed_ok;
+    volatile sig_atomic_t budget_expired;
+    bool mem_exceeded;
+    /* Runtime entry points (registry references). */
+    int ref_dispatch, ref_timer, ref_closed, ref_transform, ref_reload;
+};
+
+/* Creates the state, sets package.path to lua_dir, and installs the C
+ * half of the API as the module "sluice.core". NULL on failure. */
+struct luavm *luavm_new(struct worker *w, const char *lua_dir,
+                        size_t mem_limit, int cpu_budget_ms);
+void luavm_free(struct luavm *vm);
+
+/* Calls the function below nargs arguments on the stack as trusted runtime
+ * code. On error logs it with a traceback and returns false; the stack is
+ * left as lua_pcall leaves it minus the message. */
+bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what);
+
+/* lua_CFunction: core.run(fn, ...) -> true, results... | false, message.
+ * Runs script code under the CPU budget and the memory cap. */
+int luavm_sandbox_run(lua_State *L);
+
+/* Bytes the Lua state holds. */
+size_t luavm_memory(const struct luavm *vm);
+
+#endif

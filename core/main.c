@@ -1,0 +1,260 @@
+/* sluice: command line, process set-up, and the worker's life. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "lua_api.h"
+#include "luavm.h"
+#include "worker.h"
+
+static void usage(FILE *out, const struct config *d)
+{
+    fprintf(out,
+"usage: sluice [options]            serve the apps\n"
+"       sluice --check DIR          load and validate the apps in DIR, then exit\n"
+"       sluice reload --pid-file F  ask a running server to reload its apps\n"
+"\n"
+"  --listen HOST:PORT        address to serve on (default %s)\n"
+"  --apps DIR                directory of app scripts, every *.lua (default %s)\n"
+"  --lua-path DIR            the sluice Lua library (default: lua/ beside the binary)\n"
+"  --max-conns N             connections at once; more get 503 (default: open-files limit - 64)\n"
+"  --backlog N               listen backlog (default %d)\n"
+"  --max-header-bytes N      request line and headers; 431 past it (default %zu)\n"
+"  --max-headers N           header fields per request; 431 past it (default %zu)\n"
+"  --max-body-bytes N        request body; 413 past it (default %zu)\n"
+"  --max-queued-bytes N      output queued per connection; a stream past it is a\n"
+"                            slow consumer (default %zu)\n"
+"  --header-timeout S        seconds to receive a whole request; 408 after (default %g)\n"
+"  --keepalive-timeout S     idle keep-alive connections close after (default %g)\n"
+"  --heartbeat S             stream heartbeat comment interval, 0 = off (default %g)\n"
+"  --retry MS                retry: hint sent when a stream opens, -1 = none (default %ld)\n"
+"  --history-len N           events kept per channel for resume (default %zu)\n"
+"  --history-ttl S           seconds an event stays in history (default %g)\n"
+"  --lua-cpu-budget MS       CPU a script call may use before it is stopped,\n"
+"                            0 = no limit and JIT-compiled scripts (default %d)\n"
+"  --lua-memory MB           Lua memory cap per worker, 0 = none (default %zu)\n"
+"  --no-watch                do not reload when files in --apps change\n"
+"  --reload-debounce S       quiet time before a reload (default %g)\n"
+"  --shutdown-grace S        time to flush streams on SIGTERM (default %g)\n"
+"  --pid-file FILE           write the process id here\n"
+"  --log-level LEVEL         debug, info, warn or error (default info)\n"
+"  --version, --help\n",
+            d->listen, d->apps_dir, d->backlog, d->max_head, d->max_headers,
+            d->max_body, d->max_queued, d->header_timeout, d->keepalive_timeout,
+            d->heartbeat, d->retry_ms, d->history_len, d->history_ttl, d->lua_cpu_ms,
+            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace);
+}
+
+static int parse_num(const char *opt, const char *s, double min, double max, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < min || v > max) {
+        fprintf(stderr, "sluice: %s wants a number from %g to %g, got \"%s\"\n",
+                opt, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* lua/ beside the executable, so a checkout runs without installing. */
+static char *default_lua_dir(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return strdup("lua");
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0';
+    char *dir = malloc(strlen(exe) + 5);
+    if (dir)
+        sprintf(dir, "%s/lua", exe);
+    return dir;
+}
+
+static int raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        log_warn("getrlimit: %s", strerror(errno));
+        return 1024;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn("setrlimit: %s", strerror(errno));
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return 1024;
+    }
+    return rl.rlim_cur > INT_MAX ? INT_MAX : (int)rl.rlim_cur;
+}
+
+static int send_reload(const char *pid_file)
+{
+    if (!pid_file) {
+        fprintf(stderr, "sluice reload: --pid-file FILE is required\n");
+        return 2;
+    }
+    FILE *f = fopen(pid_file, "r");
+    long pid = 0;
+    if (!f || fscanf(f, "%ld", &pid) != 1 || pid <= 1) {
+        fprintf(stderr, "sluice reload: no process id in %s\n", pid_file);
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    if (kill((pid_t)pid, SIGHUP) < 0) {
+        fprintf(stderr, "sluice reload: process %ld: %s\n", pid, strerror(errno));
+        return 1;
+    }
+    printf("sent SIGHUP to %ld\n", pid);
+    return 0;
+}
+
+static int check_apps(struct config *cfg, const char *dir)
+{
+    struct luavm *vm = luavm_new(NULL, cfg->lua_dir, 0, 0);
+    if (!vm)
+        return 2;
+    int problems = lua_api_start(vm, dir, true);
+    luavm_free(vm);
+    if (problems < 0)
+        return 2;
+    if (problems > 0) {
+        fprintf(stderr, "%s: %d problem(s)\n", dir, problems);
+        return 1;
+    }
+    printf("%s: ok\n", dir);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg, defaults;
+    config_defaults(&cfg);
+    defaults = cfg;
+    const char *check_dir = NULL;
+    bool reload_cmd = argc > 1 && strcmp(argv[1], "reload") == 0;
+    if (reload_cmd) {
+        argv[1] = argv[0];
+        argv++;
+        argc--;
+    }
+    enum { O_LISTEN = 256, O_APPS, O_LUA, O_MAXCONNS, O_BACKLOG, O_MAXHEAD,
+           O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_HB,
+           O_RETRY, O_HLEN, O_HTTL, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
+           O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP };
+    static const struct option opts[] = {
+        { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
+        { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
+        { "backlog", 1, 0, O_BACKLOG }, { "max-header-bytes", 1, 0, O_MAXHEAD },
+        { "max-headers", 1, 0, O_MAXHEADERS }, { "max-body-bytes", 1, 0, O_MAXBODY },
+        { "max-queued-bytes", 1, 0, O_MAXQUEUED }, { "header-timeout", 1, 0, O_HEADERTO },
+        { "keepalive-timeout", 1, 0, O_KATO }, { "heartbeat", 1, 0, O_HB },
+        { "retry", 1, 0, O_RETRY }, { "history-len", 1, 0, O_HLEN },
+        { "history-ttl", 1, 0, O_HTTL }, { "lua-cpu-budget", 1, 0, O_CPU },
+        { "lua-memory", 1, 0, O_MEM }, { "no-watch", 0, 0, O_NOWATCH },
+        { "reload-debounce", 1, 0, O_DEBOUNCE }, { "shutdown-grace", 1, 0, O_GRACE },
+        { "pid-file", 1, 0, O_PID }, { "log-level", 1, 0, O_LOG },
+        { "check", 1, 0, O_CHECK }, { "version", 0, 0, O_VERSION },
+        { "help", 0, 0, O_HELP }, { 0, 0, 0, 0 },
+    };
+    int o;
+    double v;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+#define NUM(name, lo, hi) if (parse_num(name, optarg, lo, hi, &v) < 0) return 2
+        switch (o) {
+        case O_LISTEN: cfg.listen = optarg; break;
+        case O_APPS: cfg.apps_dir = optarg; break;
+        case O_LUA: cfg.lua_dir = optarg; break;
+        case O_MAXCONNS: NUM("--max-conns", 1, 1 << 24); cfg.max_conns = (int)v; break;
+        case O_BACKLOG: NUM("--backlog", 1, 1 << 20); cfg.backlog = (int)v; break;
+        case O_MAXHEAD: NUM("--max-header-bytes", 256, 1 << 24); cfg.max_head = (size_t)v; break;
+        case O_MAXHEADERS: NUM("--max-headers", 1, 10000); cfg.max_headers = (size_t)v; break;
+        case O_MAXBODY: NUM("--max-body-bytes", 0, 1u << 30); cfg.max_body = (size_t)v; break;
+        case O_MAXQUEUED: NUM("--max-queued-bytes", 4096, 1u << 30); cfg.max_queued = (size_t)v; break;
+        case O_HEADERTO: NUM("--header-timeout", 0.01, 3600); cfg.header_timeout = v; break;
+        case O_KATO: NUM("--keepalive-timeout", 0.01, 86400); cfg.keepalive_timeout = v; break;
+        case O_HB: NUM("--heartbeat", 0, 86400); cfg.heartbeat = v; break;
+        case O_RETRY: NUM("--retry", -1, 86400000); cfg.retry_ms = (long)v; break;
+        case O_HLEN: NUM("--history-len", 0, 10000000); cfg.history_len = (size_t)v; break;
+        case O_HTTL: NUM("--history-ttl", 0.001, 1e9); cfg.history_ttl = v; break;
+        case O_CPU: NUM("--lua-cpu-budget", 0, 3600000); cfg.lua_cpu_ms = (int)v; break;
+        case O_MEM: NUM("--lua-memory", 0, 1 << 20); cfg.lua_mem = (size_t)v << 20; break;
+        case O_NOWATCH: cfg.watch = false; break;
+        case O_DEBOUNCE: NUM("--reload-debounce", 0, 60); cfg.reload_debounce = v; break;
+        case O_GRACE: NUM("--shutdown-grace", 0, 3600); cfg.shutdown_grace = v; break;
+        case O_PID: cfg.pid_file = optarg; break;
+        case O_LOG:
+            if (log_parse_level(optarg, &log_threshold) < 0) {
+                fprintf(stderr, "sluice: --log-level is debug, info, warn or error\n");
+                return 2;
+            }
+            break;
+        case O_CHECK: check_dir = optarg; break;
+        case O_VERSION: puts("sluice 0.1.0"); return 0;
+        case O_HELP: usage(stdout, &defaults); return 0;
+        default: usage(stderr, &defaults); return 2;
+        }
+#undef NUM
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sluice: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr, &defaults);
+        return 2;
+    }
+    if (reload_cmd)
+        return send_reload(cfg.pid_file);
+
+    char *lua_dir = NULL;
+    if (!cfg.lua_dir)
+        cfg.lua_dir = lua_dir = default_lua_dir();
+    if (check_dir) {
+        int rc = check_apps(&cfg, check_dir);
+        free(lua_dir);
+        return rc;
+    }
+
+    /* A client that vanishes mid-write must be an error code, not a kill. */
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        log_warn("cannot ignore SIGPIPE");
+    int fds = raise_fd_limit();
+    if (cfg.max_conns == 0)
+        cfg.max_conns = fds > 128 ? fds - 64 : 64;
+
+    if (cfg.pid_file) {
+        FILE *f = fopen(cfg.pid_file, "w");
+        if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+            log_error("cannot write pid file %s: %s", cfg.pid_file, strerror(errno));
+            return 1;
+        }
+    }
+
+    struct worker *w = malloc(sizeof *w);
+    if (!w) {
+        log_error("out of memory");
+        return 1;
+    }
+    int rc = worker_init(w, &cfg) == 0 ? worker_run(w) : 1;
+    worker_free(w);
+    free(w);
+    free(lua_dir);
+    if (cfg.pid_file && unlink(cfg.pid_file) < 0)
+        log_debug("unlink %s: %s", cfg.pid_file, strerror(errno));
+    log_info("sluice stopped");
+    return rc;
+}

@@ -1,0 +1,127 @@
+#include "outbuf.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+
+/* Enough slices per writev to coalesce a backlog of small events into one
+ * system call; the kernel accepts up to IOV_MAX. */
+#define WRITEV_SLICES 256
+#define SMALL_RING 8
+
+static struct slice *at(struct outbuf *ob, uint32_t i)
+{
+    return &ob->ring[(ob->head + i) & (ob->cap - 1)];
+}
+
+static bool grow(struct outbuf *ob)
+{
+    uint32_t cap = ob->cap ? ob->cap * 2 : SMALL_RING;
+    struct slice *ring = malloc(sizeof *ring * cap);
+    if (!ring)
+        return false;
+    for (uint32_t i = 0; i < ob->count; i++)
+        ring[i] = *at(ob, i);
+    free(ob->ring);
+    ob->ring = ring;
+    ob->cap = cap;
+    ob->head = 0;
+    return true;
+}
+
+bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
+                 uint32_t len)
+{
+    if (len == 0)
+        return true;
+    if (ob->count == ob->cap && !grow(ob))
+        return false;
+    *at(ob, ob->count) = (struct slice){ frame_ref(frame), off, len };
+    ob->count++;
+    ob->bytes += len;
+    return true;
+}
+
+static void pop_front(struct outbuf *ob)
+{
+    struct slice *s = at(ob, 0);
+    ob->bytes -= s->len;
+    frame_unref(s->frame);
+    ob->head = (ob->head + 1) & (ob->cap - 1);
+    ob->count--;
+    ob->head_started = false;
+}
+
+/* An idle stream should cost no ring: free it once drained. */
+static void release_ring(struct outbuf *ob)
+{
+    free(ob->ring);
+    ob->ring = NULL;
+    ob->cap = ob->head = ob->count = 0;
+}
+
+enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
+{
+    struct iovec iov[WRITEV_SLICES];
+    while (ob->count) {
+        int n = 0;
+        for (uint32_t i = 0; i < ob->count && n < WRITEV_SLICES; i++, n++) {
+            struct slice *s = at(ob, i);
+            iov[n].iov_base = s->frame->data + s->off;
+            iov[n].iov_len = s->len;
+        }
+        ssize_t wrote = writev(fd, iov, n);
+        if (wrote < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return OUTBUF_AGAIN;
+            return OUTBUF_ERROR;
+        }
+        size_t left = (size_t)wrote;
+        while (left && ob->count) {
+            struct slice *s = at(ob, 0);
+            if (left < s->len) {
+                s->off += (uint32_t)left;
+                s->len -= (uint32_t)left;
+                ob->bytes -= left;
+                ob->head_started = true;
+                left = 0;
+            } else {
+                left -= s->len;
+                pop_front(ob);
+            }
+        }
+        if (ob->count)   /* short write: the socket buffer is full */
+            return OUTBUF_AGAIN;
+    }
+    release_ring(ob);
+    return OUTBUF_DRAINED;
+}
+
+uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
+{
+    uint32_t dropped = 0;
+    uint32_t first = ob->head_started ? 1 : 0;
+    while (ob->bytes > keep_bytes && ob->count > first) {
+        /* Remove slice `first`, shifting the started head forward over it. */
+        struct slice *victim = at(ob, first);
+        ob->bytes -= victim->len;
+        frame_unref(victim->frame);
+        if (first)
+            *victim = *at(ob, 0);
+        ob->head = (ob->head + 1) & (ob->cap - 1);
+        ob->count--;
+        dropped++;
+    }
+    return dropped;
+}
+
+void outbuf_clear(struct outbuf *ob)
+{
+    while (ob->count)
+        pop_front(ob);
+    release_ring(ob);
+    ob->bytes = 0;
+}

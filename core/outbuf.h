@@ -1,0 +1,42 @@
+/* A connection's output: a queue of slices of shared frames, written with
+ * writev. Queueing never copies payload bytes. */
+#ifndef SLUICE_OUTBUF_H
+#define SLUICE_OUTBUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+
+struct slice {
+    struct frame *frame;
+    uint32_t off;
+    uint32_t len;
+};
+
+struct outbuf {
+    struct slice *ring;  /* allocated on first use, dropped when drained */
+    uint32_t head;
+    uint32_t count;
+    uint32_t cap;        /* power of two */
+    bool head_started;   /* the first slice is partly written */
+    size_t bytes;        /* bytes still to write */
+};
+
+/* Appends a reference to frame[off, off+len). False when out of memory. */
+bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
+                 uint32_t len);
+
+enum outbuf_status { OUTBUF_DRAINED, OUTBUF_AGAIN, OUTBUF_ERROR };
+
+/* Writes as much as the socket takes, many slices per writev. */
+enum outbuf_status outbuf_write(struct outbuf *ob, int fd);
+
+/* Drops queued slices from the front, never one already partly written,
+ * until at most keep_bytes remain; returns how many slices were dropped. */
+uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes);
+
+void outbuf_clear(struct outbuf *ob);
+
+#endif

@@ -1,0 +1,14 @@
+/* Watching the apps directory: a change to a script, debounced so that an
+ * editor's save sequence is one reload, asks the runtime to reload. */
+#ifndef SLUICE_RELOAD_H
+#define SLUICE_RELOAD_H
+
+struct worker;
+struct reloader;
+
+/* NULL if watching is not possible (logged; SIGHUP still reloads). */
+struct reloader *reloader_new(struct worker *w, const char *dir, double debounce);
+void reloader_stop(struct reloader *r);
+void reloader_free(struct reloader *r);
+
+#endif

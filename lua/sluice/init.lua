@@ -1,0 +1,88 @@
+-- sluice: the API app scripts use.
+--
+--   local sluice = require "sluice"
+--   local app = sluice.app()
+--   app:stream("/ticks", function(req, s) s:subscribe("ticks") end)
+--   app:every(1, function() sluice.publish("ticks", { data = os.time() }) end)
+--   return app
+local core = require "sluice.core"
+local app = require "sluice.app"
+local json = require "sluice.json"
+local log = require "sluice.log"
+local runtime = require "sluice.runtime"
+local timers = require "sluice.timers"
+
+local sluice = { json = json, log = log, version = core.version }
+
+sluice.app = app.new
+
+-- Publishes an event to a channel: ev is { event=, data= } (data may be a
+-- table, sent as JSON) or just the data. Returns the event id and the
+-- number of subscribers it was queued for.
+function sluice.publish(channel, ev)
+  if type(channel) ~= "string" or channel == "" then
+    error("publish(channel, event): channel must be a non-empty string", 2)
+  end
+  if type(ev) ~= "table" or getmetatable(ev) ~= nil then ev = { data = ev } end
+  local data = ev.data
+  if type(data) == "table" then data = json.encode(data)
+  elseif data ~= nil then data = tostring(data) end
+  local id, reached = core.publish(channel, ev.event, data)
+  return ("%.0f"):format(id), reached
+end
+
+-- Refuses a request: return sluice.reject(403) from a handler.
+-- opts: { headers = {...}, body = "..." | table }
+function sluice.reject(status, opts)
+  if type(status) ~= "number" or status < 400 or status > 599 then
+    error("reject(status): status must be a 4xx or 5xx number", 2)
+  end
+  opts = opts or {}
+  return setmetatable({ status = status, headers = opts.headers, body = opts.body }, runtime.Reject)
+end
+
+-- Timers. Started while a script loads, a timer belongs to that version
+-- of the script and stops when it is reloaded; otherwise it runs until
+-- stopped (t:stop()).
+function sluice.every(seconds, fn)
+  return timers.start(seconds, seconds, fn, runtime.current_loading())
+end
+
+function sluice.after(seconds, fn)
+  return timers.start(seconds, 0, fn, runtime.current_loading())
+end
+
+function sluice.env(name, default)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return default end
+  return v
+end
+
+function sluice.subscribers(channel)
+  return core.subscribers(channel)
+end
+
+function sluice.now()
+  return core.now()
+end
+
+-- Counters of the server (connections, events, memory) and of the runtime
+-- (routes, views, reloads).
+function sluice.stats()
+  local s = core.stats()
+  s.runtime = runtime.stats()
+  return s
+end
+
+-- The policy toolkit, loaded on first use.
+local lazy = { auth = "sluice.auth", cors = "sluice.cors", rollout = "sluice.rollout",
+               mask = "sluice.mask", jwt = "sluice.jwt" }
+return setmetatable(sluice, {
+  __index = function(t, k)
+    local mod = lazy[k]
+    if not mod then return nil end
+    local m = require(mod)
+    rawset(t, k, m)
+    return m
+  end,
+})

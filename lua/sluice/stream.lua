@@ -1,0 +1,128 @@
+-- The stream object a stream handler receives. Until the handler returns,
+-- calls are recorded; the runtime then opens the stream, subscribes (with
+-- resume) and sends what was recorded. Afterwards calls act at once.
+local json = require "sluice.json"
+
+local stream = {}
+local Stream = {}
+Stream.__index = Stream
+
+-- rt: { core = ..., timers = <timer registry>, watch = fn(stream) }
+function stream.new(rt, handle, req)
+  return setmetatable({
+    id = handle, req = req, _rt = rt, _open = false, _headers = {},
+    _channels = {}, _views = {}, _pending = {},
+  }, Stream)
+end
+
+local function check_open_time(s, what)
+  if s._open then error(what .. " must be called before the handler returns", 3) end
+end
+
+function Stream:header(name, value)
+  check_open_time(self, "header()")
+  self._headers[name] = value
+  return self
+end
+
+function Stream:retry(ms)
+  check_open_time(self, "retry()")
+  self._retry = assert(tonumber(ms), "retry(ms) wants a number")
+  return self
+end
+
+function Stream:heartbeat(seconds)
+  check_open_time(self, "heartbeat()")
+  self._heartbeat = assert(tonumber(seconds), "heartbeat(seconds) wants a number")
+  return self
+end
+
+-- "close" (default): a consumer over the queue cap is disconnected and
+-- resumes from history when it reconnects. "drop-oldest": the oldest queued
+-- events are dropped and a reset event tells the client about the gap.
+function Stream:slow_consumer(policy)
+  check_open_time(self, "slow_consumer()")
+  if policy ~= "close" and policy ~= "drop-oldest" then
+    error('slow_consumer policy must be "close" or "drop-oldest"', 2)
+  end
+  self._slow = policy
+  return self
+end
+
+-- Name of the event that tells a client it missed events it cannot get
+-- back (history expired, unknown id, dropped as a slow consumer).
+function Stream:reset_event(name)
+  check_open_time(self, "reset_event()")
+  self._reset_event = tostring(name)
+  return self
+end
+
+-- Subscribes to a channel. opts.view names a view the app declared with
+-- app:view(); events are then transformed (masked) once per view.
+function Stream:subscribe(channel, opts)
+  if type(channel) ~= "string" or channel == "" then
+    error("subscribe(channel) wants a non-empty string", 2)
+  end
+  local view = self._rt.view_id(opts and opts.view, self)
+  if self._open then
+    return self._rt.core.subscribe(self.id, { channel }, { view })
+  end
+  self._channels[#self._channels + 1] = channel
+  self._views[#self._views + 1] = view
+  return self
+end
+
+local function encode_data(data)
+  if type(data) == "table" then return json.encode(data) end
+  if data == nil then return nil end
+  return tostring(data)
+end
+
+-- Sends one event to this stream only: { event=, id=, data=, retry= }.
+-- data may be a table (sent as JSON). Returns false once the stream is gone.
+function Stream:send(ev)
+  if type(ev) ~= "table" then ev = { data = ev } end
+  local id = ev.id ~= nil and tostring(ev.id) or nil
+  local data = encode_data(ev.data)
+  if data == nil and ev.event == nil and id == nil and ev.retry == nil then data = "" end
+  if not self._open then
+    self._pending[#self._pending + 1] = { ev.event, id, data, ev.retry }
+    return true
+  end
+  return self._rt.core.send(self.id, ev.event, id, data, ev.retry)
+end
+
+function Stream:comment(text)
+  if not self._open then
+    self._pending[#self._pending + 1] = { nil, nil, nil, nil, tostring(text) }
+    return true
+  end
+  return self._rt.core.send(self.id, nil, nil, nil, nil, tostring(text))
+end
+
+function Stream:alive()
+  return self._open and self._rt.core.alive(self.id) or not self._open
+end
+
+function Stream:close()
+  if self._open then self._rt.core.close(self.id) else self._close_after_open = true end
+end
+
+-- Timers that belong to this stream: stopped when it closes.
+function Stream:every(seconds, fn)
+  return self._rt.timers.start(seconds, seconds, fn, self)
+end
+
+function Stream:after(seconds, fn)
+  return self._rt.timers.start(seconds, 0, fn, self)
+end
+
+function Stream:on_close(fn)
+  assert(type(fn) == "function", "on_close(fn) wants a function")
+  self._on_close = self._on_close or {}
+  self._on_close[#self._on_close + 1] = fn
+  self._rt.watch(self)
+  return self
+end
+
+return stream
