@@ -178,6 +178,25 @@ static bool write_out(struct conn *c)
     return true;
 }
 
+/* Writes at once, outside the flush pass; never frees c (this may run in
+ * the middle of a fan-out), errors abort it for the flush pass to free. */
+static void write_now(struct conn *c)
+{
+    if (c->writing)
+        return;   /* the socket is known to be full */
+    switch (outbuf_write(&c->out, c->fd)) {
+    case OUTBUF_ERROR:
+        conn_abort(c);
+        break;
+    case OUTBUF_AGAIN:
+        c->writing = true;
+        set_events(c, EV_READ | EV_WRITE);
+        break;
+    case OUTBUF_DRAINED:
+        break;
+    }
+}
+
 void conn_on_flush(struct conn *c)
 {
     c->in_flush_queue = false;
@@ -313,7 +332,14 @@ bool conn_stream_send(struct conn *c, struct frame *f)
     uint32_t off = c->chunked ? 0 : f->body_off;
     uint32_t len = c->chunked ? f->len : f->body_len;
     size_t cap = c->w->cfg->max_queued;
-    if (c->out.bytes + len > cap) {
+    /* Output queued this loop turn is not a backlog yet: write it before
+     * judging. An empty queue takes any one event, so an event larger than
+     * the cap is still deliverable; memory stays bounded by cap + one. */
+    if (c->out.bytes && c->out.bytes + len > cap)
+        write_now(c);
+    if (c->state != CONN_STREAMING)
+        return false;
+    if (c->out.bytes && c->out.bytes + len > cap) {
         if (c->slow_policy == SLOW_CLOSE) {
             /* Ids and history let it reconnect and resume without loss. */
             c->w->stats.slow_closed++;

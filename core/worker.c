@@ -219,6 +219,27 @@ static int listen_on(const char *spec, int backlog)
     return fd;
 }
 
+/* The address really bound: with port 0 the kernel picks one, and tests
+ * read it from this log line. */
+static const char *bound_address(int fd)
+{
+    static char text[80];
+    struct sockaddr_in6 sa;
+    socklen_t len = sizeof sa;
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+        return "?";
+    if (sa.sin6_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
+    } else {
+        inet_ntop(AF_INET6, &sa.sin6_addr, host, sizeof host);
+        snprintf(text, sizeof text, "[%s]:%u", host, ntohs(sa.sin6_port));
+    }
+    return text;
+}
+
 /* ---- the loop --------------------------------------------------------- */
 
 static void on_flush(struct ev_loop *loop, ev_prepare *p, int revents)
@@ -331,7 +352,8 @@ int worker_init(struct worker *w, const struct config *cfg)
 
     if (cfg->watch)
         w->reloader = reloader_new(w, cfg->apps_dir, cfg->reload_debounce);
-    log_info("sluice listening on %s, apps from %s", cfg->listen, cfg->apps_dir);
+    log_info("sluice listening on %s, apps from %s", bound_address(w->listen_fd),
+             cfg->apps_dir);
     return 0;
 }
 

@@ -80,9 +80,17 @@ end
 
 -- Sends one event to this stream only: { event=, id=, data=, retry= }.
 -- data may be a table (sent as JSON). Returns false once the stream is gone.
+local function check_field(what, v)
+  if v ~= nil and v:find("[\r\n]") then
+    error(("cannot send event: %s contains a line break"):format(what), 3)
+  end
+end
+
 function Stream:send(ev)
   if type(ev) ~= "table" then ev = { data = ev } end
   local id = ev.id ~= nil and tostring(ev.id) or nil
+  check_field("event name", ev.event)
+  check_field("event id", id)
   local data = encode_data(ev.data)
   if data == nil and ev.event == nil and id == nil and ev.retry == nil then data = "" end
   if not self._open then
