@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include "hist.h"
 #include "net.h"
+#include "publisher.h"
 #include "stream_parse.h"
 
 #include <arpa/inet.h>
@@ -37,8 +38,6 @@
 #define NS_PER_MS 1000000ULL
 #define MAX_EPOLL_EVENTS 1024
 #define READ_BUF_SIZE 65536
-#define PUB_RESP_MAX 4096
-#define PUB_MAX_RECONNECTS 10
 #define CHURN_GIVE_UP_ERRORS 2000
 
 enum mode { MODE_FANOUT, MODE_IDLE, MODE_CHURN, MODE_FREE_PORT, MODE_WAIT_LISTEN };
@@ -54,6 +53,8 @@ struct config {
 	unsigned subs;
 	unsigned events;
 	double rate;
+	unsigned pub_inflight;
+	int rx_timestamps;
 	unsigned payload_size;
 	unsigned connect_concurrency;
 	double connect_timeout_s;
@@ -173,35 +174,9 @@ struct sub {
 	struct stream_parser sp;
 };
 
-enum pub_phase { PUB_OFF, PUB_CONNECTING, PUB_IDLE, PUB_SENDING, PUB_WAITING, PUB_FAILED };
-
-struct publisher {
-	int fd;
-	int phase;
-	char *req;
-	size_t req_cap;
-	size_t req_len;
-	size_t req_sent;
-	char resp[PUB_RESP_MAX];
-	size_t resp_len;
-	uint64_t t_send;
-	uint64_t next_seq;
-	uint64_t due;		/* events the schedule allows so far */
-	uint64_t ok;
-	uint64_t failed;
-	uint64_t first_send;
-	uint64_t last_send;
-	unsigned reconnects;
-	long long subs_min;
-	long long subs_max;
-	uint8_t *ok_bits;	/* seqs the server accepted (202) */
-	struct hist lat;
-};
-
 struct bench {
 	struct config cfg;
 	int epfd;
-	int timerfd;
 	struct sub *subs;
 	unsigned nsubs;
 	char sub_path[320];
@@ -209,6 +184,8 @@ struct bench {
 	size_t sub_req_len;
 	unsigned next_src;
 	uint64_t now;		/* refreshed per read: receive timestamps */
+	uint64_t arrival;	/* kernel receive time of that read, 0 = none */
+	int64_t real_minus_mono; /* to turn kernel (realtime) stamps monotonic */
 
 	/* connect phase */
 	unsigned launched;
@@ -224,7 +201,9 @@ struct bench {
 	uint64_t first_receive;
 	uint64_t last_receive;
 	uint64_t drops;
+	uint64_t no_arrival;	/* events without a kernel receive timestamp */
 	struct hist lat;
+	struct hist arrival_lat;
 
 	/* churn */
 	uint64_t churn_done;
@@ -303,6 +282,10 @@ static void sub_start(struct bench *b, struct sub *s)
 		return;
 	}
 	s->fd = fd;
+	int one = 1;
+	if (b->cfg.rx_timestamps &&
+	    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) != 0)
+		die("setsockopt SO_TIMESTAMPNS: %s", strerror(errno));
 	ep_add(b, fd, EPOLLOUT | EPOLLIN, tag(KIND_SUB, s->index));
 }
 
@@ -385,6 +368,10 @@ static int on_event(void *ctx, const struct sp_event *ev)
 	}
 	/* same host, same CLOCK_MONOTONIC: receive time - publish time */
 	hist_add(&b->lat, b->now >= ts ? b->now - ts : 0);
+	if (b->arrival)
+		hist_add(&b->arrival_lat, b->arrival >= ts ? b->arrival - ts : 0);
+	else
+		b->no_arrival++;
 	if (b->first_receive == 0)
 		b->first_receive = b->now;
 	b->last_receive = b->now;
@@ -421,9 +408,39 @@ static void sub_lost(struct bench *b, struct sub *s, enum sub_error kind)
 	sub_fail(b, s, kind);
 }
 
+/* read(), plus the kernel's receive timestamp of the data when enabled */
+static ssize_t read_stamped(struct bench *b, int fd)
+{
+	if (!b->cfg.rx_timestamps)
+		return read(fd, read_buf, sizeof read_buf);
+	struct iovec iov = { .iov_base = read_buf, .iov_len = sizeof read_buf };
+	union {
+		char buf[CMSG_SPACE(sizeof(struct timespec)) * 2];
+		struct cmsghdr align;
+	} control;
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = control.buf, .msg_controllen = sizeof control.buf,
+	};
+	ssize_t n = recvmsg(fd, &msg, 0);
+	b->arrival = 0;
+	if (n <= 0)
+		return n;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+			struct timespec ts;
+			memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+			int64_t real = (int64_t)ts.tv_sec * (int64_t)NS_PER_S + ts.tv_nsec;
+			if (real > b->real_minus_mono)
+				b->arrival = (uint64_t)(real - b->real_minus_mono);
+		}
+	}
+	return n;
+}
+
 static void sub_readable(struct bench *b, struct sub *s)
 {
-	ssize_t n = read(s->fd, read_buf, sizeof read_buf);
+	ssize_t n = read_stamped(b, s->fd);
 	b->now = now_ns();
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -492,276 +509,6 @@ static void sub_event(struct bench *b, struct sub *s, uint32_t events)
 		sub_readable(b, s);
 }
 
-/* ---- publisher ---------------------------------------------------------- */
-
-static void pub_connect(struct bench *b)
-{
-	struct publisher *p = &b->pub;
-	int fd = net_connect_from(&b->cfg.dst, 0);
-	if (fd < 0) {
-		fprintf(stderr, "loadgen: publisher connect: %s\n", strerror(-fd));
-		p->phase = PUB_FAILED;
-		return;
-	}
-	p->fd = fd;
-	p->phase = PUB_CONNECTING;
-	p->resp_len = 0;
-	ep_add(b, fd, EPOLLOUT | EPOLLIN, tag(KIND_PUB, 0));
-}
-
-/* Drops the connection; the request in flight (if any) counts as failed. */
-static void pub_reset(struct bench *b, const char *why)
-{
-	struct publisher *p = &b->pub;
-	if (p->phase == PUB_SENDING || p->phase == PUB_WAITING)
-		p->failed++;
-	if (p->fd >= 0)
-		close_fd(p->fd);
-	p->fd = -1;
-	if (++p->reconnects > PUB_MAX_RECONNECTS) {
-		fprintf(stderr, "loadgen: publisher: %s; giving up after %u reconnects\n",
-			why, PUB_MAX_RECONNECTS);
-		p->phase = PUB_FAILED;
-		return;
-	}
-	if (b->cfg.verbose)
-		fprintf(stderr, "loadgen: publisher: %s; reconnecting\n", why);
-	pub_connect(b);
-}
-
-static void pub_build(struct bench *b, uint64_t seq, uint64_t ts)
-{
-	struct publisher *p = &b->pub;
-	char body[128];
-	int bl = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"ts\":%" PRIu64, seq, ts);
-	size_t pad = 0;
-	/* the closing of the object: ",\"pad\":\"" + pad + "\"}" or "}" */
-	if (b->cfg.payload_size > (unsigned)bl + 10)
-		pad = b->cfg.payload_size - (unsigned)bl - 10;
-	size_t body_len = (size_t)bl + (pad ? 9 + pad + 1 : 1);
-	size_t need = 256 + strlen(b->cfg.channel) + body_len;
-	if (need > p->req_cap) {
-		char *nr = realloc(p->req, need);
-		if (!nr)
-			die("out of memory");
-		p->req = nr;
-		p->req_cap = need;
-	}
-	int hl = snprintf(p->req, p->req_cap,
-			  "POST /pub/%s HTTP/1.1\r\nHost: %s:%d\r\n"
-			  "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-			  b->cfg.channel, b->cfg.host, b->cfg.port, body_len);
-	char *w = p->req + hl;
-	memcpy(w, body, (size_t)bl);
-	w += bl;
-	if (pad) {
-		memcpy(w, ",\"pad\":\"", 8);
-		w += 8;
-		memset(w, 'x', pad);
-		w += pad;
-		*w++ = '"';
-	}
-	*w++ = '}';
-	p->req_len = (size_t)(w - p->req);
-}
-
-static void pub_write(struct bench *b)
-{
-	struct publisher *p = &b->pub;
-	while (p->req_sent < p->req_len) {
-		ssize_t n = send(p->fd, p->req + p->req_sent, p->req_len - p->req_sent,
-				 MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				ep_mod(b, p->fd, EPOLLIN | EPOLLOUT, tag(KIND_PUB, 0));
-				return;
-			}
-			if (errno == EINTR)
-				continue;
-			pub_reset(b, strerror(errno));
-			return;
-		}
-		p->req_sent += (size_t)n;
-	}
-	p->phase = PUB_WAITING;
-	ep_mod(b, p->fd, EPOLLIN, tag(KIND_PUB, 0));
-}
-
-/* Sends the next event if the schedule allows and nothing is in flight. */
-static void pub_maybe_send(struct bench *b)
-{
-	struct publisher *p = &b->pub;
-	if (p->phase != PUB_IDLE || p->next_seq >= b->cfg.events)
-		return;
-	if (b->cfg.rate > 0 && p->next_seq >= p->due)
-		return;
-	uint64_t ts = now_ns();
-	pub_build(b, p->next_seq, ts);
-	p->req_sent = 0;
-	p->t_send = ts;
-	if (p->first_send == 0)
-		p->first_send = ts;
-	p->last_send = ts;
-	p->phase = PUB_SENDING;
-	p->next_seq++;
-	pub_write(b);
-}
-
-static long long json_number_after(const char *s, size_t n, const char *key)
-{
-	size_t k = strlen(key);
-	for (size_t i = 0; i + k < n; i++) {
-		if (memcmp(s + i, key, k) != 0)
-			continue;
-		size_t j = i + k;
-		while (j < n && (s[j] == ' ' || s[j] == ':'))
-			j++;
-		if (j < n && s[j] >= '0' && s[j] <= '9')
-			return strtoll(s + j, NULL, 10);
-		return -1;
-	}
-	return -1;
-}
-
-static void pub_readable(struct bench *b)
-{
-	struct publisher *p = &b->pub;
-	if (p->resp_len >= sizeof p->resp - 1) {
-		pub_reset(b, "publish response too large");
-		return;
-	}
-	ssize_t n = read(p->fd, p->resp + p->resp_len, sizeof p->resp - 1 - p->resp_len);
-	uint64_t t = now_ns();
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-			return;
-		pub_reset(b, strerror(errno));
-		return;
-	}
-	if (n == 0) {
-		pub_reset(b, "server closed the publish connection");
-		return;
-	}
-	if (p->phase != PUB_WAITING) {
-		pub_reset(b, "unexpected bytes on the publish connection");
-		return;
-	}
-	p->resp_len += (size_t)n;
-
-	struct sp_head h;
-	size_t head_len;
-	int hr = sp_parse_response_head(p->resp, p->resp_len, &h, &head_len);
-	if (hr == 0)
-		return;
-	if (hr < 0 || h.chunked) {
-		pub_reset(b, hr < 0 ? "malformed publish response"
-				    : "chunked publish response (unsupported)");
-		return;
-	}
-	size_t body_len = h.content_length > 0 ? (size_t)h.content_length : 0;
-	if (head_len + body_len > sizeof p->resp - 1) {
-		pub_reset(b, "publish response too large");
-		return;
-	}
-	if (p->resp_len < head_len + body_len)
-		return;
-	if (p->resp_len > head_len + body_len) {
-		pub_reset(b, "extra bytes after the publish response");
-		return;
-	}
-
-	hist_add(&p->lat, t - p->t_send);
-	uint64_t seq = p->next_seq - 1;
-	if (h.status == 202 || h.status == 200) {
-		p->ok++;
-		p->ok_bits[seq >> 3] |= (uint8_t)(1u << (seq & 7));
-		long long subs = json_number_after(p->resp + head_len, body_len, "\"subscribers\"");
-		if (subs >= 0) {
-			if (p->subs_min < 0 || subs < p->subs_min)
-				p->subs_min = subs;
-			if (subs > p->subs_max)
-				p->subs_max = subs;
-		}
-	} else {
-		p->failed++;
-		if (b->cfg.verbose || p->failed <= 3)
-			fprintf(stderr, "loadgen: publish seq %" PRIu64 " answered %d\n",
-				seq, h.status);
-	}
-	p->resp_len = 0;
-	p->phase = PUB_IDLE;
-	pub_maybe_send(b);
-}
-
-static void pub_event(struct bench *b, uint32_t events)
-{
-	struct publisher *p = &b->pub;
-	if (p->phase == PUB_CONNECTING) {
-		if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
-			return;
-		int err = net_connect_result(p->fd);
-		if (err != 0) {
-			pub_reset(b, strerror(err));
-			return;
-		}
-		p->phase = PUB_IDLE;
-		ep_mod(b, p->fd, EPOLLIN, tag(KIND_PUB, 0));
-		pub_maybe_send(b);
-		return;
-	}
-	if (p->phase == PUB_SENDING && (events & EPOLLOUT)) {
-		pub_write(b);
-		return;
-	}
-	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
-		pub_readable(b);
-}
-
-static void timer_event(struct bench *b)
-{
-	uint64_t expirations;
-	ssize_t n = read(b->timerfd, &expirations, sizeof expirations);
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EINTR)
-			return;
-		die("read timerfd: %s", strerror(errno));
-	}
-	if (n != (ssize_t)sizeof expirations)
-		die("read timerfd: short read");
-	b->pub.due += expirations;
-	pub_maybe_send(b);
-}
-
-static void start_publishing(struct bench *b)
-{
-	struct publisher *p = &b->pub;
-	if (b->cfg.rate > 0) {
-		b->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-		if (b->timerfd < 0)
-			die("timerfd_create: %s", strerror(errno));
-		uint64_t period = (uint64_t)(1e9 / b->cfg.rate);
-		if (period == 0)
-			period = 1;
-		struct itimerspec its = {
-			.it_interval = { .tv_sec = (time_t)(period / NS_PER_S),
-					 .tv_nsec = (long)(period % NS_PER_S) },
-			.it_value = { .tv_sec = 0, .tv_nsec = 1 },
-		};
-		if (timerfd_settime(b->timerfd, 0, &its, NULL) != 0)
-			die("timerfd_settime: %s", strerror(errno));
-		ep_add(b, b->timerfd, EPOLLIN, tag(KIND_TIMER, 0));
-	}
-	p->due = 0;
-	pub_connect(b);
-}
-
-static int pub_finished(const struct bench *b)
-{
-	const struct publisher *p = &b->pub;
-	return p->phase == PUB_FAILED ||
-	       (p->phase == PUB_IDLE && p->next_seq >= b->cfg.events);
-}
-
 /* ---- event loop --------------------------------------------------------- */
 
 static void dispatch(struct bench *b, int timeout_ms)
@@ -781,10 +528,9 @@ static void dispatch(struct bench *b, int timeout_ms)
 			if (s->fd >= 0)
 				sub_event(b, s, evs[i].events);
 		} else if (kind == KIND_PUB) {
-			if (b->pub.fd >= 0)
-				pub_event(b, evs[i].events);
+			pub_on_conn_event(&b->pub, evs[i].events);
 		} else if (kind == KIND_TIMER) {
-			timer_event(b);
+			pub_on_timer(&b->pub);
 		}
 	}
 }
@@ -907,6 +653,27 @@ static void setup_streams(struct bench *b, unsigned n)
 	}
 }
 
+/* CLOCK_REALTIME - CLOCK_MONOTONIC, from the tightest of a few paired
+ * readings: kernel receive timestamps are realtime, our payloads monotonic. */
+static int64_t realtime_offset(void)
+{
+	int64_t best = 0;
+	uint64_t best_gap = UINT64_MAX;
+	for (int i = 0; i < 16; i++) {
+		struct timespec real;
+		uint64_t m1 = now_ns();
+		if (clock_gettime(CLOCK_REALTIME, &real) != 0)
+			die("clock_gettime: %s", strerror(errno));
+		uint64_t m2 = now_ns();
+		if (m2 - m1 < best_gap) {
+			best_gap = m2 - m1;
+			best = (int64_t)real.tv_sec * (int64_t)NS_PER_S + real.tv_nsec -
+			       (int64_t)(m1 + (m2 - m1) / 2);
+		}
+	}
+	return best;
+}
+
 static int run_fanout(struct bench *b)
 {
 	const struct config *c = &b->cfg;
@@ -919,7 +686,17 @@ static int run_fanout(struct bench *b)
 		die("out of memory for bitmaps");
 	for (unsigned i = 0; i < c->subs; i++)
 		b->subs[i].seen = bits + (size_t)i * bitmap_bytes;
-	b->pub.ok_bits = bits + (size_t)c->subs * bitmap_bytes;
+	uint8_t *ok_bits = bits + (size_t)c->subs * bitmap_bytes;
+
+	struct pub_config pc = {
+		.dst = c->dst, .host = c->host, .port = c->port, .channel = c->channel,
+		.events = c->events, .rate = c->rate, .payload_size = c->payload_size,
+		.inflight = c->pub_inflight, .verbose = c->verbose,
+	};
+	struct publisher *pub = &b->pub;
+	if (pub_init(pub, &pc, b->epfd, tag(KIND_PUB, 0), tag(KIND_TIMER, 0), ok_bits) != 0)
+		die("out of memory for the publisher");
+	b->real_minus_mono = realtime_offset();
 
 	uint64_t t0 = now_ns();
 	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
@@ -931,18 +708,19 @@ static int run_fanout(struct bench *b)
 	unsigned ready = b->ready;
 	long rss_open = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
 
-	/* publish; then wait (bounded) for stragglers */
-	start_publishing(b);
+	/* publish (only if someone listens); then wait, bounded, for stragglers */
 	uint64_t t = now_ns();
 	uint64_t drain_deadline = 0;
 	uint64_t last_check = 0;
+	if (ready > 0)
+		pub_start(pub);
+	else
+		drain_deadline = t;
 	while (t < hard_deadline) {
-		int cap = 100;
-		if (drain_deadline)
-			cap = ms_until(drain_deadline, t, 20);
+		int cap = drain_deadline ? ms_until(drain_deadline, t, 20) : 100;
 		dispatch(b, ms_until(hard_deadline, t, cap));
 		t = now_ns();
-		if (!drain_deadline && pub_finished(b))
+		if (!drain_deadline && pub_finished(pub))
 			drain_deadline = t + secs_to_ns(c->wait_s);
 		if (!drain_deadline)
 			continue;
@@ -954,15 +732,16 @@ static int run_fanout(struct bench *b)
 		/* done early when every open stream has every accepted event */
 		int all = 1;
 		for (unsigned i = 0; i < b->nsubs && all; i++)
-			if (b->subs[i].phase == SUB_OPEN && b->subs[i].distinct < b->pub.ok)
+			if (b->subs[i].phase == SUB_OPEN && b->subs[i].distinct < pub->ok)
 				all = 0;
 		if (all)
 			break;
 	}
 	uint64_t t_end = now_ns();
 	long rss_end = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+	int64_t clock_drift = realtime_offset() - b->real_minus_mono;
 
-	/* tally: missing = accepted events a stream that was opened never got */
+	/* tally: missing = accepted events that a stream, once open, never got */
 	uint64_t missing = 0, dup = 0, ooo = 0, bad = 0, no_id = 0, comments = 0;
 	uint64_t streams_missing = 0;
 	for (unsigned i = 0; i < b->nsubs; i++) {
@@ -977,65 +756,82 @@ static int run_fanout(struct bench *b)
 		uint64_t m = 0;
 		for (uint64_t q = 0; q < c->events; q++) {
 			uint8_t bit = (uint8_t)(1u << (q & 7));
-			if ((b->pub.ok_bits[q >> 3] & bit) && !(s->seen[q >> 3] & bit))
+			if ((ok_bits[q >> 3] & bit) && !(s->seen[q >> 3] & bit))
 				m++;
 		}
 		missing += m;
 		streams_missing += m > 0;
 	}
-	if (ready < b->nsubs)
-		printf("note: only %u of %u streams opened; missing counts only opened ones\n",
-		       ready, b->nsubs);
-	uint64_t expected = (uint64_t)ready * b->pub.ok;
-	uint64_t span = b->last_receive > b->pub.first_send ? b->last_receive - b->pub.first_send : 0;
+	uint64_t expected = (uint64_t)ready * pub->ok;
+	uint64_t span = b->last_receive > pub->first_send ? b->last_receive - pub->first_send : 0;
 	double deliveries_per_s = span ? (double)b->events_received * 1e9 / (double)span : 0;
-	uint64_t pub_span = b->pub.last_send - b->pub.first_send;
-	double pub_rate = pub_span && b->pub.next_seq > 1
-		? (double)(b->pub.next_seq - 1) * 1e9 / (double)pub_span : 0;
+	uint64_t pub_span = pub->last_send - pub->first_send;
+	double pub_rate = pub_span && pub->next_seq > 1
+		? (double)(pub->next_seq - 1) * 1e9 / (double)pub_span : 0;
 	uint64_t open_errors = total_errors(b);
 
 	print_target(b, "fanout");
+	if (ready < b->nsubs)
+		printf("  note: only %u of %u streams opened; missing counts opened ones only\n",
+		       ready, b->nsubs);
 	printf("  streams: %u requested, %u opened in %.2f s (concurrency %u), "
 	       "%" PRIu64 " dropped by the server during the run\n",
 	       b->nsubs, ready, (double)(t_open - t0) / 1e9, c->connect_concurrency, b->drops);
 	print_errors(b);
-	printf("  publish: %" PRIu64 " sent, %" PRIu64 " accepted, %" PRIu64 " failed; "
-	       "target %.1f/s, achieved %.1f/s; payload %u bytes min\n",
-	       b->pub.next_seq, b->pub.ok, b->pub.failed, c->rate, pub_rate, c->payload_size);
-	printf("  publish answer: subscribers reported min %lld max %lld\n",
-	       b->pub.subs_min, b->pub.subs_max);
-	print_hist_line("publish answer latency", &b->pub.lat);
+	printf("  publish: %" PRIu64 " sent, %" PRIu64 " accepted, %" PRIu64 " failed%s; "
+	       "target %.1f/s, achieved %.1f/s; up to %u in flight; payload >= %u bytes\n",
+	       pub->next_seq, pub->ok, pub->failed, pub_gave_up(pub) ? " (gave up)" : "",
+	       c->rate, pub_rate, pc.inflight, c->payload_size);
+	printf("  publish answers: subscribers reported min %lld max %lld\n",
+	       pub->subs_min, pub->subs_max);
+	print_hist_line("publish answer latency", &pub->lat);
+	if (c->rate > 0)
+		print_hist_line("publish schedule lag (sent - scheduled)", &pub->lag);
 	printf("  delivery: %" PRIu64 " events received, %" PRIu64 " expected "
 	       "(opened streams x accepted events)\n", b->events_received, expected);
 	printf("  integrity: missing %" PRIu64 " (in %" PRIu64 " streams), duplicated %" PRIu64
 	       ", out of order %" PRIu64 ", unparseable %" PRIu64 ", without id %" PRIu64
 	       ", comments/heartbeats %" PRIu64 "\n",
 	       missing, streams_missing, dup, ooo, bad, no_id, comments);
-	print_hist_line("delivery latency (publish -> receive)", &b->lat);
+	print_hist_line("delivery latency (publish -> read by loadgen)", &b->lat);
+	if (c->rx_timestamps) {
+		print_hist_line("arrival latency (publish -> kernel receive stamp)", &b->arrival_lat);
+		if (b->no_arrival)
+			printf("  note: %" PRIu64 " events had no kernel timestamp\n", b->no_arrival);
+		if (clock_drift > 1000000 || clock_drift < -1000000)
+			printf("  warning: realtime clock moved %.3f ms against monotonic during "
+			       "the run; arrival latency is off by up to that\n",
+			       (double)clock_drift / 1e6);
+	}
 	printf("  deliveries/s: %.0f (events received / first publish -> last receive, %.3f s)\n",
 	       deliveries_per_s, (double)span / 1e9);
 	printf("  run: %.2f s total, waited %.2f s after the last publish (max %.1f s)\n",
 	       (double)(t_end - t0) / 1e9,
-	       b->pub.last_send && t_end > b->pub.last_send ? (double)(t_end - b->pub.last_send) / 1e9 : 0,
+	       pub->last_send && t_end > pub->last_send ? (double)(t_end - pub->last_send) / 1e9 : 0,
 	       c->wait_s);
 	if (rss_before >= 0)
 		printf("  server RSS: %ld KiB before, %ld KiB with streams open, %ld KiB at end\n",
 		       rss_before, rss_open, rss_end);
 
 	int ok = ready == b->nsubs && open_errors == 0 && missing == 0 && dup == 0 &&
-		 ooo == 0 && bad == 0 && b->drops == 0 && b->pub.failed == 0 &&
-		 b->pub.ok == c->events && b->pub.phase != PUB_FAILED;
+		 ooo == 0 && bad == 0 && b->drops == 0 && pub->failed == 0 &&
+		 pub->ok == c->events && !pub_gave_up(pub);
 	printf("RESULT mode=fanout ok=%d subs=%u opened=%u events=%u rate=%g pub_ok=%" PRIu64
 	       " pub_failed=%" PRIu64 " received=%" PRIu64 " expected=%" PRIu64
 	       " missing=%" PRIu64 " dup=%" PRIu64 " ooo=%" PRIu64 " bad=%" PRIu64
 	       " no_id=%" PRIu64 " drops=%" PRIu64 " errors=%" PRIu64,
-	       ok, b->nsubs, ready, c->events, c->rate, b->pub.ok, b->pub.failed,
+	       ok, b->nsubs, ready, c->events, c->rate, pub->ok, pub->failed,
 	       b->events_received, expected, missing, dup, ooo, bad, no_id, b->drops, open_errors);
 	result_hist("lat", &b->lat);
+	if (c->rx_timestamps)
+		result_hist("arrival", &b->arrival_lat);
 	printf(" deliveries_per_s=%.0f pub_rate=%.1f", deliveries_per_s, pub_rate);
-	result_hist("pub", &b->pub.lat);
+	result_hist("pub", &pub->lat);
+	if (c->rate > 0)
+		result_hist("pub_lag", &pub->lag);
 	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld\n",
 	       (double)(t_open - t0) / 1e9, rss_before, rss_end);
+	pub_free(pub);
 	free(bits);
 	return ok ? 0 : 1;
 }
@@ -1225,6 +1021,9 @@ static void usage(FILE *f)
 "  --rate R                 events per second; 0 = next one as soon as the\n"
 "                           previous is answered (100)\n"
 "  --payload-size B         pad each event's data to at least B bytes (0)\n"
+"  --pub-inflight D         publish requests outstanding at once; 1 = wait for\n"
+"                           each answer, >1 = HTTP/1.1 pipelining (1)\n"
+"  --no-rx-timestamps       do not ask the kernel for receive timestamps\n"
 "  --wait S                 after the last publish answer, wait at most S s for\n"
 "                           stragglers (5)\n"
 "\n"
@@ -1247,6 +1046,8 @@ static void usage(FILE *f)
 "Event payload (the POST body, verbatim the SSE data): {\"seq\":N,\"ts\":T}\n"
 "with N = 0..M-1 and T = CLOCK_MONOTONIC in ns when the request was sent.\n"
 "Delivery latency = receive time (CLOCK_MONOTONIC right after read()) - T.\n"
+"Arrival latency = kernel receive timestamp (SO_TIMESTAMPNS) of that read - T:\n"
+"the same without the load generator's own reading delay.\n"
 "\n"
 "Output: human-readable figures, then one line 'RESULT key=value ...'.\n"
 "Exit status: 0 ok, 1 the run found errors (see ok=0), 2 usage/setup error.\n",
@@ -1274,6 +1075,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
+		O_INFLIGHT, O_NO_RXTS,
 	};
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, O_MODE },
@@ -1289,6 +1091,8 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "events", required_argument, NULL, O_EVENTS },
 		{ "rate", required_argument, NULL, O_RATE },
 		{ "payload-size", required_argument, NULL, O_PAYLOAD },
+		{ "pub-inflight", required_argument, NULL, O_INFLIGHT },
+		{ "no-rx-timestamps", no_argument, NULL, O_NO_RXTS },
 		{ "wait", required_argument, NULL, O_WAIT },
 		{ "server-pid", required_argument, NULL, O_PID },
 		{ "settle", required_argument, NULL, O_SETTLE },
@@ -1303,7 +1107,8 @@ static void parse_args(struct config *c, int argc, char **argv)
 	};
 	*c = (struct config){
 		.mode = MODE_FANOUT, .port = -1, .channel = "bench", .token = "let-me-in",
-		.subs = 100, .events = 100, .rate = 100, .connect_concurrency = 256,
+		.subs = 100, .events = 100, .rate = 100, .pub_inflight = 1,
+		.rx_timestamps = 1, .connect_concurrency = 256,
 		.connect_timeout_s = 60, .wait_s = 5, .duration_s = 5,
 		.churn_concurrency = 64, .attempt_timeout_s = 5, .settle_s = 1,
 		.hold_s = 0, .max_time_s = 900, .server_pid = -1, .src_addrs = 254,
@@ -1333,6 +1138,10 @@ static void parse_args(struct config *c, int argc, char **argv)
 			break;
 		case O_EVENTS: c->events = parse_uint("--events", optarg, 0, 100000000); break;
 		case O_RATE: c->rate = parse_double("--rate", optarg, 0, 1e7); break;
+		case O_INFLIGHT:
+			c->pub_inflight = parse_uint("--pub-inflight", optarg, 1, 100000);
+			break;
+		case O_NO_RXTS: c->rx_timestamps = 0; break;
 		case O_PAYLOAD: c->payload_size = parse_uint("--payload-size", optarg, 0, 1 << 20); break;
 		case O_WAIT: c->wait_s = parse_double("--wait", optarg, 0, 3600); break;
 		case O_PID: c->server_pid = (long)parse_uint("--server-pid", optarg, 1, 1u << 30); break;
@@ -1418,12 +1227,8 @@ int main(int argc, char **argv)
 	b->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (b->epfd < 0)
 		die("epoll_create1: %s", strerror(errno));
-	b->timerfd = -1;
-	b->pub.fd = -1;
-	b->pub.subs_min = -1;
-	b->pub.subs_max = -1;
 	hist_init(&b->lat);
-	hist_init(&b->pub.lat);
+	hist_init(&b->arrival_lat);
 	hist_init(&b->open_lat);
 
 	if (c->auth)

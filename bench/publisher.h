@@ -1,0 +1,77 @@
+/* The publishing side of the fanout bench: one keep-alive connection that
+ * POSTs numbered, timestamped events on a fixed schedule. */
+#ifndef BENCH_PUBLISHER_H
+#define BENCH_PUBLISHER_H
+
+#include "hist.h"
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PUB_RESP_MAX 4096
+
+struct pub_config {
+	struct sockaddr_in dst;
+	const char *host;	/* for the Host header */
+	int port;
+	const char *channel;
+	uint64_t events;	/* seqs 0..events-1 */
+	double rate;		/* events/s; 0 = as fast as answers come */
+	unsigned payload_size;	/* pad the JSON body to at least this */
+	unsigned inflight;	/* requests outstanding at once (1 = no pipelining) */
+	int verbose;
+};
+
+struct pub_inflight {
+	uint64_t seq;
+	uint64_t t_send;
+};
+
+struct publisher {
+	struct pub_config cfg;
+	int epfd;
+	uint64_t conn_tag;
+	uint64_t timer_tag;
+	int fd;
+	int timerfd;
+	int phase;
+	int want_out;		/* EPOLLOUT registered */
+	char *out;		/* requests not yet written */
+	size_t out_len;
+	size_t out_sent;
+	size_t out_cap;
+	char resp[PUB_RESP_MAX];
+	size_t resp_len;
+	struct pub_inflight *q;	/* ring: requests sent, answers pending */
+	unsigned q_head;
+	unsigned q_count;
+	uint64_t t_start;	/* schedule origin */
+	uint64_t period_ns;
+	uint64_t due;		/* events the schedule allows so far */
+	uint64_t next_seq;	/* = events sent */
+	uint64_t ok;
+	uint64_t failed;
+	uint64_t first_send;
+	uint64_t last_send;
+	unsigned consecutive_resets;
+	long long subs_min;	/* "subscribers" the server reported */
+	long long subs_max;
+	uint8_t *ok_bits;	/* seqs the server accepted (2xx) */
+	struct hist lat;	/* send -> whole answer read */
+	struct hist lag;	/* actual send time - scheduled send time */
+};
+
+/* ok_bits must hold events bits. Returns 0, or -1 if out of memory. */
+int pub_init(struct publisher *p, const struct pub_config *cfg, int epfd,
+	     uint64_t conn_tag, uint64_t timer_tag, uint8_t *ok_bits);
+/* Connects and starts the schedule. */
+void pub_start(struct publisher *p);
+void pub_on_conn_event(struct publisher *p, uint32_t epoll_events);
+void pub_on_timer(struct publisher *p);
+/* All events answered (or the publisher gave up). */
+int pub_finished(const struct publisher *p);
+int pub_gave_up(const struct publisher *p);
+void pub_free(struct publisher *p);
+
+#endif
