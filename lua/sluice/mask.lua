@@ -94,6 +94,7 @@
 --   * a dedicated cjson.safe instance is used: global cjson settings of
 --     other code are neither read nor changed.
 
+local ffi = require "ffi"
 local crypto = require "sluice.crypto"
 local cjson = require("cjson.safe").new()
 
@@ -167,6 +168,26 @@ local function mark_empty_arrays(s)
   return concat(out)
 end
 
+-- Cheap pre-check (a JIT-compiled byte loop; an unanchored Lua pattern
+-- costs more than decoding): is there a '[' followed by blanks and ']'?
+-- Also true for "[]" inside strings; mark_empty_arrays sorts that out.
+local function may_have_empty_array(s)
+  local p = ffi.cast("const uint8_t *", s)
+  local n = #s
+  local i = 0
+  while i < n do
+    if p[i] == 91 then
+      local j = i + 1
+      while j < n and (p[j] == 32 or p[j] == 9 or p[j] == 10 or p[j] == 13) do j = j + 1 end
+      if j < n and p[j] == 93 then return true end
+      i = j
+    else
+      i = i + 1
+    end
+  end
+  return false
+end
+
 -- Replace sentinel arrays inside a value by ARRAY_MT tables, so that a
 -- custom masker sees ordinary (empty) tables.
 local function clean(v, depth)
@@ -187,9 +208,18 @@ for i = 0, 31 do
   if not ESC[c] then ESC[c] = format("\\u%04x", i) end
 end
 
-local function quote(s)
-  if find(s, '[%z\1-\31"\\]') then s = gsub(s, '[%z\1-\31"\\]', ESC) end
-  return '"' .. s .. '"'
+local STR_SPECIAL = '[%z\1-\31"\\]'
+local u8p = ffi.typeof("const uint8_t *")
+
+-- Byte loop instead of string.find: the JIT compiles it, find with a
+-- pattern it does not.
+local function needs_escape(s)
+  local p = ffi.cast(u8p, s)
+  for i = 0, #s - 1 do
+    local c = p[i]
+    if c < 32 or c == 34 or c == 92 then return true end
+  end
+  return false
 end
 
 local TWO53 = 2 ^ 53
@@ -198,15 +228,17 @@ local function number_text(x)
   if x ~= x or x == huge or x == -huge then
     error("sluice.mask: cannot encode NaN or infinity as JSON", 0)
   end
-  if x % 1 == 0 and x > -TWO53 and x < TWO53 then return format("%d", x) end
+  if x % 1 == 0 then
+    -- tostring prints integers of up to 14 digits exactly
+    if x > -1e14 and x < 1e14 then return tostring(x) end
+    if x > -TWO53 and x < TWO53 then return format("%d", x) end
+  end
   for digits = 14, 17 do
     local s = format("%." .. digits .. "g", x)
     if tonumber(s) == x then return s end
   end
   return format("%.17g", x)
 end
-
-local encode_value
 
 local function is_array(t)
   local mt = getmetatable(t)
@@ -218,53 +250,68 @@ local function is_array(t)
   return count == n
 end
 
-function encode_value(v, buf, depth)
+-- Appends the JSON text of v to buf after position n; returns the new n.
+local function encode_value(v, buf, n, depth)
   local t = type(v)
   if t == "string" then
-    buf[#buf + 1] = quote(v)
+    if needs_escape(v) then v = gsub(v, STR_SPECIAL, ESC) end
+    buf[n + 1], buf[n + 2], buf[n + 3] = '"', v, '"'
+    return n + 3
   elseif t == "number" then
-    buf[#buf + 1] = number_text(v)
+    buf[n + 1] = number_text(v)
+    return n + 1
   elseif t == "boolean" then
-    buf[#buf + 1] = v and "true" or "false"
+    buf[n + 1] = v and "true" or "false"
+    return n + 1
   elseif v == NULL then
-    buf[#buf + 1] = "null"
-  elseif t == "table" then
-    if depth > 1000 then error("sluice.mask: cannot encode: nesting deeper than 1000 (a cycle?)", 0) end
-    if is_sentinel_array(v) then
-      buf[#buf + 1] = "[]"
-    elseif is_array(v) then
-      local n = #v
-      if n == 0 then buf[#buf + 1] = "[]"; return end
-      buf[#buf + 1] = "["
-      for i = 1, n do
-        if i > 1 then buf[#buf + 1] = "," end
-        encode_value(v[i], buf, depth + 1)
-      end
-      buf[#buf + 1] = "]"
-    else
-      buf[#buf + 1] = "{"
-      local first = true
-      for k, x in pairs(v) do
-        local kt = type(k)
-        if kt == "number" then k = number_text(k)
-        elseif kt ~= "string" then error("sluice.mask: cannot encode a " .. kt .. " key as JSON", 0) end
-        if not first then buf[#buf + 1] = "," end
-        first = false
-        buf[#buf + 1] = quote(k)
-        buf[#buf + 1] = ":"
-        encode_value(x, buf, depth + 1)
-      end
-      buf[#buf + 1] = "}"
-    end
-  else
+    buf[n + 1] = "null"
+    return n + 1
+  elseif t ~= "table" then
     error("sluice.mask: cannot encode a " .. t .. " value as JSON", 0)
   end
+  if depth > 1000 then error("sluice.mask: cannot encode: nesting deeper than 1000 (a cycle?)", 0) end
+  if is_sentinel_array(v) then
+    buf[n + 1] = "[]"
+    return n + 1
+  end
+  if is_array(v) then
+    local len = #v
+    if len == 0 then buf[n + 1] = "[]"; return n + 1 end
+    n = n + 1
+    buf[n] = "["
+    for i = 1, len do
+      if i > 1 then n = n + 1; buf[n] = "," end
+      n = encode_value(v[i], buf, n, depth + 1)
+    end
+    n = n + 1
+    buf[n] = "]"
+    return n
+  end
+  n = n + 1
+  buf[n] = "{"
+  local first = true
+  for k, x in pairs(v) do
+    local kt = type(k)
+    if kt == "number" then k = number_text(k)
+    elseif kt ~= "string" then error("sluice.mask: cannot encode a " .. kt .. " key as JSON", 0)
+    elseif needs_escape(k) then k = gsub(k, STR_SPECIAL, ESC) end
+    if first then
+      buf[n + 1], buf[n + 2], buf[n + 3] = '"', k, '":'
+      first = false
+    else
+      buf[n + 1], buf[n + 2], buf[n + 3] = ',"', k, '":'
+    end
+    n = encode_value(x, buf, n + 3, depth + 1)
+  end
+  n = n + 1
+  buf[n] = "}"
+  return n
 end
 
 local function encode(v)
   local buf = {}
-  encode_value(v, buf, 0)
-  return concat(buf)
+  local n = encode_value(v, buf, 0, 0)
+  return concat(buf, "", 1, n)
 end
 M._encode = encode -- exposed for specs
 
@@ -279,16 +326,57 @@ local function text_of(v)
   return nil
 end
 
+-- Scratch buffer for the digit/alnum maskers (one Lua state per worker).
+local scratch, scratch_size = nil, 0
+
+-- Copies s to the scratch buffer; returns the buffer.
+local function scratch_copy(s)
+  local n = #s
+  if n > scratch_size then
+    scratch_size = math.max(n, 256)
+    scratch = ffi.new("uint8_t[?]", scratch_size)
+  end
+  ffi.copy(scratch, s, n)
+  return scratch
+end
+
+local function is_digit(c) return c >= 48 and c <= 57 end
+local function is_alnum(c) return (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122) end
+
+-- Replaces by '*' the characters of s selected by `class` (is_digit or
+-- is_alnum), except the first `head` and the last `tail` of them.
+local function mask_class(s, class, head, tail)
+  local len = #s
+  local buf = scratch_copy(s)
+  local total = 0
+  for i = 0, len - 1 do
+    if class(buf[i]) then total = total + 1 end
+  end
+  local k = 0
+  for i = 0, len - 1 do
+    if class(buf[i]) then
+      k = k + 1
+      if k > head and k <= total - tail then buf[i] = 42 end
+    end
+  end
+  return ffi.string(buf, len), total
+end
+
+local function count_class(s, class)
+  local n = 0
+  for i = 1, #s do
+    if class(byte(s, i)) then n = n + 1 end
+  end
+  return n
+end
+
 local function phone(v)
   local s = text_of(v)
   if not s then return REDACTED end
-  local _, n = gsub(s, "%d", "")
-  local i = 0
-  return (gsub(s, "%d", function(d)
-    i = i + 1
-    if n >= 8 and (i <= 3 or i > n - 4) then return d end
-    return "*"
-  end))
+  if count_class(s, is_digit) >= 8 then
+    return (mask_class(s, is_digit, 3, 4))
+  end
+  return (mask_class(s, is_digit, 0, 0))
 end
 
 local function email(v)
@@ -304,15 +392,10 @@ end
 local function national_id(v)
   local s = text_of(v)
   if not s then return REDACTED end
-  local _, n = gsub(s, "%w", "")
+  local n = count_class(s, is_alnum)
   local head, tail = 0, 0
   if n >= 14 then head, tail = 6, 4 elseif n >= 8 then tail = 4 end
-  local i = 0
-  return (gsub(s, "%w", function(c)
-    i = i + 1
-    if i <= head or i > n - tail then return c end
-    return "*"
-  end))
+  return (mask_class(s, is_alnum, head, tail))
 end
 
 local function redact() return REDACTED end
@@ -583,7 +666,7 @@ function Masker:apply(payload)
   end
   if not find(payload, "^[ \t\r\n]*[%[{]") then return self:_invalid(payload) end
   local src = payload
-  if not NATIVE_ARRAY_MT and find(src, "%[[ \t\r\n]*%]") then src = mark_empty_arrays(src) end
+  if not NATIVE_ARRAY_MT and may_have_empty_array(src) then src = mark_empty_arrays(src) end
   local doc = cjson.decode(src)
   if type(doc) ~= "table" then return self:_invalid(payload) end
   local ops, stack = 0, {}
