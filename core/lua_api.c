@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -498,7 +499,11 @@ static int l_stats(lua_State *L)
     set_int(L, "subscriptions", (double)nsubs);
     set_int(L, "history_events", (double)nev);
     set_int(L, "lua_memory", (double)luavm_memory(vm));
-    set_int(L, "last_id", (double)channels_last_id(w->channels));
+    /* As a string: JSON encoders round big numbers. */
+    char id[24];
+    snprintf(id, sizeof id, "%" PRIu64, channels_last_id(w->channels));
+    lua_pushstring(L, id);
+    lua_setfield(L, -2, "last_id");
     return 1;
 }
 

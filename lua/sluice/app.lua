@@ -14,22 +14,82 @@ function app.is_app(x)
   return getmetatable(x) == App
 end
 
+-- Route options are compiled here, while the script loads, so a bad
+-- policy is a load error with the script's file and line.
+local function compile_options(opts, name, level)
+  local out = { variant = opts.variant }
+  if opts.variant ~= nil and (type(opts.variant) ~= "string" or opts.variant == "") then
+    error(name .. ": variant must be a non-empty string", level)
+  end
+  local function compile(mod, spec, what)
+    local ok, v = pcall(function() return require(mod).new(spec) end)
+    if not ok then error(("%s: %s: %s"):format(name, what, tostring(v)), level + 1) end
+    return v
+  end
+  if opts.cors ~= nil then
+    out.cors = type(opts.cors) == "table" and opts.cors.preflight and opts.cors
+               or compile("sluice.cors", opts.cors, "cors")
+  end
+  if opts.auth ~= nil then
+    if type(opts.auth) ~= "table" or type(opts.auth.algs) ~= "table" then
+      error(name .. ": auth needs a table with algs = {...}", level)
+    end
+    if opts.auth.status ~= nil and opts.auth.status ~= 401 and opts.auth.status ~= 403 then
+      error(name .. ": auth.status must be 401 or 403", level)
+    end
+    out.auth = opts.auth
+  end
+  if opts.rollout ~= nil then
+    if type(opts.rollout) ~= "table" then error(name .. ": rollout must be a table", level) end
+    local spec = {}
+    for k, v in pairs(opts.rollout) do
+      if k ~= "response_header" then spec[k] = v end
+    end
+    out.rollout = compile("sluice.rollout", spec, "rollout")
+    out.rollout_spec = spec
+    out.rollout_header = opts.rollout.response_header or "X-Variant"
+  end
+  return out
+end
+
 local function add_route(self, kind, method, pattern, handler, opts, level)
-  if type(handler) ~= "function" then
-    error(("%s %s: handler must be a function"):format(method, tostring(pattern)), level)
+  local name = ("%s %s"):format(method, tostring(pattern))
+  if opts ~= nil and type(opts) ~= "table" then error(name .. ": options must be a table", level) end
+  opts = opts or {}
+  -- A table of handlers declares several variants at once.
+  if type(handler) == "table" then
+    local names = {}
+    for vname in pairs(handler) do names[#names + 1] = vname end
+    table.sort(names)
+    local default = opts.rollout and opts.rollout.default or "stable"
+    if not handler[default] then
+      error(("%s: the handler table needs the default variant %q"):format(name, default), level)
+    end
+    for _, vname in ipairs(names) do
+      local o = {}
+      if vname == default then for k, v in pairs(opts) do o[k] = v end else o.variant = vname end
+      add_route(self, kind, method, pattern, handler[vname], o, level + 1)
+    end
+    return self
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("%s %s: options must be a table"):format(method, tostring(pattern)), level)
-  end
+  if type(handler) ~= "function" then error(name .. ": handler must be a function", level) end
   local info = debug.getinfo(level, "Sl")
-  self.routes[#self.routes + 1] = {
-    kind = kind, method = method, pattern = pattern, handler = handler,
-    opts = opts or {}, where = info and (info.short_src .. ":" .. (info.currentline or 0)) or "?",
-  }
+  local decl = compile_options(opts, name, level + 1)
+  decl.kind, decl.method, decl.pattern, decl.handler = kind, method, pattern, handler
+  decl.where = info and (info.short_src .. ":" .. (info.currentline or 0)) or "?"
+  self.routes[#self.routes + 1] = decl
   return self
 end
 
 -- A plain HTTP endpoint: handler(req) returns status, body, headers.
+-- opts (all optional):
+--   auth    = { algs = {...}, secret | public_key, from = {...}, aud, iss,
+--               leeway, status = 401 | 403, realm }   (see sluice.auth/jwt)
+--   cors    = { origins = {...}, credentials, ... }   (see sluice.cors)
+--   rollout = { header, key, split, default, variants, salt,
+--               response_header = "X-Variant" }        (see sluice.rollout)
+--   variant = "green": this declaration is a candidate variant of the route
+-- handler may be a table { stable = fn, green = fn } of variants.
 function App:route(method, pattern, handler, opts)
   if type(method) ~= "string" or not method:match("^%u+$") then
     error("route(method, ...): method must be an upper-case HTTP method", 2)

@@ -7,7 +7,8 @@ local app = require "sluice.app"
 local json = require "sluice.json"
 local log = require "sluice.log"
 local request = require "sluice.request"
-local router = require "sluice.router"
+local gate = require "sluice.gate"
+local routes = require "sluice.routes"
 local stream = require "sluice.stream"
 local timers = require "sluice.timers"
 
@@ -16,7 +17,7 @@ local runtime = {}
 local state = {
   dir = nil,
   scripts = {},          -- path -> record { path, content, app, _timers }
-  router = router.new(),
+  routes = routes.new(),
   loading = nil,         -- the record whose script is running its top level
   views = {},            -- view id -> { key, apply, events, ops, errors }
   view_ids = {},         -- view key -> id
@@ -56,9 +57,18 @@ local function set_view(key, spec)
   return id
 end
 
-local function view_id(name, s)
-  if name == nil then return 0 end
+local function view_id(opts, s)
+  if opts == nil then return 0 end
   local rec = s and s._script and state.scripts[s._script]
+  if opts.mask ~= nil then
+    -- An inline rule set: subscribers with the same rules share its view.
+    local mask = require "sluice.mask"
+    local ok, m = pcall(mask.compile, { rules = opts.mask, on_invalid = opts.on_invalid })
+    if not ok then error("subscribe: bad mask rules: " .. tostring(m), 3) end
+    return set_view((rec and rec.path or "?") .. "#mask:" .. m.key, { masker = m })
+  end
+  local name = opts.view
+  if name == nil then return 0 end
   local spec = rec and rec.app.views[name]
   if not spec then error(("unknown view %q (declare it with app:view)"):format(tostring(name)), 3) end
   if spec.raw then return 0 end
@@ -202,36 +212,78 @@ local function open_stream(h, route, req, s)
   if s._close_after_open then core.close(h) end
 end
 
+local function merge(into, from)
+  if not from then return into end
+  into = into or {}
+  for k, v in pairs(from) do
+    if into[k] == nil then into[k] = v end
+  end
+  return into
+end
+
+-- A CORS preflight for a path whose route has a policy, or the Allow list.
+local function options(h, method, path, query, headers, peer, allowed)
+  for _, m in ipairs(allowed) do
+    local group, params = state.routes:find(m, path)
+    if group and group.main and group.main.cors then
+      local req = request.new(method, path, query, headers, "", peer, params)
+      local status, hdrs = gate.preflight(group, req)
+      return respond(h, status, nil, hdrs)
+    end
+  end
+  return respond(h, 204, nil, { Allow = table.concat(allowed, ", ") })
+end
+
+-- A token that expires ends the stream then, with a retry hint, so a
+-- stale token cannot hold a stream open.
+local function close_on_expiry(s, claims)
+  local exp = type(claims) == "table" and tonumber(claims.exp)
+  if not exp then return end
+  s:after(math.max(0, exp - os.time()), function()
+    core.send(s.id, nil, nil, nil, 1000, "token expired")
+    core.close(s.id)
+  end)
+end
+
 function runtime.dispatch(h, method, path, query, headers, body, peer)
-  local route, params = state.router:find(method, path)
-  if not route then
+  local group, params = state.routes:find(method, path)
+  if not group then
     if params then
-      local allow = { Allow = table.concat(params, ", ") }
-      if method == "OPTIONS" then return respond(h, 204, nil, allow) end
-      return respond_status(h, 405, allow)
+      if method == "OPTIONS" then return options(h, method, path, query, headers, peer, params) end
+      return respond_status(h, 405, { Allow = table.concat(params, ", ") })
     end
     return respond_status(h, 404)
   end
   local req = request.new(method, path, query, headers, body, peer, params)
-  req.route = route.pattern
-  route.stats.requests = route.stats.requests + 1
-  if route.kind == "plain" then
-    local ok, r1, r2, r3 = core.run(route.handler, req)
-    if not ok then return failed(h, route, req, r1) end
-    return answer(h, route, r1, r2, r3)
+  req.route = group.pattern
+  group.stats.requests = group.stats.requests + 1
+  local ok, pass, status, extra = pcall(gate.pass, group, req)
+  if not ok then return failed(h, group, req, pass) end
+  if not pass then
+    group.stats.rejected[status] = (group.stats.rejected[status] or 0) + 1
+    return respond_status(h, status, extra)
+  end
+  if group.kind == "plain" then
+    local ok2, r1, r2, r3 = core.run(pass.handler, req)
+    if not ok2 then return failed(h, group, req, r1) end
+    local st, b, hd = interpret(r1, r2, r3)
+    return answer(h, group, st, b, merge(hd, pass.headers))
   end
   local s = stream.new(rt, h, req)
-  s._script = route.script
-  local ok, r1, r2, r3 = core.run(route.handler, req, s)
-  if not ok then
+  s._script = group.main.script
+  s._headers = pass.headers
+  local ok2, r1, r2, r3 = core.run(pass.handler, req, s)
+  if not ok2 then
     forget_stream(s)
-    return failed(h, route, req, r1)
+    return failed(h, group, req, r1)
   end
   if r1 ~= nil then
     forget_stream(s)
-    return answer(h, route, r1, r2, r3)
+    local st, b, hd = interpret(r1, r2, r3)
+    return answer(h, group, st, b, merge(hd, pass.headers))
   end
-  open_stream(h, route, req, s)
+  if req.claims then close_on_expiry(s, req.claims) end
+  open_stream(h, group, req, s)
 end
 
 -- ---- loading scripts -------------------------------------------------
@@ -267,23 +319,8 @@ local function load_script(path, content)
 end
 runtime.current_loading = function() return state.loading end
 
-local function route_conflicts(r, rec)
-  for _, route in ipairs(rec.app.routes) do
-    local ok, err = pcall(router.compile, route.pattern)
-    if not ok then return ("%s: %s"):format(route.where, err) end
-    if r:conflict(route.method, route.pattern) then
-      return ("%s: %s %s is already declared (%s)"):format(route.where, route.method, route.pattern,
-                                                         r:conflict(route.method, route.pattern))
-    end
-  end
-end
-
 local function add_routes(r, rec)
-  for _, route in ipairs(rec.app.routes) do
-    route.script = rec.path
-    route.stats = route.stats or { requests = 0, errors = 0, streams = 0, rejected = {} }
-    assert(r:add(route.method, route.pattern, route))
-  end
+  for _, decl in ipairs(rec.app.routes) do r:add(decl, rec.path) end
 end
 
 local function activate(rec, old)
@@ -344,7 +381,7 @@ local function load_all(dir, check_only)
   end
   -- Routes: unchanged scripts first, so a changed script that now clashes
   -- with them is the one refused.
-  local r = router.new()
+  local r = routes.new()
   for _, path in ipairs(paths) do
     local rec = next_scripts[path]
     if rec and not changed[path] then add_routes(r, rec) end
@@ -352,7 +389,7 @@ local function load_all(dir, check_only)
   for _, path in ipairs(paths) do
     local rec = changed[path]
     if rec then
-      local clash = route_conflicts(r, rec)
+      local clash = r:script_conflict(rec)
       if clash then
         problems = problems + 1
         log.error("%s (script not loaded)", clash)
@@ -364,14 +401,20 @@ local function load_all(dir, check_only)
       end
     end
   end
+  for _, g in ipairs(r:orphans()) do
+    problems = problems + 1
+    log.error("%s: %s %s declares variant(s) but no main route (one without variant=)",
+              g.first.where, g.method, g.pattern)
+  end
   if check_only then return problems end
+  r:inherit_stats(state.routes)
   -- Swap in the new generation.
   for path, old in pairs(state.scripts) do
     if not next_scripts[path] then timers.stop_owned(old) end
   end
   for path, rec in pairs(changed) do activate(rec, state.scripts[path]) end
   state.scripts = next_scripts
-  state.router = r
+  state.routes = r
   return problems
 end
 
@@ -403,19 +446,23 @@ function runtime.check(dir)
 end
 
 function runtime.stats()
-  local routes = {}
-  for _, route in ipairs(state.router.routes) do
-    local e = route.entry
-    routes[#routes + 1] = { method = e.method, pattern = e.pattern, script = e.script,
-                            requests = e.stats.requests, errors = e.stats.errors,
-                            streams = e.stats.streams, rejected = e.stats.rejected,
-                            variants = e.stats.variants }
+  local list = {}
+  for _, g in pairs(state.routes.groups) do
+    local variants = {}
+    for name in pairs(g.variants) do variants[#variants + 1] = name end
+    table.sort(variants)
+    list[#list + 1] = { method = g.method, pattern = g.pattern, script = g.main and g.main.script,
+                        kind = g.kind, requests = g.stats.requests, errors = g.stats.errors,
+                        streams = g.stats.streams, rejected = g.stats.rejected,
+                        auth_failures = g.stats.auth_failures, served_variants = g.stats.variants,
+                        variants = variants }
   end
+  table.sort(list, function(a, b) return a.pattern .. a.method < b.pattern .. b.method end)
   local views = {}
   for _, v in ipairs(state.views) do
     views[#views + 1] = { key = v.key, events = v.events, mask_ops = v.ops, errors = v.errors }
   end
-  return { routes = routes, views = views, reloads = state.stats.reloads,
+  return { routes = list, views = views, reloads = state.stats.reloads,
            reload_failures = state.stats.reload_failures, load_errors = state.stats.load_errors }
 end
 

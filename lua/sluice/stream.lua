@@ -58,12 +58,13 @@ function Stream:reset_event(name)
 end
 
 -- Subscribes to a channel. opts.view names a view the app declared with
--- app:view(); events are then transformed (masked) once per view.
+-- app:view(); opts.mask gives rules inline (opts.on_invalid too). Events
+-- are transformed (masked) once per view, never once per subscriber.
 function Stream:subscribe(channel, opts)
   if type(channel) ~= "string" or channel == "" then
     error("subscribe(channel) wants a non-empty string", 2)
   end
-  local view = self._rt.view_id(opts and opts.view, self)
+  local view = self._rt.view_id(opts, self)
   if self._open then
     return self._rt.core.subscribe(self.id, { channel }, { view })
   end

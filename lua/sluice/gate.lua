@@ -1,0 +1,57 @@
+-- A route's policy, applied before its handler: CORS, then authorization,
+-- then the choice of variant. Each step either lets the request through
+-- (adding response headers) or answers it.
+local log = require "sluice.log"
+
+local gate = {}
+
+-- Returns { headers = {...}, handler = fn } to proceed, or
+-- nil, status, headers to answer now.
+function gate.pass(group, req)
+  local main = group.main
+  local headers = {}
+  if main.cors then
+    local h = main.cors:headers(req)
+    if not h then return nil, 403, nil end
+    for k, v in pairs(h) do headers[k] = v end
+  end
+  if main.auth then
+    local auth = require "sluice.auth"
+    local claims, reason = auth.jwt(req, main.auth)
+    if not claims then
+      group.stats.auth_failures[reason] = (group.stats.auth_failures[reason] or 0) + 1
+      -- The reason goes to the log, never to the client.
+      log.info("%s %s: authorization refused (%s) for %s", req.method, req.path, tostring(reason),
+               tostring(req.remote_addr))
+      local status = main.auth.status or 401
+      if status == 401 then
+        headers["WWW-Authenticate"] = auth.challenge { realm = main.auth.realm, reason = reason }
+      end
+      return nil, status, headers
+    end
+    req.claims = claims
+  end
+  local decl = main
+  if main.rollout then
+    local variant = main.rollout:choose(req)
+    decl = group.variants[variant]
+    if not decl then
+      log.warn("%s %s: variant %s has no handler; serving %s", req.method, group.pattern,
+               tostring(variant), group.default)
+      variant, decl = group.default, main
+    end
+    req.variant = variant
+    group.stats.variants[variant] = (group.stats.variants[variant] or 0) + 1
+    headers[main.rollout_header] = variant
+  else
+    req.variant = group.default
+  end
+  return { headers = headers, handler = decl.handler }
+end
+
+-- Answers an OPTIONS request for a path whose route has a CORS policy.
+function gate.preflight(group, req)
+  return group.main.cors:preflight(req)
+end
+
+return gate
