@@ -41,6 +41,8 @@
 --   jwt.sign(claims, { secret = "...", alg = "HS256", header = {kid = ...} })
 --       -> token   (HS256/HS384/HS512 only: for tests, examples, internal
 --                   tokens.  RS/ES signing belongs to an identity provider.)
+--   jwt.check_opts(opts) -> true, or raises what verify() would raise on a
+--       misconfigured opts (call it when a route is declared)
 --   jwt.b64url_decode(s) -> raw | nil     (strict: no padding, no stray bits)
 --   jwt.b64url_encode(raw) -> s
 
@@ -309,6 +311,37 @@ function M.verify(token, opts)
   ok, reason = check_claims(claims, opts)
   if not ok then return nil, reason end
   return claims, header
+end
+
+-- Raises on a misconfigured opts table (what verify() would raise on at
+-- request time), so an app can fail at load time instead: checks algs, the
+-- secret and/or public key each allowed algorithm needs, and the types of
+-- leeway, now, iss, aud and require.
+function M.check_opts(opts)
+  if type(opts) ~= "table" then config_error("opts table required") end
+  check_algs(opts.algs)
+  local key
+  for _, a in ipairs(opts.algs) do
+    if HMAC_MD[a] then hmac_secret(opts) else key = key or public_key(opts) end
+  end
+  if key then
+    local usable = false
+    for _, a in ipairs(opts.algs) do
+      local spec = ASYM[a]
+      if spec and spec.kind == key.kind and not (spec.curve and key.curve and key.curve ~= spec.curve) then
+        usable = true
+      end
+    end
+    if not usable then
+      config_error("opts.public_key (" .. key.kind .. (key.curve and (" " .. key.curve) or "")
+                   .. ") cannot verify any of the allowed algorithms")
+    end
+  end
+  check_claims({}, opts)
+  if opts.max_length ~= nil and type(opts.max_length) ~= "number" then
+    config_error("opts.max_length must be a number")
+  end
+  return true
 end
 
 function M.sign(claims, opts)

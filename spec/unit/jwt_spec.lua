@@ -371,6 +371,35 @@ describe("sluice.jwt", function()
         local ok, err = pcall(jwt.verify, tok, o)
         assert.is_false(ok)
         assert.truthy(tostring(err):find(c[3], 1, true), tostring(err))
+        -- check_opts reports the same problem without a token
+        ok, err = pcall(jwt.check_opts, o)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find(c[3], 1, true), tostring(err))
+      end)
+    end
+
+    it("check_opts accepts good configurations", function()
+      assert.is_true(jwt.check_opts(opts_for("HS256")))
+      assert.is_true(jwt.check_opts(opts_for("RS256")))
+      assert.is_true(jwt.check_opts(opts_for("ES256", { algs = { "ES256", "RS256" } })))
+      assert.is_true(jwt.check_opts(opts_for("HS512", { algs = { "HS512", "ES256" }, public_key = keys.ec.pub })))
+    end)
+
+    local more = {
+      { "key unusable for every alg", { algs = { "RS256" }, public_key = "ec" }, "cannot verify any of the allowed algorithms" },
+      { "P-384 key for ES256", { algs = { "ES256" }, public_key = "ec384" }, "cannot verify any" },
+      { "bad leeway", { algs = { "HS256" }, secret = SECRET, leeway = -5 }, "opts.leeway" },
+      { "bad aud", { algs = { "HS256" }, secret = SECRET, aud = 5 }, "opts.aud" },
+      { "bad iss", { algs = { "HS256" }, secret = SECRET, iss = { 5 } }, "opts.iss" },
+      { "bad require", { algs = { "HS256" }, secret = SECRET, require = "exp" }, "opts.require" },
+    }
+    for _, c in ipairs(more) do
+      it("check_opts: " .. c[1], function()
+        local o = c[2]
+        if o.public_key then o.public_key = keys[o.public_key].pub end
+        local ok, err = pcall(jwt.check_opts, o)
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find(c[3], 1, true), tostring(err))
       end)
     end
 
