@@ -15,6 +15,7 @@ local SECRET = "]] .. SECRET .. [["
 app:view("support", { mask = { { "customer.phone", "phone" }, { "customer.email", "email" },
                                { "card", "redact" } } })
 app:view("admin", {})
+app:view("customer", {})
 
 -- browser-style: the token in a cookie or the query, CORS for the web app
 app:stream("/orders/:user", function(req, s)
