@@ -518,7 +518,8 @@ local BY_SPEC = setmetatable({}, { __mode = "k" })
 local function build(spec)
   if type(spec) ~= "table" then error("sluice.mask.compile(spec): spec table required", 0) end
   local rules, on_invalid = spec, "redact"
-  if spec.rules ~= nil then
+  if type(spec.rules) == "table" then -- options form (a map rule for a field
+                                      -- named "rules" has a masker, not a table)
     rules = spec.rules
     on_invalid = spec.on_invalid or "redact"
   end
