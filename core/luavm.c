@@ -21,10 +21,14 @@ static _Thread_local struct luavm *current_vm;
  * luavm_sandbox_run clears the hook. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     struct luavm *vm = current_vm;
-    if (vm && vm->budget_expired)
-        luaL_error(L, "script exceeded its CPU budget of %d ms", vm->cpu_budget_ms);
+    if (!vm || !vm->budget_expired)
+        return;
+    /* Name the line that was running: that is where the loop is. */
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        luaL_error(L, "%s:%d: script exceeded its CPU budget of %d ms", ar->short_src,
+                   ar->currentline, vm->cpu_budget_ms);
+    luaL_error(L, "script exceeded its CPU budget of %d ms", vm->cpu_budget_ms);
 }
 
 static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
