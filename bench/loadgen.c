@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -127,6 +128,82 @@ static long read_rss_kib(long pid)
 	if (fclose(f) != 0)
 		return -1;
 	return kib;
+}
+
+/* CPU time (user + system) of a process in ns, from /proc/PID/stat; -1 if
+ * unreadable. */
+static long long read_proc_cpu_ns(long pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	if (fclose(f) != 0 || n == 0)
+		return -1;
+	buf[n] = 0;
+	/* the command name may hold spaces and ')': fields restart after the last ')' */
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return -1;
+	unsigned long long utime, stime;
+	/* after ')': state ppid pgrp session tty_nr tpgid flags minflt cminflt
+	 * majflt cmajflt utime stime */
+	if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+		   &utime, &stime) != 2)
+		return -1;
+	long tck = sysconf(_SC_CLK_TCK);
+	if (tck <= 0)
+		return -1;
+	return (long long)((utime + stime) * (NS_PER_S / (unsigned long long)tck));
+}
+
+static long long self_cpu_ns(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		die("getrusage: %s", strerror(errno));
+	return ((long long)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * (long long)NS_PER_S +
+	       ((long long)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
+}
+
+/* CPU use over a window, in % of one core (-1 if unknown) */
+struct cpu_window {
+	uint64_t t0;
+	long long server0;
+	long long self0;
+};
+
+static void cpu_window_start(struct cpu_window *w, long server_pid)
+{
+	w->t0 = now_ns();
+	w->server0 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	w->self0 = self_cpu_ns();
+}
+
+static void cpu_window_end(const struct cpu_window *w, long server_pid, double *server_pct,
+			   double *self_pct)
+{
+	uint64_t wall = now_ns() - w->t0;
+	long long server1 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	long long self1 = self_cpu_ns();
+	*server_pct = (wall && w->server0 >= 0 && server1 >= 0)
+		? 100.0 * (double)(server1 - w->server0) / (double)wall : -1;
+	*self_pct = wall ? 100.0 * (double)(self1 - w->self0) / (double)wall : -1;
+}
+
+static void print_cpu(const char *during, double server_pct, double self_pct)
+{
+	printf("  CPU during %s: server ", during);
+	if (server_pct >= 0)
+		printf("%.0f%%", server_pct);
+	else
+		printf("?");
+	printf(", loadgen %.0f%% (of one core)\n", self_pct);
+	if (self_pct >= 90)
+		printf("  warning: the load generator was (nearly) saturated; figures include "
+		       "its own delay\n");
 }
 
 /* ---- state -------------------------------------------------------------- */
@@ -712,6 +789,8 @@ static int run_fanout(struct bench *b)
 	uint64_t t = now_ns();
 	uint64_t drain_deadline = 0;
 	uint64_t last_check = 0;
+	struct cpu_window cpu;
+	cpu_window_start(&cpu, c->server_pid);
 	if (ready > 0)
 		pub_start(pub);
 	else
@@ -738,6 +817,8 @@ static int run_fanout(struct bench *b)
 			break;
 	}
 	uint64_t t_end = now_ns();
+	double server_cpu, self_cpu;
+	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
 	long rss_end = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
 	int64_t clock_drift = realtime_offset() - b->real_minus_mono;
 
@@ -784,6 +865,10 @@ static int run_fanout(struct bench *b)
 	       c->rate, pub_rate, pc.inflight, c->payload_size);
 	printf("  publish answers: subscribers reported min %lld max %lld\n",
 	       pub->subs_min, pub->subs_max);
+	if (c->rate > 0 && pub->next_seq > 1 && pub_rate < 0.95 * c->rate)
+		printf("  warning: publishing fell behind the target rate (each publish waits "
+		       "for its answer);\n           the figures below hold for %.1f events/s\n",
+		       pub_rate);
 	print_hist_line("publish answer latency", &pub->lat);
 	if (c->rate > 0)
 		print_hist_line("publish schedule lag (sent - scheduled)", &pub->lag);
@@ -809,6 +894,7 @@ static int run_fanout(struct bench *b)
 	       (double)(t_end - t0) / 1e9,
 	       pub->last_send && t_end > pub->last_send ? (double)(t_end - pub->last_send) / 1e9 : 0,
 	       c->wait_s);
+	print_cpu("publishing and waiting", server_cpu, self_cpu);
 	if (rss_before >= 0)
 		printf("  server RSS: %ld KiB before, %ld KiB with streams open, %ld KiB at end\n",
 		       rss_before, rss_open, rss_end);
@@ -829,8 +915,9 @@ static int run_fanout(struct bench *b)
 	result_hist("pub", &pub->lat);
 	if (c->rate > 0)
 		result_hist("pub_lag", &pub->lag);
-	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld\n",
-	       (double)(t_open - t0) / 1e9, rss_before, rss_end);
+	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld server_cpu_pct=%.0f"
+	       " loadgen_cpu_pct=%.0f\n",
+	       (double)(t_open - t0) / 1e9, rss_before, rss_end, server_cpu, self_cpu);
 	pub_free(pub);
 	free(bits);
 	return ok ? 0 : 1;
@@ -903,6 +990,8 @@ static int run_churn(struct bench *b)
 		end = hard_deadline;
 	uint64_t attempt_ns = secs_to_ns(c->attempt_timeout_s);
 
+	struct cpu_window cpu;
+	cpu_window_start(&cpu, c->server_pid);
 	for (unsigned i = 0; i < b->nsubs; i++)
 		sub_start(b, &b->subs[i]);
 	uint64_t t = now_ns();
@@ -929,6 +1018,8 @@ static int run_churn(struct bench *b)
 		}
 	}
 	uint64_t t_end = now_ns();
+	double server_cpu, self_cpu;
+	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
 	unsigned abandoned = 0;
 	for (unsigned i = 0; i < b->nsubs; i++) {
 		if (b->subs[i].phase != SUB_CLOSED && b->subs[i].phase != SUB_UNUSED) {
@@ -948,6 +1039,7 @@ static int run_churn(struct bench *b)
 	printf("  subscriptions/s: %.0f\n", per_s);
 	print_errors(b);
 	print_hist_line("open latency (connect -> first chunk)", &b->open_lat);
+	print_cpu("the run", server_cpu, self_cpu);
 	int ok = b->churn_done > 0 && errors == 0;
 	printf("RESULT mode=churn ok=%d auth=%d concurrency=%u duration_s=%.2f completed=%" PRIu64
 	       " subs_per_s=%.0f errors=%" PRIu64,
@@ -955,7 +1047,7 @@ static int run_churn(struct bench *b)
 	for (int k = 0; k < ERR_KINDS; k++)
 		printf(" err_%s=%" PRIu64, error_names[k], b->errors[k]);
 	result_hist("open", &b->open_lat);
-	printf("\n");
+	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f\n", server_cpu, self_cpu);
 	return ok ? 0 : 1;
 }
 
