@@ -284,7 +284,6 @@ struct bench {
 
 	/* churn */
 	uint64_t churn_done;
-	int churn_stopping;
 	struct hist open_lat;
 };
 
@@ -385,7 +384,6 @@ static void sub_send(struct bench *b, struct sub *s)
 	s->phase = SUB_HEAD;
 	ep_mod(b, s->fd, EPOLLIN, tag(KIND_SUB, s->index));
 }
-
 
 static int on_head(void *ctx, const struct sp_head *h)
 {
