@@ -608,6 +608,8 @@ static void dispatch(struct bench *b, int timeout_ms)
 			pub_on_timer(&b->pub);
 		}
 	}
+	if (n == MAX_EPOLL_EVENTS && b->cfg.mode == MODE_FANOUT)
+		pub_poll_schedule(&b->pub);
 }
 
 /* ms until deadline, at most cap_ms, at least 0 */
@@ -864,8 +866,9 @@ static int run_fanout(struct bench *b)
 	printf("  publish answers: subscribers reported min %lld max %lld\n",
 	       pub->subs_min, pub->subs_max);
 	if (c->rate > 0 && pub->next_seq > 1 && pub_rate < 0.95 * c->rate)
-		printf("  warning: publishing fell behind the target rate (each publish waits "
-		       "for its answer);\n           the figures below hold for %.1f events/s\n",
+		printf("  warning: publishing fell behind the target rate (at most %u publish%s "
+		       "in flight);\n           the figures below hold for %.1f events/s\n",
+		       pc.inflight, pc.inflight == 1 ? ", waiting for each answer," : "es",
 		       pub_rate);
 	print_hist_line("publish answer latency", &pub->lat);
 	if (c->rate > 0)

@@ -376,6 +376,12 @@ void pub_on_timer(struct publisher *p)
 	}
 }
 
+void pub_poll_schedule(struct publisher *p)
+{
+	if (p->timerfd >= 0)
+		pub_on_timer(p);	/* non-blocking: EAGAIN when no tick is due */
+}
+
 void pub_start(struct publisher *p)
 {
 	pub_connect(p);

@@ -69,6 +69,9 @@ int pub_init(struct publisher *p, const struct pub_config *cfg, int epfd,
 void pub_start(struct publisher *p);
 void pub_on_conn_event(struct publisher *p, uint32_t epoll_events);
 void pub_on_timer(struct publisher *p);
+/* Checks the schedule without waiting for epoll to report the tick: with
+ * thousands of ready streams the timer can sit far back in the ready list. */
+void pub_poll_schedule(struct publisher *p);
 /* All events answered (or the publisher gave up). */
 int pub_finished(const struct publisher *p);
 int pub_gave_up(const struct publisher *p);
