@@ -60,6 +60,7 @@ struct config {
 	unsigned connect_concurrency;
 	double connect_timeout_s;
 	double wait_s;
+	double pub_timeout_s;
 	double duration_s;
 	unsigned churn_concurrency;
 	double attempt_timeout_s;
@@ -799,6 +800,7 @@ static int run_fanout(struct bench *b)
 		int cap = drain_deadline ? ms_until(drain_deadline, t, 20) : 100;
 		dispatch(b, ms_until(hard_deadline, t, cap));
 		t = now_ns();
+		pub_check_timeout(pub, t, secs_to_ns(c->pub_timeout_s));
 		if (!drain_deadline && pub_finished(pub))
 			drain_deadline = t + secs_to_ns(c->wait_s);
 		if (!drain_deadline)
@@ -1116,6 +1118,7 @@ static void usage(FILE *f)
 "  --payload-size B         pad each event's data to at least B bytes (0)\n"
 "  --pub-inflight D         publish requests outstanding at once; 1 = wait for\n"
 "                           each answer, >1 = HTTP/1.1 pipelining (1)\n"
+"  --pub-timeout S          stop publishing if an answer takes over S s (10)\n"
 "  --no-rx-timestamps       do not ask the kernel for receive timestamps\n"
 "  --wait S                 after the last publish answer, wait at most S s for\n"
 "                           stragglers (5)\n"
@@ -1168,7 +1171,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
-		O_INFLIGHT, O_NO_RXTS,
+		O_INFLIGHT, O_NO_RXTS, O_PUB_TIMEOUT,
 	};
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, O_MODE },
@@ -1186,6 +1189,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "payload-size", required_argument, NULL, O_PAYLOAD },
 		{ "pub-inflight", required_argument, NULL, O_INFLIGHT },
 		{ "no-rx-timestamps", no_argument, NULL, O_NO_RXTS },
+		{ "pub-timeout", required_argument, NULL, O_PUB_TIMEOUT },
 		{ "wait", required_argument, NULL, O_WAIT },
 		{ "server-pid", required_argument, NULL, O_PID },
 		{ "settle", required_argument, NULL, O_SETTLE },
@@ -1202,7 +1206,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		.mode = MODE_FANOUT, .port = -1, .channel = "bench", .token = "let-me-in",
 		.subs = 100, .events = 100, .rate = 100, .pub_inflight = 1,
 		.rx_timestamps = 1, .connect_concurrency = 256,
-		.connect_timeout_s = 60, .wait_s = 5, .duration_s = 5,
+		.connect_timeout_s = 60, .wait_s = 5, .pub_timeout_s = 10, .duration_s = 5,
 		.churn_concurrency = 64, .attempt_timeout_s = 5, .settle_s = 1,
 		.hold_s = 0, .max_time_s = 900, .server_pid = -1, .src_addrs = 254,
 	};
@@ -1235,6 +1239,9 @@ static void parse_args(struct config *c, int argc, char **argv)
 			c->pub_inflight = parse_uint("--pub-inflight", optarg, 1, 100000);
 			break;
 		case O_NO_RXTS: c->rx_timestamps = 0; break;
+		case O_PUB_TIMEOUT:
+			c->pub_timeout_s = parse_double("--pub-timeout", optarg, 0.1, 3600);
+			break;
 		case O_PAYLOAD: c->payload_size = parse_uint("--payload-size", optarg, 0, 1 << 20); break;
 		case O_WAIT: c->wait_s = parse_double("--wait", optarg, 0, 3600); break;
 		case O_PID: c->server_pid = (long)parse_uint("--server-pid", optarg, 1, 1u << 30); break;

@@ -387,6 +387,23 @@ void pub_start(struct publisher *p)
 	pub_connect(p);
 }
 
+void pub_check_timeout(struct publisher *p, uint64_t now, uint64_t timeout_ns)
+{
+	if (p->phase != PUB_OPEN || p->q_count == 0)
+		return;
+	const struct pub_inflight *oldest = &p->q[p->q_head];
+	if (now > oldest->t_send && now - oldest->t_send > timeout_ns) {
+		fprintf(stderr, "loadgen: publisher: no answer to seq %" PRIu64
+			" within %.1f s; giving up\n", oldest->seq, (double)timeout_ns / 1e9);
+		p->failed += p->q_count;
+		p->q_count = 0;
+		if (close(p->fd) != 0)
+			fatal("close");
+		p->fd = -1;
+		p->phase = PUB_FAILED;
+	}
+}
+
 int pub_gave_up(const struct publisher *p)
 {
 	return p->phase == PUB_FAILED;

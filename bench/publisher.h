@@ -72,6 +72,9 @@ void pub_on_timer(struct publisher *p);
 /* Checks the schedule without waiting for epoll to report the tick: with
  * thousands of ready streams the timer can sit far back in the ready list. */
 void pub_poll_schedule(struct publisher *p);
+/* Gives up publishing if the oldest request waits longer than timeout_ns:
+ * a server that stops answering must not keep the run going. */
+void pub_check_timeout(struct publisher *p, uint64_t now, uint64_t timeout_ns);
 /* All events answered (or the publisher gave up). */
 int pub_finished(const struct publisher *p);
 int pub_gave_up(const struct publisher *p);
