@@ -266,7 +266,6 @@ struct bench {
 	int64_t real_minus_mono; /* to turn kernel (realtime) stamps monotonic */
 
 	/* connect phase */
-	unsigned launched;
 	unsigned pending;
 	unsigned ready;
 	uint64_t errors[ERR_KINDS];
@@ -350,7 +349,6 @@ static void sub_start(struct bench *b, struct sub *s)
 	s->req_sent = 0;
 	s->t_start = now_ns();
 	sp_init(&s->sp);
-	b->launched++;
 	b->pending++;
 	int fd = net_connect_from(&b->cfg.dst, next_source(b));
 	if (fd < 0) {
@@ -517,11 +515,12 @@ static ssize_t read_stamped(struct bench *b, int fd)
 static void sub_readable(struct bench *b, struct sub *s)
 {
 	ssize_t n = read_stamped(b, s->fd);
+	int err = errno;	/* before the clock call can touch it */
 	b->now = now_ns();
 	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
 			return;
-		b->last_errno = errno;
+		b->last_errno = err;
 		sub_lost(b, s, ERR_CLOSED);
 		return;
 	}

@@ -287,11 +287,12 @@ static void take_answers(struct publisher *p, uint64_t t_read)
 static void on_readable(struct publisher *p)
 {
 	ssize_t n = read(p->fd, p->resp + p->resp_len, sizeof p->resp - p->resp_len);
+	int err = errno;	/* before the clock call can touch it */
 	uint64_t t = now_ns();
 	if (n < 0) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
 			return;
-		pub_reset(p, strerror(errno));
+		pub_reset(p, strerror(err));
 		return;
 	}
 	if (n == 0) {
