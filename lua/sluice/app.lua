@@ -94,19 +94,22 @@ function App:route(method, pattern, handler, opts)
   if type(method) ~= "string" or not method:match("^%u+$") then
     error("route(method, ...): method must be an upper-case HTTP method", 2)
   end
-  return add_route(self, "plain", method, pattern, handler, opts, 3)
+  add_route(self, "plain", method, pattern, handler, opts, 3)   -- not a tail call:
+  return self                                                  -- level 3 is the script
 end
 
 for _, m in ipairs { "get", "post", "put", "patch", "delete", "options" } do
   App[m] = function(self, pattern, handler, opts)
-    return add_route(self, "plain", m:upper(), pattern, handler, opts, 3)
+    add_route(self, "plain", m:upper(), pattern, handler, opts, 3)
+    return self
   end
 end
 
 -- An SSE stream (GET): handler(req, s) subscribes and configures s, or
 -- returns a status (or sluice.reject(...)) to refuse the connection.
 function App:stream(pattern, handler, opts)
-  return add_route(self, "stream", "GET", pattern, handler, opts, 3)
+  add_route(self, "stream", "GET", pattern, handler, opts, 3)
+  return self
 end
 
 -- A named view: how subscribers that use it see a channel's events.
