@@ -1,6 +1,7 @@
 #include "channel.h"
 
 #include <inttypes.h>
+#include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,8 @@ struct hist_entry {
 
 struct channel {
     UT_hash_handle hh;
+    TAILQ_ENTRY(channel) idle_link;   /* on the idle list when unused */
+    bool idle;
     struct chan_view *views;
     uint32_t nviews;
     uint32_t nsubs;
@@ -65,9 +68,18 @@ struct history_rule {
     double history_ttl;
 };
 
+/* Unused channels whose events are all gone from history are kept as small
+ * records, so a client resuming on one later is told exactly whether it
+ * missed something. Past this many, the oldest record is forgotten and a
+ * worker-wide watermark stands in for it (conservative: it may cause a
+ * reset that an exact record would not). */
+#define MAX_IDLE_CHANNELS 65536
+
 struct channels {
     struct worker *w;
     struct channel *by_name;
+    TAILQ_HEAD(, channel) idle;
+    size_t nidle;
     uint64_t boot_id;             /* ids of this process are > boot_id */
     uint64_t last_id;
     uint64_t forgotten_upto;      /* ids a freed channel may have dropped */
@@ -115,7 +127,8 @@ static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now
 
 static bool ring_reserve(struct channel *ch)
 {
-    if (ch->count < ch->cap)
+    /* A full ring at its limit is fine: the caller evicts the oldest. */
+    if (ch->count < ch->cap || ch->cap >= ch->history_len)
         return true;
     uint32_t cap = ch->cap ? ch->cap * 2 : 8;
     if (cap > ch->history_len)
@@ -154,11 +167,38 @@ static void apply_rule(const struct channels *cs, struct channel *ch)
     ch->history_ttl = r->history_ttl;
 }
 
+static void set_busy(struct channels *cs, struct channel *ch)
+{
+    if (!ch->idle)
+        return;
+    TAILQ_REMOVE(&cs->idle, ch, idle_link);
+    ch->idle = false;
+    cs->nidle--;
+}
+
 static struct channel *find(struct channels *cs, const char *name, size_t len)
 {
     struct channel *ch = NULL;
     HASH_FIND(hh, cs->by_name, name, len, ch);
+    if (ch)
+        set_busy(cs, ch);
     return ch;
+}
+
+static uint64_t first_unknown(const struct channels *cs)
+{
+    return (cs->forgotten_upto > cs->boot_id ? cs->forgotten_upto : cs->boot_id) + 1;
+}
+
+static void destroy(struct channels *cs, struct channel *ch)
+{
+    set_busy(cs, ch);
+    while (ch->count)
+        evict_oldest(cs, ch);
+    HASH_DEL(cs->by_name, ch);
+    free(ch->views);
+    free(ch->ring);
+    free(ch);
 }
 
 static struct channel *get(struct channels *cs, const char *name, size_t len)
@@ -171,8 +211,7 @@ static struct channel *get(struct channels *cs, const char *name, size_t len)
         return NULL;
     memcpy(ch->name, name, len);
     ch->name_len = len;
-    ch->complete_from = (cs->forgotten_upto > cs->boot_id ? cs->forgotten_upto
-                                                          : cs->boot_id) + 1;
+    ch->complete_from = first_unknown(cs);
     apply_rule(cs, ch);
     HASH_ADD_KEYPTR(hh, cs->by_name, ch->name, ch->name_len, ch);
     return ch;
@@ -180,16 +219,28 @@ static struct channel *get(struct channels *cs, const char *name, size_t len)
 
 static void release_if_unused(struct channels *cs, struct channel *ch)
 {
-    if (ch->nsubs || ch->count)
+    if (ch->nsubs || ch->count || ch->idle)
         return;
-    /* Remember that events of a forgotten channel may have been dropped,
-     * so a client resuming on it later is told rather than misled. */
-    if (ch->complete_from - 1 > cs->forgotten_upto)
-        cs->forgotten_upto = ch->complete_from - 1;
-    HASH_DEL(cs->by_name, ch);
     free(ch->views);
+    ch->views = NULL;
+    ch->nviews = 0;
     free(ch->ring);
-    free(ch);
+    ch->ring = NULL;
+    ch->cap = ch->head = 0;
+    /* Nothing was ever dropped: a new record would know as much. */
+    if (ch->complete_from <= first_unknown(cs)) {
+        destroy(cs, ch);
+        return;
+    }
+    ch->idle = true;
+    TAILQ_INSERT_TAIL(&cs->idle, ch, idle_link);
+    cs->nidle++;
+    if (cs->nidle > MAX_IDLE_CHANNELS) {
+        struct channel *oldest = TAILQ_FIRST(&cs->idle);
+        if (oldest->complete_from - 1 > cs->forgotten_upto)
+            cs->forgotten_upto = oldest->complete_from - 1;
+        destroy(cs, oldest);
+    }
 }
 
 static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
@@ -199,6 +250,8 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
     struct channel *ch, *tmp;
     ev_tstamp now = ev_now(loop);
     HASH_ITER(hh, cs->by_name, ch, tmp) {
+        if (ch->idle)
+            continue;
         evict_expired(cs, ch, now);
         release_if_unused(cs, ch);
     }
@@ -211,6 +264,7 @@ struct channels *channels_new(struct worker *w, size_t history_len,
     if (!cs)
         return NULL;
     cs->w = w;
+    TAILQ_INIT(&cs->idle);
     if (channels_configure(cs, "", history_len, history_ttl) < 0) {
         free(cs);
         return NULL;
@@ -236,14 +290,8 @@ void channels_free(struct channels *cs)
     ev_ref(cs->w->loop);
     ev_timer_stop(cs->w->loop, &cs->sweeper);
     struct channel *ch, *tmp;
-    HASH_ITER(hh, cs->by_name, ch, tmp) {
-        while (ch->count)
-            evict_oldest(cs, ch);
-        HASH_DEL(cs->by_name, ch);
-        free(ch->views);
-        free(ch->ring);
-        free(ch);
-    }
+    HASH_ITER(hh, cs->by_name, ch, tmp)
+        destroy(cs, ch);
     for (size_t i = 0; i < cs->nrules; i++)
         free(cs->rules[i].prefix);
     free(cs->rules);
@@ -458,13 +506,14 @@ static void json_string(struct buf *b, const char *s, size_t n)
 }
 
 static void send_reset(struct conn *c, const struct channel *ch, const char *reason,
-                       uint64_t last_id)
+                       const char *last_raw)
 {
     struct buf data = { 0 };
     buf_puts(&data, "{\"channel\":");
     json_string(&data, ch->name, ch->name_len);
-    buf_printf(&data, ",\"reason\":\"%s\",\"last_event_id\":\"%" PRIu64 "\"}",
-               reason, last_id);
+    buf_printf(&data, ",\"reason\":\"%s\",\"last_event_id\":", reason);
+    json_string(&data, last_raw, strlen(last_raw));
+    buf_puts(&data, "}");
     const char *name = c->reset_event ? c->reset_event : "sluice-reset";
     struct sse_event ev = { .event = name, .event_len = strlen(name),
                             .data = data.data, .data_len = data.len, .retry_ms = -1 };
@@ -496,8 +545,9 @@ static uint32_t first_after(struct channel *ch, uint64_t last_id)
 
 int channels_subscribe(struct channels *cs, struct conn *c,
                        const struct subscription_req *reqs, int n,
-                       bool has_last, uint64_t last_id)
+                       const char *last_raw, uint64_t last_id)
 {
+    bool has_last = last_raw != NULL;
     if (n > MAX_SUBSCRIBE)
         return -1;
     struct channel *chans[MAX_SUBSCRIBE];
@@ -519,9 +569,9 @@ int channels_subscribe(struct channels *cs, struct conn *c,
         if (has_last) {
             evict_expired(cs, ch, ev_now(cs->w->loop));
             if (last_id <= cs->boot_id || last_id > cs->last_id)
-                send_reset(c, ch, "unknown-id", last_id);
+                send_reset(c, ch, "unknown-id", last_raw);
             else if (last_id + 1 < ch->complete_from)
-                send_reset(c, ch, "history-expired", last_id);
+                send_reset(c, ch, "history-expired", last_raw);
             else
                 pos[m] = first_after(ch, last_id);
         }
@@ -545,7 +595,7 @@ int channels_subscribe(struct channels *cs, struct conn *c,
             break;
         struct frame *f = entry_frame(cs, ring_at(chans[best], pos[best]), views[best]);
         if (f)
-            conn_stream_send(c, f);
+            conn_stream_replay(c, f);
         pos[best]++;
     }
     for (int i = 0; i < m; i++)

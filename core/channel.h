@@ -56,12 +56,14 @@ struct subscription_req {
     int view;
 };
 
-/* Subscribes a stream to n channels at once. With has_last, first replays
- * what it missed on every channel, merged in id order; a channel whose
- * history no longer covers last_id gets the reset event instead. */
+/* Subscribes a stream to n channels at once. With a Last-Event-ID
+ * (last_raw as the client sent it, last_id its value, 0 if it is not a
+ * number of ours), first replays what it missed on every channel, merged
+ * in id order; a channel whose history no longer covers it gets the reset
+ * event instead. */
 int channels_subscribe(struct channels *cs, struct conn *c,
                        const struct subscription_req *reqs, int n,
-                       bool has_last, uint64_t last_id);
+                       const char *last_raw, uint64_t last_id);
 
 void channels_unsubscribe_conn(struct channels *cs, struct conn *c);
 

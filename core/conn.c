@@ -139,6 +139,7 @@ void conn_free(struct conn *c)
         free(c->parser);
     }
     free(c->reset_event);
+    frame_unref(c->gap_marker);
     if (close(c->fd) < 0)
         log_debug("close: %s", strerror(errno));
     worker_conn_released(w, c);
@@ -153,10 +154,20 @@ void conn_abort(struct conn *c)
     schedule_flush(c);
 }
 
+/* Bytes written since the last call, taken off the replay credit. */
+static void spend_replay_credit(struct conn *c, size_t before)
+{
+    size_t written = before > c->out.bytes ? before - c->out.bytes : 0;
+    c->replay_credit = written >= c->replay_credit ? 0 : c->replay_credit - written;
+}
+
 /* Writes what is queued. Returns false if c was freed. */
 static bool write_out(struct conn *c)
 {
-    switch (outbuf_write(&c->out, c->fd)) {
+    size_t before = c->out.bytes;
+    enum outbuf_status st = outbuf_write(&c->out, c->fd);
+    spend_replay_credit(c, before);
+    switch (st) {
     case OUTBUF_ERROR:
         conn_free(c);
         return false;
@@ -184,7 +195,10 @@ static void write_now(struct conn *c)
 {
     if (c->writing)
         return;   /* the socket is known to be full */
-    switch (outbuf_write(&c->out, c->fd)) {
+    size_t before = c->out.bytes;
+    enum outbuf_status st = outbuf_write(&c->out, c->fd);
+    spend_replay_credit(c, before);
+    switch (st) {
     case OUTBUF_ERROR:
         conn_abort(c);
         break;
@@ -303,35 +317,46 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
     return c->state == CONN_STREAMING;
 }
 
-static void send_gap_marker(struct conn *c, uint32_t dropped)
+/* Drops the oldest queued events and puts one notice where they were, so
+ * the client learns of the gap before any event after it. A notice still
+ * queued from an earlier drop is replaced by one with the sum, never
+ * counted as a dropped event itself. */
+static void drop_oldest(struct conn *c, size_t keep_bytes)
 {
+    const struct slice *front = outbuf_first_unstarted(&c->out);
+    if (front && c->gap_marker && front->frame == c->gap_marker)
+        outbuf_remove_first_unstarted(&c->out);
+    else
+        c->gap_dropped = 0;   /* the previous notice went out */
+    frame_unref(c->gap_marker);
+    c->gap_marker = NULL;
+    c->gap_dropped += outbuf_drop_oldest(&c->out, keep_bytes);
+
     char data[96];
     int n = snprintf(data, sizeof data,
-                     "{\"reason\":\"slow-consumer\",\"dropped\":%u}", dropped);
+                     "{\"reason\":\"slow-consumer\",\"dropped\":%u}", c->gap_dropped);
     const char *name = c->reset_event ? c->reset_event : "sluice-reset";
     struct sse_event ev = { .event = name, .event_len = strlen(name),
                             .data = data, .data_len = (size_t)n, .retry_ms = -1 };
-    char *body;
-    struct frame *f = frame_new_chunk(sse_event_size(&ev), &body);
-    if (!f) {
+    struct frame *f = frame_sse(&ev);
+    if (!f || !outbuf_push_front(&c->out, f, c->chunked ? 0 : f->body_off,
+                                 c->chunked ? f->len : f->body_len)) {
+        frame_unref(f);
         conn_abort(c);
         return;
     }
-    sse_event_write(body, &ev);
-    if (c->chunked)
-        enqueue(c, f, 0, f->len);
-    else
-        enqueue(c, f, f->body_off, f->body_len);
-    frame_unref(f);
+    c->gap_marker = f;   /* keeps the reference frame_sse gave us */
 }
 
-bool conn_stream_send(struct conn *c, struct frame *f)
+static bool stream_send(struct conn *c, struct frame *f, bool replay)
 {
     if (c->state != CONN_STREAMING || !f)
         return false;
     uint32_t off = c->chunked ? 0 : f->body_off;
     uint32_t len = c->chunked ? f->len : f->body_len;
-    size_t cap = c->w->cfg->max_queued;
+    if (replay)
+        c->replay_credit += len;
+    size_t cap = c->w->cfg->max_queued + c->replay_credit;
     /* Output queued this loop turn is not a backlog yet: write it before
      * judging. An empty queue takes any one event, so an event larger than
      * the cap is still deliverable; memory stays bounded by cap + one. */
@@ -347,13 +372,24 @@ bool conn_stream_send(struct conn *c, struct frame *f)
             conn_abort(c);
             return false;
         }
-        uint32_t dropped = outbuf_drop_oldest(&c->out, cap / 2);
         c->w->stats.slow_gapped++;
-        send_gap_marker(c, dropped);
+        drop_oldest(c, cap / 2);
+        if (c->state != CONN_STREAMING)
+            return false;
     }
     c->wrote_since_heartbeat = true;
     enqueue(c, f, off, len);
     return c->state == CONN_STREAMING;
+}
+
+bool conn_stream_send(struct conn *c, struct frame *f)
+{
+    return stream_send(c, f, false);
+}
+
+bool conn_stream_replay(struct conn *c, struct frame *f)
+{
+    return stream_send(c, f, true);
 }
 
 void conn_stream_end(struct conn *c)

@@ -54,6 +54,9 @@ struct conn {
     uint8_t slow_policy;
     struct sub *subs;
     char *reset_event;            /* name of the missed-events event */
+    struct frame *gap_marker;     /* queued gap notice, while unsent */
+    uint32_t gap_dropped;         /* events that notice accounts for */
+    size_t replay_credit;         /* resume bytes not yet written */
 };
 
 struct sockaddr;
@@ -78,6 +81,11 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
 /* Queues one framed event on a stream, applying the slow-consumer policy.
  * False if the stream is gone or was closed by the policy. */
 bool conn_stream_send(struct conn *c, struct frame *f);
+
+/* Queues an event replayed from history on resume. History holds these
+ * frames anyway, so a replay may exceed the queue cap: the cap then grows
+ * by what is replayed until the client has read it. */
+bool conn_stream_replay(struct conn *c, struct frame *f);
 
 /* Ends a stream cleanly after what is queued (terminating chunk). */
 void conn_stream_end(struct conn *c);

@@ -100,11 +100,23 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* llhttp drops the whitespace before a value, not after (RFC 9110 OWS). */
+static void trim_values(struct http_request *r)
+{
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        struct http_header *h = &r->headers[i];
+        while (h->value_len && (r->head[h->value_off + h->value_len - 1] == ' ' ||
+                                r->head[h->value_off + h->value_len - 1] == '\t'))
+            h->value_len--;
+    }
+}
+
 static int on_headers_complete(llhttp_t *ll)
 {
     struct http_parser *p = PARSER(ll);
     struct http_request *r = &p->req;
     p->head_done = true;
+    trim_values(r);
     if ((ll->flags & F_CONTENT_LENGTH) &&
         ll->content_length > p->limits->max_body) {
         r->reject_status = 413;
@@ -192,7 +204,12 @@ void http_parser_next(struct http_parser *p)
     bool keep = p->req.head_cap <= 4096 && p->req.body_cap <= 16384;
     request_reset(&p->req, keep);
     p->head_done = p->started = false;
-    llhttp_resume(&p->ll);
+    /* An Upgrade offer (h2c, websocket) is declined by answering over
+     * HTTP/1.1; the connection goes on as HTTP/1.1 (RFC 9110 7.8). */
+    if (p->ll.upgrade)
+        llhttp_reset(&p->ll);
+    else
+        llhttp_resume(&p->ll);
 }
 
 enum http_parse_result http_parse(struct http_parser *p, const char *data,
@@ -203,7 +220,7 @@ enum http_parse_result http_parse(struct http_parser *p, const char *data,
         *used = len;
         return HTTP_PARSE_MORE;
     }
-    if (err == HPE_PAUSED && p->req.complete) {
+    if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && p->req.complete) {
         *used = (size_t)(llhttp_get_error_pos(&p->ll) - data);
         return HTTP_PARSE_DONE;
     }

@@ -283,7 +283,7 @@ static int l_publish(lua_State *L)
     return 2;
 }
 
-/* core.subscribe(h, {channel...}, {view...}, last_id|nil) */
+/* core.subscribe(h, {channel...}, {view...}, last_id|nil, last_raw) */
 static int l_subscribe(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
@@ -292,6 +292,7 @@ static int l_subscribe(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     bool has_last = !lua_isnoneornil(L, 4);
     lua_Number last = has_last ? luaL_checknumber(L, 4) : 0;
+    const char *last_raw = has_last ? luaL_optstring(L, 5, "") : NULL;
     int n = (int)lua_objlen(L, 2);
     if (n > 64)
         return luaL_error(L, "a stream can subscribe to at most 64 channels");
@@ -308,9 +309,10 @@ static int l_subscribe(lua_State *L)
         reqs[i].view = (int)luaL_optinteger(L, -1, 0);
         lua_pop(L, 1);
     }
-    if (last < 0)
+    /* Out of range is "not one of ours", and must not reach the cast. */
+    if (!(last >= 0 && last < 9007199254740992.0))
         last = 0;
-    int rc = channels_subscribe(vm->w->channels, c, reqs, n, has_last, (uint64_t)last);
+    int rc = channels_subscribe(vm->w->channels, c, reqs, n, last_raw, (uint64_t)last);
     if (rc < 0)
         return luaL_error(L, "out of memory subscribing");
     lua_pushboolean(L, c->state == CONN_STREAMING);

@@ -64,11 +64,24 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+/* Message handler: the message with a stack traceback. An error value
+ * that is not a string gets the location of the Lua code that raised it,
+ * so every logged script error names its file and line. */
 static int traceback(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = "(error object is not a string)";
+    if (!msg) {
+        lua_Debug ar;
+        const char *type = luaL_typename(L, 1);
+        msg = lua_pushfstring(L, "(error object is a %s value)", type);
+        for (int level = 1; lua_getstack(L, level, &ar); level++) {
+            if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+                msg = lua_pushfstring(L, "%s:%d: (error object is a %s value)",
+                                      ar.short_src, ar.currentline, type);
+                break;
+            }
+        }
+    }
     luaL_traceback(L, L, msg, 1);
     return 1;
 }

@@ -10,7 +10,7 @@
 #define WRITEV_SLICES 256
 #define SMALL_RING 8
 
-static struct slice *at(struct outbuf *ob, uint32_t i)
+static struct slice *at(const struct outbuf *ob, uint32_t i)
 {
     return &ob->ring[(ob->head + i) & (ob->cap - 1)];
 }
@@ -103,19 +103,49 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
 uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
 {
     uint32_t dropped = 0;
-    uint32_t first = ob->head_started ? 1 : 0;
-    while (ob->bytes > keep_bytes && ob->count > first) {
-        /* Remove slice `first`, shifting the started head forward over it. */
-        struct slice *victim = at(ob, first);
-        ob->bytes -= victim->len;
-        frame_unref(victim->frame);
-        if (first)
-            *victim = *at(ob, 0);
-        ob->head = (ob->head + 1) & (ob->cap - 1);
-        ob->count--;
+    while (ob->bytes > keep_bytes && outbuf_first_unstarted(ob)) {
+        outbuf_remove_first_unstarted(ob);
         dropped++;
     }
     return dropped;
+}
+
+const struct slice *outbuf_first_unstarted(const struct outbuf *ob)
+{
+    uint32_t first = ob->head_started ? 1 : 0;
+    return ob->count > first ? at(ob, first) : NULL;
+}
+
+void outbuf_remove_first_unstarted(struct outbuf *ob)
+{
+    uint32_t first = ob->head_started ? 1 : 0;
+    if (ob->count <= first)
+        return;
+    struct slice *victim = at(ob, first);
+    ob->bytes -= victim->len;
+    frame_unref(victim->frame);
+    if (first)
+        *victim = *at(ob, 0);
+    ob->head = (ob->head + 1) & (ob->cap - 1);
+    ob->count--;
+}
+
+bool outbuf_push_front(struct outbuf *ob, struct frame *frame, uint32_t off,
+                       uint32_t len)
+{
+    if (ob->count == ob->cap && !grow(ob))
+        return false;
+    ob->head = (ob->head + ob->cap - 1) & (ob->cap - 1);
+    ob->count++;
+    struct slice s = { frame_ref(frame), off, len };
+    if (ob->head_started) {   /* keep the started slice first */
+        *at(ob, 0) = *at(ob, 1);
+        *at(ob, 1) = s;
+    } else {
+        *at(ob, 0) = s;
+    }
+    ob->bytes += len;
+    return true;
 }
 
 void outbuf_clear(struct outbuf *ob)

@@ -37,6 +37,17 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd);
  * until at most keep_bytes remain; returns how many slices were dropped. */
 uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes);
 
+/* The first slice not yet started (the one a drop would take first), or
+ * NULL. */
+const struct slice *outbuf_first_unstarted(const struct outbuf *ob);
+
+/* Removes the first unstarted slice. */
+void outbuf_remove_first_unstarted(struct outbuf *ob);
+
+/* Queues frame[off, off+len) before every unstarted slice. */
+bool outbuf_push_front(struct outbuf *ob, struct frame *frame, uint32_t off,
+                       uint32_t len);
+
 void outbuf_clear(struct outbuf *ob);
 
 #endif

@@ -120,17 +120,20 @@ end
 function Router:find(method, path)
   if not self.sorted then sort(self) end
   local segs = split(path)
-  local allowed
+  local allowed, implied, implied_params
   for _, r in ipairs(self.routes) do
     local params = match(r.compiled, segs)
     if params then
-      if r.method == method or (method == "HEAD" and r.method == "GET") then
-        return r.entry, params
+      if r.method == method then return r.entry, params end
+      -- HEAD is served by GET unless a HEAD route of its own matches.
+      if method == "HEAD" and r.method == "GET" and not implied then
+        implied, implied_params = r.entry, params
       end
       allowed = allowed or {}
       allowed[#allowed + 1] = r.method
     end
   end
+  if implied then return implied, implied_params end
   if allowed then
     local seen, list = {}, {}
     for _, m in ipairs(allowed) do

@@ -187,7 +187,7 @@ local function last_event_id(req)
     v = q.last_event_id or q.lastEventId
   end
   if v == nil or v == "" then return nil end
-  return v:match("^%d+$") and tonumber(v) or 0   -- 0: not one of ours
+  return v:match("^%d+$") and tonumber(v) or 0, v   -- 0: not one of ours
 end
 
 local function open_stream(h, route, req, s)
@@ -203,7 +203,8 @@ local function open_stream(h, route, req, s)
     core.watch(h)
   end
   if #s._channels > 0 then
-    core.subscribe(h, s._channels, s._views, last_event_id(req))
+    local last, raw = last_event_id(req)
+    core.subscribe(h, s._channels, s._views, last, raw)
   end
   for _, p in ipairs(s._pending) do
     core.send(h, p[1], p[2], p[3], p[4], p[5])

@@ -50,7 +50,18 @@ function timers.fire(id)
     if t.owner and t.owner._timers then t.owner._timers[id] = nil end
   end
   local ok, err = core.run(t.fn)
-  if not ok then log.script_error("timer", err) end
+  if not ok then
+    local owner = t.owner
+    if owner and owner.id and owner._rt then
+      -- A stream's timer failing ends that stream (principle: an error
+      -- becomes a closed stream plus a log line), not the others.
+      log.script_error("stream timer (stream closed)", err)
+      timers.stop_owned(owner)
+      core.close(owner.id)
+    else
+      log.script_error("timer", err)
+    end
+  end
 end
 
 return timers

@@ -76,8 +76,15 @@ function Server:wait_log(pattern, timeout)
   return false
 end
 
+-- A zombie (exited, not yet reaped by init) counts as gone.
 function Server:running()
-  return self.pid and os.execute(("kill -0 %d 2>/dev/null"):format(self.pid)) == 0
+  if not self.pid then return false end
+  local f = io.open(("/proc/%d/stat"):format(self.pid), "r")
+  if not f then return false end
+  local stat = f:read("*a") or ""
+  f:close()
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= nil and state ~= "Z" and state ~= "X"
 end
 
 function Server:signal(sig)
