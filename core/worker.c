@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "channel.h"
@@ -17,6 +18,9 @@
 #include "lua_api.h"
 #include "luavm.h"
 #include "reload.h"
+
+/* How long one flush slice may write before the loop looks for input. */
+#define FLUSH_SLICE_SECONDS 0.0005
 
 #define SLOT_BITS 24
 #define SLOT_MASK ((1u << SLOT_BITS) - 1)
@@ -242,16 +246,43 @@ static const char *bound_address(int fd)
 
 /* ---- the loop --------------------------------------------------------- */
 
-static void on_flush(struct ev_loop *loop, ev_prepare *p, int revents)
+static double monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Keeps the loop from sleeping while output is still queued. */
+static void on_flush_pending(struct ev_loop *loop, ev_idle *idle, int revents)
 {
     (void)loop;
+    (void)idle;
+    (void)revents;
+}
+
+/* Writes queued output, one writev per connection, in time slices: a
+ * fan-out to thousands of sockets takes milliseconds, and a publisher
+ * (or any request) arriving meanwhile is read and answered between
+ * slices instead of waiting for the whole pass. A connection already in
+ * the queue picks up new events in the write it is waiting for. */
+static void on_flush(struct ev_loop *loop, ev_prepare *p, int revents)
+{
     (void)revents;
     struct worker *w = p->data;
+    double deadline = monotonic_now() + FLUSH_SLICE_SECONDS;
     struct conn *c;
+    int n = 0;
     while ((c = TAILQ_FIRST(&w->flush_queue))) {
         TAILQ_REMOVE(&w->flush_queue, c, flush_link);
         conn_on_flush(c);
+        if (++n % 16 == 0 && monotonic_now() > deadline)
+            break;
     }
+    if (TAILQ_EMPTY(&w->flush_queue))
+        ev_idle_stop(loop, &w->flush_pending);
+    else
+        ev_idle_start(loop, &w->flush_pending);
     if (w->stopping && w->nconns == 0)
         ev_break(w->loop, EVBREAK_ALL);
 }
@@ -341,6 +372,7 @@ int worker_init(struct worker *w, const struct config *cfg)
     ev_prepare_init(&w->flusher, on_flush);
     w->flusher.data = w;
     ev_prepare_start(w->loop, &w->flusher);
+    ev_idle_init(&w->flush_pending, on_flush_pending);
 
     ev_signal_init(&w->sig_int, on_signal, SIGINT);
     ev_signal_init(&w->sig_term, on_signal, SIGTERM);

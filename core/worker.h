@@ -39,7 +39,8 @@ struct worker {
     int listen_fd;
     int spare_fd;              /* given up on EMFILE to shed one client */
     ev_io listener;
-    ev_prepare flusher;        /* writes all queued output once per loop turn */
+    ev_prepare flusher;        /* writes queued output, a slice per loop turn */
+    ev_idle flush_pending;     /* active while output remains queued */
     ev_signal sig_int, sig_term, sig_hup;
     ev_timer shutdown_timer;
 
