@@ -37,6 +37,10 @@ local function compile_options(opts, name, level)
     if opts.auth.status ~= nil and opts.auth.status ~= 401 and opts.auth.status ~= 403 then
       error(name .. ": auth.status must be 401 or 403", level)
     end
+    -- A missing secret (an unset environment variable, say) fails the
+    -- load here, not every request later.
+    local ok, err = pcall(require("sluice.jwt").check_opts, opts.auth)
+    if not ok then error(("%s: auth: %s"):format(name, tostring(err)), level) end
     out.auth = opts.auth
   end
   if opts.rollout ~= nil then
