@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "log.h"
+#include "numfmt.h"
 #include "sse.h"
 #include "worker.h"
 
@@ -337,8 +338,8 @@ int channels_configure(struct channels *cs, const char *prefix,
 static struct frame *frame_raw(const struct event_src *src)
 {
     char id[24];
-    int n = snprintf(id, sizeof id, "%" PRIu64, src->id);
-    struct sse_event ev = { .id = id, .id_len = (size_t)n,
+    size_t n = fmt_dec(id, src->id);
+    struct sse_event ev = { .id = id, .id_len = n,
                             .event = src->name, .event_len = src->name_len,
                             .data = src->data, .data_len = src->data_len,
                             .retry_ms = -1 };

@@ -1,5 +1,6 @@
 #include "frame.h"
 
+#include "numfmt.h"
 #include "sse.h"
 
 #include <stdio.h>
@@ -25,11 +26,13 @@ struct frame *frame_new(size_t len)
 struct frame *frame_new_chunk(size_t body_len, char **body)
 {
     char head[24];
-    int hlen = snprintf(head, sizeof head, "%zx\r\n", body_len);
+    size_t hlen = fmt_hex(head, body_len);
+    head[hlen++] = '\r';
+    head[hlen++] = '\n';
     struct frame *f = frame_new((size_t)hlen + body_len + 2);
     if (!f)
         return NULL;
-    memcpy(f->data, head, (size_t)hlen);
+    memcpy(f->data, head, hlen);
     memcpy(f->data + hlen + body_len, "\r\n", 2);
     f->body_off = (uint32_t)hlen;
     f->body_len = (uint32_t)body_len;

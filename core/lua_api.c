@@ -18,6 +18,7 @@
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
+#include "numfmt.h"
 #include "sse.h"
 #include "worker.h"
 
@@ -125,10 +126,18 @@ static int l_respond(lua_State *L)
     bool no_body = status == 204 || status == 304;
     bool head_only = c->parser && http_is_head(c->parser);
     struct buf b = { 0 };
-    buf_printf(&b, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    char num[24];
+    buf_puts(&b, "HTTP/1.1 ");
+    buf_put(&b, num, fmt_dec(num, (uint64_t)status));
+    buf_puts(&b, " ");
+    buf_puts(&b, http_reason(status));
+    buf_puts(&b, "\r\n");
     put_headers(L, &b, 3, false);
-    if (!no_body)
-        buf_printf(&b, "Content-Length: %zu\r\n", blen);
+    if (!no_body) {
+        buf_puts(&b, "Content-Length: ");
+        buf_put(&b, num, fmt_dec(num, blen));
+        buf_puts(&b, "\r\n");
+    }
     if (!c->keep_alive)
         buf_puts(&b, "Connection: close\r\n");
     else if (c->parser && http_is_1_0(c->parser))
@@ -359,8 +368,8 @@ static struct frame *frame_for_view(void *ctx, int view, const struct event_src 
     struct frame *f = NULL;
     if (data) {
         char id[24];
-        int n = snprintf(id, sizeof id, "%" PRIu64, src->id);
-        struct sse_event ev = { .id = id, .id_len = (size_t)n,
+        size_t n = fmt_dec(id, src->id);
+        struct sse_event ev = { .id = id, .id_len = n,
                                 .event = src->name, .event_len = src->name_len,
                                 .data = data, .data_len = dlen, .retry_ms = -1 };
         f = frame_sse(&ev);

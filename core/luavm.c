@@ -31,11 +31,24 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     luaL_error(L, "script exceeded its CPU budget of %d ms", vm->cpu_budget_ms);
 }
 
+/* The watchdog ticks every WATCHDOG_SHARE-th of the budget of this thread's
+ * CPU time, armed once: a script call costs no system call. A call seen by
+ * more than WATCHDOG_SHARE ticks has used at least the whole budget (and
+ * at most a tick more). */
+#define WATCHDOG_SHARE 4
+
 static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
 {
     (void)sig; (void)info; (void)uctx;
     struct luavm *vm = current_vm;
     if (!vm || vm->sandbox_depth == 0)
+        return;
+    if (vm->seen_seq != vm->call_seq) {   /* a call that started since */
+        vm->seen_seq = vm->call_seq;
+        vm->ticks = 1;
+        return;
+    }
+    if (++vm->ticks <= WATCHDOG_SHARE)
         return;
     vm->budget_expired = 1;
     /* lua_sethook is the one Lua API call that is safe in a signal handler
@@ -101,16 +114,6 @@ bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what)
     return false;
 }
 
-static void arm_cpu_timer(struct luavm *vm, int ms)
-{
-    if (!vm->cpu_timer_armed_ok)
-        return;
-    struct itimerspec its = { 0 };
-    its.it_value.tv_sec = ms / 1000;
-    its.it_value.tv_nsec = (long)(ms % 1000) * 1000000L;
-    if (timer_settime(vm->cpu_timer, 0, &its, NULL) < 0)
-        log_warn("timer_settime: %s", strerror(errno));
-}
 
 int luavm_sandbox_run(lua_State *L)
 {
@@ -121,8 +124,7 @@ int luavm_sandbox_run(lua_State *L)
     if (outermost) {
         vm->budget_expired = 0;
         vm->mem_exceeded = false;
-        if (vm->cpu_budget_ms > 0)
-            arm_cpu_timer(vm, vm->cpu_budget_ms);
+        vm->call_seq++;
     }
     vm->sandbox_depth++;
     lua_pushcfunction(L, traceback);
@@ -130,10 +132,9 @@ int luavm_sandbox_run(lua_State *L)
     int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
     vm->sandbox_depth--;
     if (outermost) {
-        if (vm->cpu_budget_ms > 0)
-            arm_cpu_timer(vm, 0);
-        /* Disarm first, then clear: a late signal is harmless after this. */
+        /* Out of the call first, then clear: a late tick is harmless now. */
         lua_sethook(L, NULL, 0, 0);
+        vm->budget_expired = 0;
     }
     lua_remove(L, 1);   /* the traceback function */
     if (rc != 0) {
@@ -175,6 +176,16 @@ static bool setup_cpu_timer(struct luavm *vm)
         log_error("timer_create: %s", strerror(errno));
         return false;
     }
+    long tick_ns = (long)vm->cpu_budget_ms * 1000000L / WATCHDOG_SHARE;
+    if (tick_ns < 1000000L)
+        tick_ns = 1000000L;
+    struct itimerspec its;
+    its.it_value.tv_sec = its.it_interval.tv_sec = tick_ns / 1000000000L;
+    its.it_value.tv_nsec = its.it_interval.tv_nsec = tick_ns % 1000000000L;
+    if (timer_settime(vm->cpu_timer, 0, &its, NULL) < 0) {
+        log_error("timer_settime: %s", strerror(errno));
+        return false;
+    }
     return true;
 }
 
@@ -194,7 +205,7 @@ struct luavm *luavm_new(struct worker *w, const char *lua_dir,
     }
     current_vm = vm;
     if (cpu_budget_ms > 0)
-        vm->cpu_timer_armed_ok = setup_cpu_timer(vm);
+        vm->cpu_timer_ok = setup_cpu_timer(vm);
     lua_State *L = vm->L;
     luaL_openlibs(L);
     lua_getglobal(L, "package");
@@ -208,7 +219,7 @@ void luavm_free(struct luavm *vm)
 {
     if (!vm)
         return;
-    if (vm->cpu_timer_armed_ok && timer_delete(vm->cpu_timer) < 0)
+    if (vm->cpu_timer_ok && timer_delete(vm->cpu_timer) < 0)
         log_warn("timer_delete: %s", strerror(errno));
     lua_close(vm->L);
     if (current_vm == vm)

@@ -20,8 +20,11 @@ struct luavm {
     int cpu_budget_ms;         /* 0: no watchdog */
     int sandbox_depth;         /* > 0 while script code runs */
     timer_t cpu_timer;
-    bool cpu_timer_armed_ok;
+    bool cpu_timer_ok;
     volatile sig_atomic_t budget_expired;
+    volatile sig_atomic_t call_seq;   /* bumped when a script call starts */
+    sig_atomic_t seen_seq;            /* the call the watchdog last saw */
+    int ticks;                        /* watchdog ticks seen in that call */
     bool mem_exceeded;
     /* Runtime entry points (registry references). */
     int ref_dispatch, ref_timer, ref_closed, ref_transform, ref_reload;

@@ -1,6 +1,7 @@
 #include "sse.h"
 
-#include <stdio.h>
+#include "numfmt.h"
+
 #include <string.h>
 
 static int has_line_break(const char *s, size_t n)
@@ -66,9 +67,8 @@ static void frame(struct writer *w, const struct sse_event *ev)
     if (ev->comment)
         each_line(ev->comment, ev->comment_len, ": ", 2, put_line, w);
     if (ev->retry_ms >= 0) {
-        char num[32];
-        int n = snprintf(num, sizeof num, "%ld", ev->retry_ms);
-        put_line(w, "retry: ", 7, num, (size_t)n);
+        char num[24];
+        put_line(w, "retry: ", 7, num, fmt_dec(num, (uint64_t)ev->retry_ms));
     }
     if (ev->id)
         put_line(w, "id: ", 4, ev->id, ev->id_len);
