@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,9 +97,6 @@ void conn_peer_text(const struct conn *c, char *out, size_t size)
 
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
 {
-    int one = 1;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
-        log_debug("TCP_NODELAY: %s", strerror(errno));
     struct conn *c = calloc(1, sizeof *c);
     if (c) {
         c->w = w;
