@@ -7,7 +7,9 @@
  *   idle    N subscribers that just stay open; server RSS per stream.
  *   churn   for D seconds, open/await-first-chunk/close subscriptions with
  *           C in flight; subscriptions per second.
- *   free-port, wait-listen: helpers for bench/run.
+ *   http    keep-alive GET load on a plain route: N connections, optional
+ *           pipelining, fixed duration; requests per second (reqload.c).
+ *   free-port, wait-listen, get, hup-wait: helpers for bench/run.
  *
  * One thread, one epoll set, level-triggered. Every loop is bounded by a
  * count or a deadline; the program always stops by itself (--max-time).
@@ -16,6 +18,7 @@
 #include "hist.h"
 #include "net.h"
 #include "publisher.h"
+#include "reqload.h"
 #include "stream_parse.h"
 
 #include <arpa/inet.h>
@@ -40,8 +43,12 @@
 #define MAX_EPOLL_EVENTS 1024
 #define READ_BUF_SIZE 65536
 #define CHURN_GIVE_UP_ERRORS 2000
+#define MAX_SUB_PATHS 8
+#define MAX_PATH_LEN 300
+#define MAX_PAYLOAD_FIELDS 4000
 
-enum mode { MODE_FANOUT, MODE_IDLE, MODE_CHURN, MODE_FREE_PORT, MODE_WAIT_LISTEN };
+enum mode { MODE_FANOUT, MODE_IDLE, MODE_CHURN, MODE_HTTP, MODE_FREE_PORT, MODE_WAIT_LISTEN,
+	    MODE_GET, MODE_HUP_WAIT };
 
 struct config {
 	enum mode mode;
@@ -70,6 +77,15 @@ struct config {
 	long server_pid;
 	unsigned src_addrs;
 	int verbose;
+	const char *sub_paths[MAX_SUB_PATHS];	/* --sub-path, round-robin */
+	unsigned nsub_paths;
+	const char *payload_fields;	/* extra JSON members in every event */
+	const char *path;		/* http, get, hup-wait */
+	unsigned conns;
+	unsigned pipeline;
+	double warmup_s;
+	const char *expect;
+	double timeout_s;
 };
 
 /* ---- small utilities ---------------------------------------------------- */
@@ -236,6 +252,7 @@ struct sub {
 	uint8_t phase;
 	uint8_t got_body;
 	uint8_t was_open;	/* reached SUB_OPEN at some point */
+	uint8_t path;		/* index into bench.paths */
 	uint16_t req_sent;
 	uint16_t status;
 	uint32_t index;
@@ -252,14 +269,24 @@ struct sub {
 	struct stream_parser sp;
 };
 
+/* streams by subscribe path (--sub-path): each path may be a different view */
+struct path_stats {
+	char path[MAX_PATH_LEN + 20];
+	char req[MAX_PATH_LEN + 200];
+	size_t req_len;
+	unsigned subs;
+	uint64_t received;
+	uint64_t missing;
+	struct hist lat;
+};
+
 struct bench {
 	struct config cfg;
 	int epfd;
 	struct sub *subs;
 	unsigned nsubs;
-	char sub_path[320];
-	char sub_req[512];
-	size_t sub_req_len;
+	struct path_stats paths[MAX_SUB_PATHS];
+	unsigned npaths;
 	unsigned next_src;
 	uint64_t now;		/* refreshed per read: receive timestamps */
 	uint64_t arrival;	/* kernel receive time of that read, 0 = none */
@@ -366,9 +393,10 @@ static void sub_start(struct bench *b, struct sub *s)
 
 static void sub_send(struct bench *b, struct sub *s)
 {
-	while (s->req_sent < b->sub_req_len) {
-		ssize_t n = send(s->fd, b->sub_req + s->req_sent,
-				 b->sub_req_len - s->req_sent, MSG_NOSIGNAL);
+	const struct path_stats *ps = &b->paths[s->path];
+	while (s->req_sent < ps->req_len) {
+		ssize_t n = send(s->fd, ps->req + s->req_sent, ps->req_len - s->req_sent,
+				 MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return;	/* EPOLLOUT brings us back */
@@ -435,11 +463,17 @@ static int on_event(void *ctx, const struct sp_event *ev)
 	b->events_received++;
 	if (!ev->has_id)
 		s->no_id++;
-	if (sp_parse_payload(ev->data, ev->data_len, &seq, &ts) != 0 ||
-	    seq >= b->cfg.events || !s->seen) {
+	/* seq and ts were picked out of the whole data (any length, any key
+	 * order) while it streamed in; ev->data is only its first bytes */
+	if (!ev->payload_ok || ev->seq >= b->cfg.events || !s->seen) {
 		s->bad++;
 		return 0;
 	}
+	seq = ev->seq;
+	ts = ev->ts;
+	struct path_stats *ps = &b->paths[s->path];
+	ps->received++;
+	hist_add(&ps->lat, b->now >= ts ? b->now - ts : 0);
 	/* same host, same CLOCK_MONOTONIC: receive time - publish time */
 	hist_add(&b->lat, b->now >= ts ? b->now - ts : 0);
 	if (b->arrival)
@@ -712,8 +746,11 @@ static void result_hist(const char *prefix, const struct hist *h)
 
 static void print_target(const struct bench *b, const char *mode)
 {
-	printf("loadgen %s: target %s:%d  stream path %s  source addresses 127.0.0.1-%u\n",
-	       mode, b->cfg.host, b->cfg.port, b->sub_path, b->cfg.src_addrs);
+	printf("loadgen %s: target %s:%d  stream path%s", mode, b->cfg.host, b->cfg.port,
+	       b->npaths > 1 ? "s (round-robin)" : "");
+	for (unsigned p = 0; p < b->npaths; p++)
+		printf(" %s", b->paths[p].path);
+	printf("  source addresses 127.0.0.1-%u\n", b->cfg.src_addrs);
 }
 
 /* ---- modes -------------------------------------------------------------- */
@@ -727,6 +764,8 @@ static void setup_streams(struct bench *b, unsigned n)
 	for (unsigned i = 0; i < n; i++) {
 		b->subs[i].fd = -1;
 		b->subs[i].index = i;
+		b->subs[i].path = (uint8_t)(i % b->npaths);
+		b->paths[i % b->npaths].subs++;
 	}
 }
 
@@ -768,7 +807,7 @@ static int run_fanout(struct bench *b)
 	struct pub_config pc = {
 		.dst = c->dst, .host = c->host, .port = c->port, .channel = c->channel,
 		.events = c->events, .rate = c->rate, .payload_size = c->payload_size,
-		.inflight = c->pub_inflight, .verbose = c->verbose,
+		.inflight = c->pub_inflight, .verbose = c->verbose, .extra = c->payload_fields,
 	};
 	struct publisher *pub = &b->pub;
 	if (pub_init(pub, &pc, b->epfd, tag(KIND_PUB, 0), tag(KIND_TIMER, 0), ok_bits) != 0)
@@ -843,6 +882,7 @@ static int run_fanout(struct bench *b)
 		}
 		missing += m;
 		streams_missing += m > 0;
+		b->paths[s->path].missing += m;
 	}
 	uint64_t expected = (uint64_t)ready * pub->ok;
 	uint64_t span = b->last_receive > pub->first_send ? b->last_receive - pub->first_send : 0;
@@ -864,6 +904,9 @@ static int run_fanout(struct bench *b)
 	       "target %.1f/s, achieved %.1f/s; up to %u in flight; payload >= %u bytes\n",
 	       pub->next_seq, pub->ok, pub->failed, pub_gave_up(pub) ? " (gave up)" : "",
 	       c->rate, pub_rate, pc.inflight, c->payload_size);
+	if (c->payload_fields)
+		printf("  payload: {%s,\"seq\":N,\"ts\":T} (%zu bytes at most)\n",
+		       c->payload_fields, pub->max_body);
 	printf("  publish answers: subscribers reported min %lld max %lld\n",
 	       pub->subs_min, pub->subs_max);
 	if (c->rate > 0 && pub->next_seq > 1 && pub_rate < 0.95 * c->rate)
@@ -881,6 +924,15 @@ static int run_fanout(struct bench *b)
 	       ", comments/heartbeats %" PRIu64 "\n",
 	       missing, streams_missing, dup, ooo, bad, no_id, comments);
 	print_hist_line("delivery latency (publish -> read by loadgen)", &b->lat);
+	if (b->npaths > 1) {
+		for (unsigned p = 0; p < b->npaths; p++) {
+			const struct path_stats *ps = &b->paths[p];
+			printf("    %s: %u streams, %" PRIu64 " events received, %" PRIu64
+			       " missing; latency p50 %.3f ms p99 %.3f ms\n", ps->path, ps->subs,
+			       ps->received, ps->missing, ns_to_ms(hist_quantile(&ps->lat, 0.50)),
+			       ns_to_ms(hist_quantile(&ps->lat, 0.99)));
+		}
+	}
 	if (c->rx_timestamps) {
 		print_hist_line("arrival latency (publish -> kernel receive stamp)", &b->arrival_lat);
 		if (b->no_arrival)
@@ -1053,6 +1105,141 @@ static int run_churn(struct bench *b)
 	return ok ? 0 : 1;
 }
 
+static int run_http(struct bench *b)
+{
+	const struct config *c = &b->cfg;
+	struct reqload_config rc = {
+		.dst = c->dst, .host = c->host, .port = c->port, .path = c->path,
+		.conns = c->conns, .pipeline = c->pipeline, .warmup_s = c->warmup_s,
+		.duration_s = c->duration_s, .expect = c->expect, .src_addrs = c->src_addrs,
+		.verbose = c->verbose,
+	};
+	static struct reqload_result r;
+	uint64_t hard_deadline = now_ns() + secs_to_ns(c->max_time_s);
+	struct cpu_window cpu;
+	/* the CPU window includes the warm-up: it is a share, not a total */
+	cpu_window_start(&cpu, c->server_pid);
+	if (reqload_run(&rc, &r, hard_deadline) != 0)
+		die("out of memory for %u connections", c->conns);
+	double server_cpu, self_cpu;
+	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
+	uint64_t errors = 0;
+	for (int k = 0; k < REQ_ERR_KINDS; k++)
+		errors += r.errors[k];
+	double rps = r.secs > 0 ? (double)r.ok / r.secs : 0;
+
+	printf("loadgen http: target %s:%d  GET %s  %u keep-alive connections, pipeline %u, "
+	       "source addresses 127.0.0.1-%u\n", c->host, c->port, c->path, c->conns,
+	       c->pipeline, c->src_addrs);
+	printf("  %.1f s warm-up (%" PRIu64 " answers, not counted), then %.2f s counted\n",
+	       c->warmup_s, r.warmup_done, r.secs);
+	printf("  answers: %" PRIu64 " 2xx, %" PRIu64 " other status%s", r.ok, r.non2xx,
+	       r.last_status ? "" : "\n");
+	if (r.last_status)
+		printf(" (last %d)\n", r.last_status);
+	if (c->expect)
+		printf("  2xx bodies without %s: %" PRIu64 "\n", c->expect, r.bad_body);
+	printf("  requests/s: %.0f (2xx answers / counted time); %.0f bytes of body per answer\n",
+	       rps, r.ok ? (double)r.body_bytes / (double)r.ok : 0.0);
+	printf("  errors: %" PRIu64 " (", errors);
+	for (int k = 0; k < REQ_ERR_KINDS; k++)
+		printf("%s%s %" PRIu64, k ? ", " : "", reqload_error_names[k], r.errors[k]);
+	printf(")%s%s; %" PRIu64 " requests lost on broken connections, %" PRIu64
+	       " reconnects, %" PRIu64 " in flight at the end (cut off)\n",
+	       r.last_errno ? " last errno: " : "", r.last_errno ? strerror(r.last_errno) : "",
+	       r.lost, r.reconnects, r.cut_off);
+	print_hist_line("request latency (written -> whole answer read)", &r.lat);
+	print_cpu("the run", server_cpu, self_cpu);
+	int ok = r.ok > 0 && r.non2xx == 0 && r.bad_body == 0 && errors == 0;
+	printf("RESULT mode=http ok=%d conns=%u pipeline=%u duration_s=%.2f requests=%" PRIu64
+	       " rps=%.0f non2xx=%" PRIu64 " bad_body=%" PRIu64 " errors=%" PRIu64
+	       " lost=%" PRIu64, ok, c->conns, c->pipeline, r.secs, r.ok, rps, r.non2xx,
+	       r.bad_body, errors, r.lost);
+	result_hist("lat", &r.lat);
+	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f\n", server_cpu, self_cpu);
+	return ok ? 0 : 1;
+}
+
+/* GET --path once; the body goes to stdout. */
+static int run_get(const struct config *c)
+{
+	static char body[1 << 20];
+	size_t len = 0;
+	int fd = -1;
+	int status = req_get(&c->dst, c->host, c->port, c->path, &fd, body, sizeof body, &len,
+			     now_ns() + secs_to_ns(c->timeout_s));
+	if (fd >= 0)
+		close_fd(fd);
+	if (status < 0) {
+		fprintf(stderr, "loadgen: GET %s: %s\n", c->path, strerror(errno));
+		return 1;
+	}
+	if (fwrite(body, 1, strlen(body), stdout) != strlen(body))
+		die("stdout: %s", strerror(errno));
+	if (status < 200 || status > 299) {
+		fprintf(stderr, "loadgen: GET %s answered %d\n", c->path, status);
+		return 1;
+	}
+	return 0;
+}
+
+/* Sends SIGHUP to --server-pid, then GETs --path over one keep-alive
+ * connection until the body contains --expect: the time from the signal to
+ * the reloaded script answering. The connection is opened (and used once)
+ * before the signal, so connecting is not part of the figure. */
+static int run_hup_wait(const struct config *c)
+{
+	static char body[REQ_IN_MAX];
+	size_t len = 0;
+	int fd = -1;
+	uint64_t deadline = now_ns() + secs_to_ns(c->timeout_s);
+	int status = req_get(&c->dst, c->host, c->port, c->path, &fd, body, sizeof body, &len,
+			     deadline);
+	if (status < 0) {
+		fprintf(stderr, "loadgen: GET %s before the signal: %s\n", c->path, strerror(errno));
+		return 2;
+	}
+	if (strstr(body, c->expect)) {
+		fprintf(stderr, "loadgen: GET %s already shows \"%s\" before the reload\n", c->path,
+			c->expect);
+		if (fd >= 0)
+			close_fd(fd);
+		return 2;
+	}
+	uint64_t t0 = now_ns();
+	if (kill((pid_t)c->server_pid, SIGHUP) != 0)
+		die("kill(%ld, SIGHUP): %s", c->server_pid, strerror(errno));
+	unsigned polls = 0, failures = 0;
+	int seen = 0;
+	uint64_t t1 = t0;
+	while (now_ns() < deadline && polls < 1000000 && failures < 100) {
+		polls++;
+		status = req_get(&c->dst, c->host, c->port, c->path, &fd, body, sizeof body, &len,
+				 deadline);
+		if (status < 0) {
+			failures++;	/* fd was closed; the next call reconnects */
+			continue;
+		}
+		if (status >= 200 && status < 300 && strstr(body, c->expect)) {
+			t1 = now_ns();
+			seen = 1;
+			break;
+		}
+	}
+	if (fd >= 0)
+		close_fd(fd);
+	if (!seen) {
+		fprintf(stderr, "loadgen: \"%s\" not seen at %s within %.1f s of SIGHUP "
+			"(%u polls, %u failed; last status %d)\n", c->expect, c->path, c->timeout_s,
+			polls, failures, status);
+		printf("RESULT mode=hup-wait ok=0 polls=%u failures=%u\n", polls, failures);
+		return 1;
+	}
+	printf("RESULT mode=hup-wait ok=1 visible_us=%.0f polls=%u failures=%u\n",
+	       (double)(t1 - t0) / 1e3, polls, failures);
+	return 0;
+}
+
 static int run_wait_listen(const struct config *c)
 {
 	uint64_t deadline = now_ns() + secs_to_ns(c->connect_timeout_s);
@@ -1094,6 +1281,11 @@ static void usage(FILE *f)
 "               before and after; print RSS per idle stream\n"
 "  churn        for --duration S, open a stream, wait for 200 + first chunk,\n"
 "               close it; --concurrency C in flight; subscriptions/s\n"
+"  http         --conns N keep-alive connections GET --path for --warmup S\n"
+"               then --duration S; requests/s and latency (2xx counted)\n"
+"  get          GET --path once, print the body (exit 1 unless 2xx)\n"
+"  hup-wait     send SIGHUP to --server-pid, then GET --path until the body\n"
+"               contains --expect; prints the time from the signal\n"
 "  free-port    print a TCP port free on 127.0.0.1 and exit\n"
 "  wait-listen  exit 0 once PORT accepts connections (up to --connect-timeout)\n"
 "\n"
@@ -1104,6 +1296,9 @@ static void usage(FILE *f)
 "  --auth                   subscribe via /sub-auth/CHANNEL?token=TOKEN\n"
 "  --token TOKEN            token for --auth (let-me-in)\n"
 "  --src-addrs K            spread client sockets over 127.0.0.1..127.0.0.K (254)\n"
+"  --sub-path PATH          subscribe on PATH instead of /sub/CHANNEL; repeat it\n"
+"                           (up to 8) to spread the streams round-robin over\n"
+"                           several paths, e.g. one per view\n"
 "\n"
 "streams:\n"
 "  --subs N                 streams for fanout/idle (100)\n"
@@ -1115,6 +1310,8 @@ static void usage(FILE *f)
 "  --rate R                 events per second; 0 = next one as soon as the\n"
 "                           previous is answered (100)\n"
 "  --payload-size B         pad each event's data to at least B bytes (0)\n"
+"  --payload-fields JSON    extra members for every event, before seq and ts:\n"
+"                           '\"user\":\"u-1\",\"card\":\"4111\"' (printable ASCII)\n"
 "  --pub-inflight D         publish requests outstanding at once; 1 = wait for\n"
 "                           each answer, >1 = HTTP/1.1 pipelining (1)\n"
 "  --pub-timeout S          stop publishing if an answer takes over S s (10)\n"
@@ -1133,6 +1330,16 @@ static void usage(FILE *f)
 "  --concurrency C          subscriptions in flight (64)\n"
 "  --attempt-timeout S      one subscription attempt may take S s (5)\n"
 "\n"
+"http, get, hup-wait:\n"
+"  --path PATH              request target, e.g. /work?name=x (/)\n"
+"  --conns N                keep-alive connections (32)\n"
+"  --pipeline D             requests outstanding per connection (1)\n"
+"  --warmup S               run S seconds before counting (1)\n"
+"  --duration S             seconds counted (5)\n"
+"  --expect TEXT            http: every 2xx body must contain TEXT;\n"
+"                           hup-wait: the text that shows the reload happened\n"
+"  --timeout S              get, hup-wait: give up after S seconds (10)\n"
+"\n"
 "general:\n"
 "  --max-time S             hard stop for the whole run (900)\n"
 "  --verbose                progress and first errors on stderr\n"
@@ -1140,6 +1347,8 @@ static void usage(FILE *f)
 "\n"
 "Event payload (the POST body, verbatim the SSE data): {\"seq\":N,\"ts\":T}\n"
 "with N = 0..M-1 and T = CLOCK_MONOTONIC in ns when the request was sent.\n"
+"Received data may be re-encoded (masked views): seq and ts are found at the\n"
+"top level of the JSON in any order, in data of any length.\n"
 "Delivery latency = receive time (CLOCK_MONOTONIC right after read()) - T.\n"
 "Arrival latency = kernel receive timestamp (SO_TIMESTAMPNS) of that read - T:\n"
 "the same without the load generator's own reading delay.\n"
@@ -1164,13 +1373,45 @@ static unsigned parse_uint(const char *opt, const char *s, unsigned lo, unsigned
 	return (unsigned)parse_double(opt, s, lo, hi);
 }
 
+/* A request target we can put on the request line as is. */
+static void check_path(const char *opt, const char *p)
+{
+	size_t n = strlen(p);
+	if (n == 0 || n > MAX_PATH_LEN || p[0] != '/')
+		die("%s: must start with / and be at most %d characters", opt, MAX_PATH_LEN);
+	for (size_t i = 0; i < n; i++)
+		if (p[i] <= ' ' || p[i] > '~' || p[i] == '#')
+			die("%s: printable ASCII without spaces or '#' only (URL-encode the rest)", opt);
+}
+
+/* The extra members must keep the payload one line of JSON in which seq
+ * and ts are still found: checked by scanning a sample event. */
+static void check_payload_fields(const char *f)
+{
+	size_t n = strlen(f);
+	if (n == 0 || n > MAX_PAYLOAD_FIELDS)
+		die("--payload-fields: 1..%d characters", MAX_PAYLOAD_FIELDS);
+	for (size_t i = 0; i < n; i++)
+		if (f[i] < ' ' || f[i] > '~')
+			die("--payload-fields: printable ASCII only (one line of JSON)");
+	static char sample[MAX_PAYLOAD_FIELDS + 64];
+	int sl = snprintf(sample, sizeof sample, "{%s,\"seq\":12,\"ts\":34}", f);
+	uint64_t seq, ts;
+	if (sl < 0 || sp_parse_payload(sample, (size_t)sl, &seq, &ts) != 0 || seq != 12 ||
+	    ts != 34)
+		die("--payload-fields: '%s' does not make {...,\"seq\":N,\"ts\":T} a JSON object "
+		    "whose seq and ts are found (members separated by commas, no seq/ts of "
+		    "its own, balanced brackets and quotes)", f);
+}
+
 static void parse_args(struct config *c, int argc, char **argv)
 {
 	enum {
 		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
-		O_INFLIGHT, O_NO_RXTS, O_PUB_TIMEOUT,
+		O_INFLIGHT, O_NO_RXTS, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
+		O_PIPELINE, O_WARMUP, O_EXPECT, O_TIMEOUT,
 	};
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, O_MODE },
@@ -1199,6 +1440,14 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "max-time", required_argument, NULL, O_MAXTIME },
 		{ "verbose", no_argument, NULL, O_VERBOSE },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "sub-path", required_argument, NULL, O_SUB_PATH },
+		{ "payload-fields", required_argument, NULL, O_FIELDS },
+		{ "path", required_argument, NULL, O_PATH },
+		{ "conns", required_argument, NULL, O_CONNS },
+		{ "pipeline", required_argument, NULL, O_PIPELINE },
+		{ "warmup", required_argument, NULL, O_WARMUP },
+		{ "expect", required_argument, NULL, O_EXPECT },
+		{ "timeout", required_argument, NULL, O_TIMEOUT },
 		{ NULL, 0, NULL, 0 },
 	};
 	*c = (struct config){
@@ -1208,6 +1457,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		.connect_timeout_s = 60, .wait_s = 5, .pub_timeout_s = 10, .duration_s = 5,
 		.churn_concurrency = 64, .attempt_timeout_s = 5, .settle_s = 1,
 		.hold_s = 0, .max_time_s = 900, .server_pid = -1, .src_addrs = 254,
+		.path = "/", .conns = 32, .pipeline = 1, .warmup_s = 1, .timeout_s = 10,
 	};
 	snprintf(c->host, sizeof c->host, "127.0.0.1");
 	const char *mode = "fanout";
@@ -1253,6 +1503,23 @@ static void parse_args(struct config *c, int argc, char **argv)
 			break;
 		case O_MAXTIME: c->max_time_s = parse_double("--max-time", optarg, 1, 86400); break;
 		case O_VERBOSE: c->verbose = 1; break;
+		case O_SUB_PATH:
+			if (c->nsub_paths >= MAX_SUB_PATHS)
+				die("--sub-path: at most %d", MAX_SUB_PATHS);
+			check_path("--sub-path", optarg);
+			c->sub_paths[c->nsub_paths++] = optarg;
+			break;
+		case O_FIELDS: c->payload_fields = optarg; break;
+		case O_PATH: check_path("--path", optarg); c->path = optarg; break;
+		case O_CONNS: c->conns = parse_uint("--conns", optarg, 1, 100000); break;
+		case O_PIPELINE: c->pipeline = parse_uint("--pipeline", optarg, 1, 1024); break;
+		case O_WARMUP: c->warmup_s = parse_double("--warmup", optarg, 0, 3600); break;
+		case O_EXPECT:
+			if (!*optarg || strlen(optarg) > 200)
+				die("--expect: 1..200 characters");
+			c->expect = optarg;
+			break;
+		case O_TIMEOUT: c->timeout_s = parse_double("--timeout", optarg, 0.1, 3600); break;
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
@@ -1262,6 +1529,9 @@ static void parse_args(struct config *c, int argc, char **argv)
 	if (strcmp(mode, "fanout") == 0) c->mode = MODE_FANOUT;
 	else if (strcmp(mode, "idle") == 0) c->mode = MODE_IDLE;
 	else if (strcmp(mode, "churn") == 0) c->mode = MODE_CHURN;
+	else if (strcmp(mode, "http") == 0) c->mode = MODE_HTTP;
+	else if (strcmp(mode, "get") == 0) c->mode = MODE_GET;
+	else if (strcmp(mode, "hup-wait") == 0) c->mode = MODE_HUP_WAIT;
 	else if (strcmp(mode, "free-port") == 0) c->mode = MODE_FREE_PORT;
 	else if (strcmp(mode, "wait-listen") == 0) c->mode = MODE_WAIT_LISTEN;
 	else die("unknown --mode '%s' (see --help)", mode);
@@ -1292,6 +1562,10 @@ static void parse_args(struct config *c, int argc, char **argv)
 			die("--token: plain URL-safe characters only");
 	if (strlen(c->token) > 200)
 		die("--token too long");
+	if (c->payload_fields)
+		check_payload_fields(c->payload_fields);
+	if (c->mode == MODE_HUP_WAIT && (c->server_pid <= 0 || !c->expect))
+		die("hup-wait needs --server-pid and --expect");
 }
 
 int main(int argc, char **argv)
@@ -1311,11 +1585,20 @@ int main(int argc, char **argv)
 	}
 	if (c->mode == MODE_WAIT_LISTEN)
 		return run_wait_listen(c);
+	if (c->mode == MODE_GET || c->mode == MODE_HUP_WAIT) {
+		if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+			die("signal: %s", strerror(errno));
+		int rc = c->mode == MODE_GET ? run_get(c) : run_hup_wait(c);
+		if (fflush(stdout) != 0)
+			die("stdout: %s", strerror(errno));
+		return rc;
+	}
 
 	rlim_t soft, hard;
 	if (net_raise_nofile(&soft, &hard) != 0)
 		die("RLIMIT_NOFILE: %s", strerror(errno));
-	unsigned need = (c->mode == MODE_CHURN ? c->churn_concurrency : c->subs) + 16;
+	unsigned need = (c->mode == MODE_CHURN ? c->churn_concurrency
+			 : c->mode == MODE_HTTP ? c->conns : c->subs) + 16;
 	if (soft < need)
 		die("open files limit %llu is too low for %u sockets", (unsigned long long)soft, need);
 
@@ -1330,23 +1613,31 @@ int main(int argc, char **argv)
 	hist_init(&b->arrival_lat);
 	hist_init(&b->open_lat);
 
-	if (c->auth)
-		snprintf(b->sub_path, sizeof b->sub_path, "/sub-auth/%s?token=%s", c->channel,
-			 c->token);
-	else
-		snprintf(b->sub_path, sizeof b->sub_path, "/sub/%s", c->channel);
-	int rl = snprintf(b->sub_req, sizeof b->sub_req,
-			  "GET %s HTTP/1.1\r\nHost: %s:%d\r\n"
-			  "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-			  b->sub_path, c->host, c->port);
-	if (rl < 0 || (size_t)rl >= sizeof b->sub_req)
-		die("request line too long");
-	b->sub_req_len = (size_t)rl;
+	b->npaths = c->nsub_paths ? c->nsub_paths : 1;
+	for (unsigned p = 0; p < b->npaths; p++) {
+		struct path_stats *ps = &b->paths[p];
+		hist_init(&ps->lat);
+		if (c->nsub_paths)
+			snprintf(ps->path, sizeof ps->path, "%s", c->sub_paths[p]);
+		else if (c->auth)
+			snprintf(ps->path, sizeof ps->path, "/sub-auth/%s?token=%s", c->channel,
+				 c->token);
+		else
+			snprintf(ps->path, sizeof ps->path, "/sub/%s", c->channel);
+		int rl = snprintf(ps->req, sizeof ps->req,
+				  "GET %s HTTP/1.1\r\nHost: %s:%d\r\n"
+				  "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+				  ps->path, c->host, c->port);
+		if (rl < 0 || (size_t)rl >= sizeof ps->req)
+			die("request line too long");
+		ps->req_len = (size_t)rl;
+	}
 
 	int rc;
 	switch (c->mode) {
 	case MODE_IDLE: rc = run_idle(b); break;
 	case MODE_CHURN: rc = run_churn(b); break;
+	case MODE_HTTP: rc = run_http(b); break;
 	default: rc = run_fanout(b); break;
 	}
 	if (fflush(stdout) != 0)

@@ -116,16 +116,23 @@ static void pub_reset(struct publisher *p, const char *why)
 	pub_connect(p);
 }
 
-/* Appends one POST to the output buffer. Body: {"seq":N,"ts":T[,"pad":"x..."]} */
+/* Appends one POST to the output buffer. Body:
+ * {[EXTRA,]"seq":N,"ts":T[,"pad":"x..."]} — the extra members come first,
+ * so the receiving side cannot rely on seq and ts opening the data. */
 static void append_request(struct publisher *p, uint64_t seq, uint64_t ts)
 {
-	char body[96];
-	int bl = snprintf(body, sizeof body, "{\"seq\":%" PRIu64 ",\"ts\":%" PRIu64, seq, ts);
-	/* ,"pad":"" and } add 10 bytes around the padding */
+	char core[64];
+	int cl = snprintf(core, sizeof core, "\"seq\":%" PRIu64 ",\"ts\":%" PRIu64, seq, ts);
+	size_t extra_len = p->cfg.extra ? strlen(p->cfg.extra) : 0;
+	/* { [extra ,] core } */
+	size_t base = 1 + (extra_len ? extra_len + 1 : 0) + (size_t)cl + 1;
+	/* ,"pad":"" adds 9 bytes around the padding */
 	size_t pad = 0;
-	if (p->cfg.payload_size > (unsigned)bl + 10)
-		pad = p->cfg.payload_size - (unsigned)bl - 10;
-	size_t body_len = (size_t)bl + (pad ? 9 + pad : 0) + 1;
+	if (p->cfg.payload_size > base + 9)
+		pad = p->cfg.payload_size - base - 9;
+	size_t body_len = base + (pad ? 9 + pad : 0);
+	if (body_len > p->max_body)
+		p->max_body = body_len;
 	size_t need = p->out_len + 256 + strlen(p->cfg.channel) + strlen(p->cfg.host) + body_len;
 	if (need > p->out_cap) {
 		char *n = realloc(p->out, need);
@@ -140,8 +147,14 @@ static void append_request(struct publisher *p, uint64_t seq, uint64_t ts)
 	w += sprintf(w, "POST /pub/%s HTTP/1.1\r\nHost: %s:%d\r\n"
 		     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
 		     p->cfg.channel, p->cfg.host, p->cfg.port, body_len);
-	memcpy(w, body, (size_t)bl);
-	w += bl;
+	*w++ = '{';
+	if (extra_len) {
+		memcpy(w, p->cfg.extra, extra_len);
+		w += extra_len;
+		*w++ = ',';
+	}
+	memcpy(w, core, (size_t)cl);
+	w += cl;
 	if (pad) {
 		memcpy(w, ",\"pad\":\"", 8);
 		w += 8;

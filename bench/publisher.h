@@ -20,6 +20,7 @@ struct pub_config {
 	double rate;		/* events/s; 0 = as fast as answers come */
 	unsigned payload_size;	/* pad the JSON body to at least this */
 	unsigned inflight;	/* requests outstanding at once (1 = no pipelining) */
+	const char *extra;	/* JSON members put before seq and ts, or NULL */
 	int verbose;
 };
 
@@ -57,6 +58,7 @@ struct publisher {
 	unsigned consecutive_resets;
 	long long subs_min;	/* "subscribers" the server reported */
 	long long subs_max;
+	size_t max_body;	/* largest event body sent */
 	uint8_t *ok_bits;	/* seqs the server accepted (2xx) */
 	struct hist lat;	/* send -> whole answer read */
 	struct hist lag;	/* actual send time - scheduled send time */

@@ -1,5 +1,6 @@
 #include "stream_parse.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -19,6 +20,7 @@ void sp_init(struct stream_parser *p)
 {
 	memset(p, 0, sizeof *p);
 	p->state = RS_HEAD;
+	sp_scan_init(&p->scan);
 }
 
 const char *sp_error(const struct stream_parser *p)
@@ -119,70 +121,126 @@ static int parse_head(const char *buf, size_t len, struct sp_head *h)
 	return 0;
 }
 
-static int field_is(const char *name, size_t n, const char *lit)
+/* ---- SSE lines, parsed as they stream in ---------------------------------
+ * A line is a field name, ':', an optional space, then the value. The name
+ * is at most a few bytes for the fields we care about; the value goes
+ * straight to where it belongs (data buffer + payload scanner, id buffer,
+ * comment text), so no line is ever buffered whole and a line of any
+ * length is handled. */
+
+enum { LS_NAME, LS_VALUE_START, LS_VALUE };
+enum { F_NONE, F_DATA, F_ID, F_COMMENT, F_OTHER };
+
+static int name_is(const struct stream_parser *p, const char *lit)
 {
-	return n == strlen(lit) && memcmp(name, lit, n) == 0;
+	size_t k = strlen(lit);
+	return p->name_len == k && memcmp(p->name, lit, k) == 0;
 }
 
-/* One complete SSE line (without its terminator). */
-static enum sp_result sse_line(struct stream_parser *p, const struct sp_callbacks *cb,
+static void data_bytes(struct stream_parser *p, const char *s, size_t n)
+{
+	sp_scan_feed(&p->scan, s, n);
+	if (p->data_truncated)
+		return;
+	size_t room = SP_DATA_MAX - p->data_len;
+	size_t take = n < room ? n : room;
+	memcpy(p->data + p->data_len, s, take);
+	p->data_len = (uint16_t)(p->data_len + take);
+	if (take < n)
+		p->data_truncated = 1;
+}
+
+/* A data field begins: multi-line data is joined with '\n'. */
+static void data_begin(struct stream_parser *p)
+{
+	if (p->has_data)
+		data_bytes(p, "\n", 1);
+	p->has_data = 1;
+}
+
+static void field_begin(struct stream_parser *p, int with_colon)
+{
+	if (with_colon && p->name_len == 0) {
+		p->field = F_COMMENT;
+		p->line_len = 0;
+	} else if (name_is(p, "data")) {
+		p->field = F_DATA;
+		data_begin(p);
+	} else if (name_is(p, "id")) {
+		p->field = F_ID;
+		p->id_len = 0;
+		p->has_id = 1;
+	} else {
+		p->field = F_OTHER;	/* event:, retry:, unknown: not our business */
+	}
+}
+
+static enum sp_result dispatch_event(struct stream_parser *p, const struct sp_callbacks *cb,
+				     void *ctx)
+{
+	int stop = 0;
+	if (p->has_data && cb->on_event) {
+		struct sp_event ev = {
+			.data = p->data, .data_len = p->data_len,
+			.data_truncated = p->data_truncated,
+			.id = p->id, .id_len = p->id_len, .has_id = p->has_id,
+		};
+		ev.payload_ok = sp_scan_finish(&p->scan, &ev.seq, &ev.ts) == 0;
+		stop = cb->on_event(ctx, &ev);
+	}
+	p->has_data = 0;
+	p->data_len = 0;
+	p->data_truncated = 0;
+	p->has_id = 0;
+	p->id_len = 0;
+	sp_scan_init(&p->scan);
+	return stop ? SP_STOPPED : SP_MORE;
+}
+
+static enum sp_result line_end(struct stream_parser *p, const struct sp_callbacks *cb,
 			       void *ctx)
 {
-	const char *line = p->buf;
-	size_t n = p->line_len;
+	enum sp_result r = SP_MORE;
+	if (p->line_state == LS_NAME) {
+		if (p->name_len == 0)
+			r = dispatch_event(p, cb, ctx);	/* blank line */
+		else
+			field_begin(p, 0);	/* "data" alone: a field with an empty value */
+	} else if (p->field == F_COMMENT && cb->on_comment &&
+		   cb->on_comment(ctx, p->buf, p->line_len)) {
+		r = SP_STOPPED;
+	}
+	p->line_state = LS_NAME;
+	p->field = F_NONE;
+	p->name_len = 0;
+	p->line_len = 0;
+	return r;
+}
 
-	if (n == 0) {
-		/* blank line: dispatch the event block, if it had data */
-		int stop = 0;
-		if (p->has_data && cb->on_event) {
-			struct sp_event ev = {
-				.data = p->data, .data_len = p->data_len,
-				.data_truncated = p->data_truncated,
-				.id = p->id, .id_len = p->id_len, .has_id = p->has_id,
-			};
-			stop = cb->on_event(ctx, &ev);
-		}
-		p->has_data = 0;
-		p->data_len = 0;
-		p->data_truncated = 0;
-		p->has_id = 0;
-		p->id_len = 0;
-		return stop ? SP_STOPPED : SP_MORE;
+/* Value bytes of the current line, s[0..n) holding no line break. */
+static void value_bytes(struct stream_parser *p, const char *s, size_t n)
+{
+	switch (p->field) {
+	case F_DATA:
+		data_bytes(p, s, n);
+		break;
+	case F_ID: {
+		size_t room = SP_ID_MAX - p->id_len;
+		size_t take = n < room ? n : room;
+		memcpy(p->id + p->id_len, s, take);
+		p->id_len = (uint16_t)(p->id_len + take);
+		break;
 	}
-	if (line[0] == ':') {
-		if (cb->on_comment && cb->on_comment(ctx, line + 1, n - 1))
-			return SP_STOPPED;
-		return SP_MORE;
+	case F_COMMENT: {
+		size_t room = SP_LINE_MAX - p->line_len;
+		size_t take = n < room ? n : room;
+		memcpy(p->buf + p->line_len, s, take);
+		p->line_len = (uint16_t)(p->line_len + take);
+		break;
 	}
-	const char *colon = memchr(line, ':', n);
-	size_t name_len = colon ? (size_t)(colon - line) : n;
-	const char *v = colon ? colon + 1 : line + n;
-	if (v < line + n && *v == ' ')
-		v++;	/* the spec strips exactly one leading space */
-	size_t vn = (size_t)(line + n - v);
-
-	if (field_is(line, name_len, "data")) {
-		if (p->has_data && !p->data_truncated) {
-			if (p->data_len < SP_DATA_MAX)
-				p->data[p->data_len++] = '\n';
-			else
-				p->data_truncated = 1;
-		}
-		size_t room = SP_DATA_MAX - p->data_len;
-		size_t take = vn < room ? vn : room;
-		memcpy(p->data + p->data_len, v, take);
-		p->data_len = (uint16_t)(p->data_len + take);
-		if (take < vn)
-			p->data_truncated = 1;
-		p->has_data = 1;
-	} else if (field_is(line, name_len, "id")) {
-		size_t take = vn < SP_ID_MAX ? vn : SP_ID_MAX;
-		memcpy(p->id, v, take);
-		p->id_len = (uint16_t)take;
-		p->has_id = 1;
+	default:
+		break;
 	}
-	/* event:, retry: and unknown fields do not matter to the bench */
-	return SP_MORE;
 }
 
 /* Decoded body bytes: split into SSE lines (LF, CRLF or CR end a line). */
@@ -191,33 +249,58 @@ static enum sp_result sse_bytes(struct stream_parser *p, const char *s, size_t n
 {
 	if (cb->on_body && n > 0 && cb->on_body(ctx, n))
 		return SP_STOPPED;
-	for (size_t i = 0; i < n; i++) {
+	size_t i = 0;
+	while (i < n) {
 		unsigned char c = (unsigned char)s[i];
 		if (!p->bom_checked) {
 			/* a UTF-8 BOM may open the stream; skip it whole */
-			if (c == 0xEF || c == 0xBB || c == 0xBF)
+			if (c == 0xEF || c == 0xBB || c == 0xBF) {
+				i++;
 				continue;
+			}
 			p->bom_checked = 1;
 		}
 		if (c == '\n' && p->prev_cr) {
 			p->prev_cr = 0;
+			i++;
 			continue;
 		}
 		p->prev_cr = 0;
 		if (c == '\r' || c == '\n') {
 			p->prev_cr = (c == '\r');
-			/* an overlong line is not one the bench sent: drop it */
-			enum sp_result r = p->line_overflow ? SP_MORE : sse_line(p, cb, ctx);
-			p->line_len = 0;
-			p->line_overflow = 0;
+			i++;
+			enum sp_result r = line_end(p, cb, ctx);
 			if (r != SP_MORE)
 				return r;
 			continue;
 		}
-		if (p->line_len < SP_LINE_MAX)
-			p->buf[p->line_len++] = (char)c;
-		else
-			p->line_overflow = 1;
+		if (p->line_state == LS_NAME) {
+			i++;
+			if (c == ':') {
+				field_begin(p, 1);
+				/* a comment keeps its text verbatim; fields drop one space */
+				p->line_state = p->field == F_COMMENT ? LS_VALUE : LS_VALUE_START;
+			} else {
+				if (p->name_len < sizeof p->name)
+					p->name[p->name_len] = (char)c;
+				if (p->name_len < 255)
+					p->name_len++;
+			}
+			continue;
+		}
+		if (p->line_state == LS_VALUE_START) {
+			p->line_state = LS_VALUE;
+			if (c == ' ') {	/* the spec strips exactly one leading space */
+				i++;
+				continue;
+			}
+		}
+		/* the rest of the value up to the next line break, in one go */
+		size_t j = i;
+		while (j < n && s[j] != '\r' && s[j] != '\n')
+			j++;
+		value_bytes(p, s + i, j - i);
+		i = j;
 	}
 	return SP_MORE;
 }
@@ -394,51 +477,245 @@ int sp_parse_response_head(const char *buf, size_t len, struct sp_head *h,
 	return 0;
 }
 
-static int find_number(const char *s, size_t n, const char *key, uint64_t *out)
+/* ---- bench payload scanner ---------------------------------------------- */
+
+enum { SC_START, SC_JSON, SC_NUM_WAIT, SC_NUM, SC_BARE_NUM, SC_BARE_SPACE, SC_DONE,
+       SC_INVALID };
+
+void sp_scan_init(struct sp_scan *sc)
 {
-	size_t k = strlen(key);
-	for (size_t i = 0; i + k <= n; i++) {
-		if (memcmp(s + i, key, k) != 0)
-			continue;
-		size_t j = i + k;
-		while (j < n && (s[j] == ' ' || s[j] == ':'))
-			j++;
-		uint64_t v = 0;
-		size_t start = j;
-		for (; j < n && s[j] >= '0' && s[j] <= '9'; j++) {
-			if (v > UINT64_MAX / 10 - 9)
-				return -1;
-			v = v * 10 + (uint64_t)(s[j] - '0');
-		}
-		if (j == start)
+	memset(sc, 0, sizeof *sc);
+	sc->state = SC_START;
+}
+
+static int is_ws(int c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static int is_digit(int c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* The number text in sc->num as a non-negative integer: plain digits
+ * exactly, other JSON number forms (1e3, 5.0) when integral. */
+static int scan_number(const struct sp_scan *sc, uint64_t *out)
+{
+	if (sc->num_len == 0 || sc->num_len >= SP_NUM_MAX)
+		return -1;
+	uint64_t v = 0;
+	size_t i = 0;
+	for (; i < sc->num_len && is_digit(sc->num[i]); i++) {
+		if (v > (UINT64_MAX - 9) / 10)
 			return -1;
+		v = v * 10 + (uint64_t)(sc->num[i] - '0');
+	}
+	if (i == sc->num_len) {
 		*out = v;
 		return 0;
 	}
-	return -1;
+	char tmp[SP_NUM_MAX];
+	memcpy(tmp, sc->num, sc->num_len);
+	tmp[sc->num_len] = 0;
+	char *end;
+	double d = strtod(tmp, &end);
+	if (end != tmp + sc->num_len || !(d >= 0) || d >= 18446744073709551616.0)
+		return -1;	/* trailing junk, negative, NaN or too large */
+	uint64_t u = (uint64_t)d;
+	if ((double)u != d)
+		return -1;	/* not an integer */
+	*out = u;
+	return 0;
+}
+
+static void scan_store(struct sp_scan *sc)
+{
+	uint64_t v;
+	if (scan_number(sc, &v) != 0) {
+		sc->bad = 1;
+		return;
+	}
+	uint8_t bit = (uint8_t)(sc->target == 1 ? 1 : 2);
+	if (sc->have & bit)
+		return;	/* the first one wins */
+	sc->have |= bit;
+	if (sc->target == 1)
+		sc->seq = v;
+	else
+		sc->ts = v;
+}
+
+/* One byte of a JSON value outside any number we are reading. */
+static void scan_json(struct sp_scan *sc, int c)
+{
+	if (sc->in_string) {
+		if (sc->escape) {
+			sc->escape = 0;
+			sc->key_len = 255;	/* an escaped name is not one of ours */
+		} else if (c == '\\') {
+			sc->escape = 1;
+		} else if (c == '"') {
+			sc->in_string = 0;
+			if (sc->is_key) {
+				sc->is_key = 0;
+				if (sc->key_len == 3 && memcmp(sc->key, "seq", 3) == 0)
+					sc->after_key = 1;
+				else if (sc->key_len == 2 && memcmp(sc->key, "ts", 2) == 0)
+					sc->after_key = 2;
+			}
+		} else if (sc->is_key) {
+			if (sc->key_len < sizeof sc->key)
+				sc->key[sc->key_len] = (char)c;
+			if (sc->key_len < 255)
+				sc->key_len++;
+		}
+		return;
+	}
+	if (is_ws(c))
+		return;
+	uint8_t after_key = sc->after_key;
+	sc->after_key = 0;
+	switch (c) {
+	case '"':
+		sc->in_string = 1;
+		sc->is_key = sc->depth == 1 && sc->expect_key;
+		sc->expect_key = 0;
+		sc->key_len = 0;
+		break;
+	case ':':
+		if (after_key) {
+			sc->target = after_key;
+			sc->state = SC_NUM_WAIT;
+		}
+		break;
+	case ',':
+		sc->expect_key = sc->depth == 1;
+		break;
+	case '{':
+	case '[':
+		if (sc->depth < 255)
+			sc->depth++;
+		sc->expect_key = 0;
+		break;
+	case '}':
+	case ']':
+		if (sc->depth > 0 && --sc->depth == 0)
+			sc->state = SC_DONE;
+		break;
+	default:
+		break;	/* literals and numbers of other members */
+	}
+}
+
+static void scan_byte(struct sp_scan *sc, int c)
+{
+	switch (sc->state) {
+	case SC_START:
+		if (is_ws(c))
+			return;
+		if (c == '{') {
+			sc->state = SC_JSON;
+			sc->depth = 1;
+			sc->expect_key = 1;
+		} else if (is_digit(c)) {
+			sc->state = SC_BARE_NUM;
+			sc->num[0] = (char)c;
+			sc->num_len = 1;
+		} else {
+			sc->state = SC_INVALID;
+		}
+		return;
+	case SC_JSON:
+		scan_json(sc, c);
+		return;
+	case SC_NUM_WAIT:
+		if (is_ws(c))
+			return;
+		if (is_digit(c) || c == '-') {
+			sc->state = SC_NUM;
+			sc->num[0] = (char)c;
+			sc->num_len = 1;
+			return;
+		}
+		/* not a number ("seq":"7"): leave it unset, keep tokenizing */
+		sc->state = SC_JSON;
+		scan_json(sc, c);
+		return;
+	case SC_NUM:
+		if (is_digit(c) || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+			if (sc->num_len < SP_NUM_MAX - 1)
+				sc->num[sc->num_len++] = (char)c;
+			else
+				sc->bad = 1;	/* no integer we send is that long */
+			return;
+		}
+		scan_store(sc);
+		sc->state = SC_JSON;
+		scan_json(sc, c);
+		return;
+	case SC_BARE_NUM:
+		if (is_digit(c)) {
+			if (sc->num_len < SP_NUM_MAX - 1)
+				sc->num[sc->num_len++] = (char)c;
+			else
+				sc->bad = 1;
+			return;
+		}
+		sc->target = (uint8_t)(sc->bare_field + 1);
+		scan_store(sc);
+		sc->num_len = 0;
+		if (sc->bare_field == 0 && c == ' ') {
+			sc->bare_field = 1;
+			sc->state = SC_BARE_SPACE;
+		} else {
+			sc->state = SC_DONE;	/* trailing text is ignored */
+		}
+		return;
+	case SC_BARE_SPACE:
+		if (c == ' ')
+			return;
+		if (is_digit(c)) {
+			sc->state = SC_BARE_NUM;
+			sc->num[0] = (char)c;
+			sc->num_len = 1;
+		} else {
+			sc->state = SC_INVALID;
+		}
+		return;
+	default:
+		return;	/* SC_DONE, SC_INVALID */
+	}
+}
+
+void sp_scan_feed(struct sp_scan *sc, const char *s, size_t n)
+{
+	if (sc->state == SC_DONE || sc->state == SC_INVALID)
+		return;
+	for (size_t i = 0; i < n; i++)
+		scan_byte(sc, (unsigned char)s[i]);
+}
+
+int sp_scan_finish(struct sp_scan *sc, uint64_t *seq, uint64_t *ts)
+{
+	if (sc->state == SC_NUM)
+		scan_store(sc);	/* the data ended inside the number */
+	else if (sc->state == SC_BARE_NUM) {
+		sc->target = (uint8_t)(sc->bare_field + 1);
+		scan_store(sc);
+	}
+	sc->state = SC_DONE;
+	if (sc->bad || sc->have != 3)
+		return -1;
+	*seq = sc->seq;
+	*ts = sc->ts;
+	return 0;
 }
 
 int sp_parse_payload(const char *data, size_t len, uint64_t *seq, uint64_t *ts)
 {
-	if (len > 0 && data[0] == '{')
-		return (find_number(data, len, "\"seq\"", seq) == 0 &&
-			find_number(data, len, "\"ts\"", ts) == 0) ? 0 : -1;
-	/* bare form: "SEQ TS" */
-	uint64_t v[2] = { 0, 0 };
-	size_t j = 0;
-	for (int f = 0; f < 2; f++) {
-		while (j < len && data[j] == ' ')
-			j++;
-		size_t start = j;
-		for (; j < len && data[j] >= '0' && data[j] <= '9'; j++) {
-			if (v[f] > UINT64_MAX / 10 - 9)
-				return -1;
-			v[f] = v[f] * 10 + (uint64_t)(data[j] - '0');
-		}
-		if (j == start)
-			return -1;
-	}
-	*seq = v[0];
-	*ts = v[1];
-	return 0;
+	struct sp_scan sc;
+	sp_scan_init(&sc);
+	sp_scan_feed(&sc, data, len);
+	return sp_scan_finish(&sc, seq, ts);
 }

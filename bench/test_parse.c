@@ -181,6 +181,24 @@ static void test_payload(void)
 	CHECK(sp_parse_payload("17 99", 5, &seq, &ts) == 0 && seq == 17 && ts == 99);
 	CHECK(sp_parse_payload("{\"seq\":1}", 9, &seq, &ts) != 0);
 	CHECK(sp_parse_payload("hello", 5, &seq, &ts) != 0);
+	const char reordered[] = "{\"user\":\"0f3a\",\"ts\":42,\"card\":\"[redacted]\",\"seq\":3}";
+	CHECK(sp_parse_payload(reordered, sizeof reordered - 1, &seq, &ts) == 0 && seq == 3 &&
+	      ts == 42);
+	const char spaced[] = " { \"ts\" : 1e2 , \"seq\" : 5.0 } ";
+	CHECK(sp_parse_payload(spaced, sizeof spaced - 1, &seq, &ts) == 0 && seq == 5 && ts == 100);
+	const char neg[] = "{\"seq\":-1,\"ts\":2}";
+	CHECK(sp_parse_payload(neg, sizeof neg - 1, &seq, &ts) != 0);
+	const char frac[] = "{\"seq\":1.5,\"ts\":2}";
+	CHECK(sp_parse_payload(frac, sizeof frac - 1, &seq, &ts) != 0);
+	const char nested[] = "{\"x\":{\"seq\":1,\"ts\":1},\"y\":[\"seq\",\"ts\"]}";
+	CHECK(sp_parse_payload(nested, sizeof nested - 1, &seq, &ts) != 0);
+	const char esc[] = "{\"s\\u0065q\":1,\"seq\":2,\"ts\":3,\"k\":\"a\\\\\"}";
+	CHECK(sp_parse_payload(esc, sizeof esc - 1, &seq, &ts) == 0 && seq == 2 && ts == 3);
+	const char big[] = "{\"seq\":18446744073709551615,\"ts\":18446744073709551616}";
+	CHECK(sp_parse_payload(big, sizeof big - 1, &seq, &ts) != 0);
+	CHECK(sp_parse_payload("[1,2]", 5, &seq, &ts) != 0);
+	CHECK(sp_parse_payload("17  99 trailing", 15, &seq, &ts) == 0 && seq == 17 && ts == 99);
+	CHECK(sp_parse_payload("17x99", 5, &seq, &ts) != 0);
 
 	struct sp_head h;
 	size_t hl;
@@ -188,6 +206,84 @@ static void test_payload(void)
 	CHECK(sp_parse_response_head(r, sizeof r - 1, &h, &hl) == 1);
 	CHECK(h.status == 202 && h.content_length == 31 && hl == sizeof r - 1 - 9);
 	CHECK(sp_parse_response_head(r, 20, &h, &hl) == 0);
+}
+
+/* Payloads as masked views re-encode them: keys in any order, long
+ * fields before seq/ts, decoys in strings and nested values; lines far
+ * longer than any buffer; every split. */
+struct payloads {
+	char log[1024];
+	size_t log_len;
+	int events;
+	int comments;
+	size_t comment_len;
+};
+
+static int pl_event(void *ctx, const struct sp_event *ev)
+{
+	struct payloads *s = ctx;
+	char tmp[64];
+	int n = ev->payload_ok ? snprintf(tmp, sizeof tmp, "%llu/%llu|", (unsigned long long)ev->seq,
+					  (unsigned long long)ev->ts)
+			       : snprintf(tmp, sizeof tmp, "bad|");
+	if (s->log_len + (size_t)n + 1 < sizeof s->log) {
+		memcpy(s->log + s->log_len, tmp, (size_t)n + 1);
+		s->log_len += (size_t)n;
+	}
+	s->events++;
+	return 0;
+}
+
+static int pl_comment(void *ctx, const char *t, size_t n)
+{
+	struct payloads *s = ctx;
+	(void)t;
+	s->comments++;
+	s->comment_len += n;
+	return 0;
+}
+
+static const struct sp_callbacks pl_cbs = { NULL, NULL, pl_event, pl_comment };
+
+static void test_payload_stream(void)
+{
+	static char body[16384], resp[20000];
+	size_t b = 0;
+	char pad[1201];
+	memset(pad, 'x', sizeof pad - 1);
+	pad[sizeof pad - 1] = 0;
+	b += (size_t)snprintf(body + b, sizeof body - b,
+		"data: {\"pad\":\"%s\",\"ts\":123,\"seq\":7}\n\n", pad);
+	b += (size_t)snprintf(body + b, sizeof body - b,
+		"data: {\"user\":\"[redacted]\",\"note\":\"\\\"seq\\\":9,\\\"ts\\\":1\","
+		"\"a\":{\"seq\":1,\"ts\":2},\"b\":[{\"seq\":3}],\"ts\":5,\"seq\":8}\r\n\r\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "data:{ \"seq\" : 4 , \"ts\" : 1.5e3 }\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "data: {\"seq\":2,\ndata: \"ts\":6}\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, ": %s\n", pad);	/* long comment */
+	b += (size_t)snprintf(body + b, sizeof body - b, "data: 9 11\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "data: {\"seq\":\"1\",\"ts\":2}\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "data: {\"seq\":1}\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "data\n\n");
+	b += (size_t)snprintf(body + b, sizeof body - b, "event: x\nid: 5\ndata: {\"a\":\"%s\",\"seq\":3,"
+			      "\"ts\":4,\"seq\":99}\n\n", pad);
+	size_t n = (size_t)snprintf(resp, sizeof resp,
+		"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n%s", body);
+	CHECK(n < sizeof resp);
+	const char *want = "7/123|8/5|4/1500|2/6|9/11|bad|bad|bad|3/4|";
+	for (size_t piece = 1; piece <= n; piece += piece < 64 ? 1 : 97) {
+		struct stream_parser p;
+		struct payloads s;
+		sp_init(&p);
+		memset(&s, 0, sizeof s);
+		for (size_t off = 0; off < n; off += piece)
+			CHECK(sp_feed(&p, resp + off, off + piece <= n ? piece : n - off, &pl_cbs, &s) ==
+			      SP_MORE);
+		if (strcmp(s.log, want) != 0) {
+			fprintf(stderr, "payload stream, piece %zu: got %s\n", piece, s.log);
+			failures++;
+		}
+		CHECK(s.comments == 1 && s.comment_len == SP_LINE_MAX);
+	}
 }
 
 static void test_hist(void)
@@ -214,6 +310,7 @@ int main(void)
 	test_parser();
 	test_reject_and_errors();
 	test_payload();
+	test_payload_stream();
 	test_hist();
 	if (failures) {
 		fprintf(stderr, "test_parse: %d failure(s)\n", failures);

@@ -17,4 +17,105 @@ app:post("/pub/:ch", function(req)
   return 202, { id = id, subscribers = n }
 end)
 
+-- ---- masking (bench/run mask, mask-off) ------------------------------------
+-- Two masked views over the loadgen's JSON payload, and two raw views with
+-- no rules for the baseline: the same subscribers and payload, no masking.
+app:view("support", { mask = { { "phone", "phone" }, { "email", "email" } } })
+app:view("partner", { mask = { { "card", "redact" }, { "user", { "hash", salt = "s" } } } })
+app:view("support-raw", {})
+app:view("partner-raw", {})
+
+app:stream("/sub-view/:view/:ch", function(req, s)
+  s:subscribe(req.params.ch, { view = req.params.view })
+end)
+
+-- Counters for the runner, as key=value lines: events published, and per
+-- view the events transformed and the fields masked (runtime.views).
+app:get("/bench/stats", function()
+  local st = sluice.stats()
+  local views = st.runtime.views or {}
+  local events, ops, errors = 0, 0, 0
+  local lines = {}
+  for _, v in ipairs(views) do
+    events, ops, errors = events + v.events, ops + v.mask_ops, errors + v.errors
+    lines[#lines + 1] = ("view=%s events=%d mask_ops=%d errors=%d"):format(
+      v.key, v.events, v.mask_ops, v.errors)
+  end
+  table.insert(lines, 1, ("published=%d delivered=%d views=%d view_events=%d mask_ops=%d "
+    .. "view_errors=%d lua_memory=%d reloads=%d"):format(st.published, st.delivered, #views,
+    events, ops, errors, st.lua_memory, st.runtime.reloads))
+  return 200, table.concat(lines, "\n") .. "\n"
+end)
+
+-- Lua memory without what a collection would free, and without compiled
+-- traces (LuaJIT's own bounded cache; it grows with traffic, not reloads).
+app:get("/bench/memory", function()
+  if jit and jit.flush then jit.flush() end
+  collectgarbage()
+  collectgarbage()
+  local st = sluice.stats()
+  return 200, ("lua_memory=%d reloads=%d\n"):format(st.lua_memory, st.runtime.reloads)
+end)
+
+-- ---- plain handlers (bench/run handler) ------------------------------------
+-- /work: a small handler, ~60 Lua lines per request: query parsing, string
+-- work, a JSON table. /work-heavy: the same plus a loop of ?n= iterations
+-- (the handler scenario asks for 5,000), where compiled code matters more.
+local function initials(name)
+  local out = {}
+  for part in name:gmatch("[^-_. ]+") do
+    out[#out + 1] = part:sub(1, 1):upper()
+  end
+  return table.concat(out)
+end
+
+local function vowels(s)
+  local n = 0
+  for i = 1, #s do
+    local c = s:byte(i)
+    if c == 97 or c == 101 or c == 105 or c == 111 or c == 117 then n = n + 1 end
+  end
+  return n
+end
+
+local function answer(req)
+  local q = req.query
+  local name = q.name or "anonymous"
+  if #name > 64 then name = name:sub(1, 64) end
+  local count = tonumber(q.count) or 4
+  if count < 1 then count = 1 elseif count > 16 then count = 16 end
+  local tags = {}
+  for i = 1, count do
+    tags[i] = ("%s-%d"):format(name, i)
+  end
+  local joined = table.concat(tags, ",")
+  return {
+    ok = true,
+    greeting = "hello, " .. name .. "!",
+    initials = initials(name),
+    vowels = vowels(name),
+    upper = name:upper(),
+    tags = tags,
+    length = #joined,
+    path = req.path,
+  }
+end
+
+app:get("/work", function(req)
+  return 200, answer(req)
+end)
+
+app:get("/work-heavy", function(req)
+  local body = answer(req)
+  local n = tonumber(req.query.n) or 5000
+  if n > 1000000 then n = 1000000 end
+  local acc, h = 0, 2166136261
+  for i = 1, n do
+    acc = (acc + i * i) % 1000003
+    h = (h * 31 + i) % 4294967296
+  end
+  body.acc, body.hash = acc, h
+  return 200, body
+end)
+
 return app
