@@ -9,6 +9,10 @@ local gate = {}
 -- nil, status, headers to answer now.
 function gate.pass(group, req)
   local main = group.main
+  if not (main.cors or main.auth or main.rollout) then
+    req.variant = group.default
+    return { handler = main.handler }
+  end
   local headers = {}
   if main.cors then
     local h = main.cors:headers(req)

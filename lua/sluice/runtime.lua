@@ -202,14 +202,16 @@ local function open_stream(h, route, req, s)
     state.watched[h] = s
     core.watch(h)
   end
-  if #s._channels > 0 then
+  if s._channels then
     local last, raw = last_event_id(req)
     core.subscribe(h, s._channels, s._views, last, raw)
   end
-  for _, p in ipairs(s._pending) do
-    core.send(h, p[1], p[2], p[3], p[4], p[5])
+  if s._pending then
+    for _, p in ipairs(s._pending) do
+      core.send(h, p[1], p[2], p[3], p[4], p[5])
+    end
+    s._pending = nil
   end
-  s._pending = nil
   if s._close_after_open then core.close(h) end
 end
 
@@ -270,9 +272,8 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
     local st, b, hd = interpret(r1, r2, r3)
     return answer(h, group, st, b, merge(hd, pass.headers))
   end
-  local s = stream.new(rt, h, req)
+  local s = stream.new(rt, h, req, pass.headers)
   s._script = group.main.script
-  s._headers = pass.headers
   local ok2, r1, r2, r3 = core.run(pass.handler, req, s)
   if not ok2 then
     forget_stream(s)

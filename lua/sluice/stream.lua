@@ -8,11 +8,18 @@ local Stream = {}
 Stream.__index = Stream
 
 -- rt: { core = ..., timers = <timer registry>, watch = fn(stream) }
-function stream.new(rt, handle, req)
-  return setmetatable({
-    id = handle, req = req, _rt = rt, _open = false, _headers = {},
-    _channels = {}, _views = {}, _pending = {},
-  }, Stream)
+-- headers: the response headers the route's policy set (may be nil).
+-- The lists a handler may fill are made on first use: opening a stream is
+-- the hot path of connection churn.
+function stream.new(rt, handle, req, headers)
+  return setmetatable({ id = handle, req = req, _rt = rt, _open = false,
+                        _headers = headers or {} }, Stream)
+end
+
+local function list(s, field)
+  local t = s[field]
+  if not t then t = {}; s[field] = t end
+  return t
 end
 
 local function check_open_time(s, what)
@@ -68,8 +75,9 @@ function Stream:subscribe(channel, opts)
   if self._open then
     return self._rt.core.subscribe(self.id, { channel }, { view })
   end
-  self._channels[#self._channels + 1] = channel
-  self._views[#self._views + 1] = view
+  local channels, views = list(self, "_channels"), list(self, "_views")
+  channels[#channels + 1] = channel
+  views[#views + 1] = view
   return self
 end
 
@@ -95,7 +103,8 @@ function Stream:send(ev)
   local data = encode_data(ev.data)
   if data == nil and ev.event == nil and id == nil and ev.retry == nil then data = "" end
   if not self._open then
-    self._pending[#self._pending + 1] = { ev.event, id, data, ev.retry }
+    local pending = list(self, "_pending")
+    pending[#pending + 1] = { ev.event, id, data, ev.retry }
     return true
   end
   return self._rt.core.send(self.id, ev.event, id, data, ev.retry)
@@ -103,7 +112,8 @@ end
 
 function Stream:comment(text)
   if not self._open then
-    self._pending[#self._pending + 1] = { nil, nil, nil, nil, tostring(text) }
+    local pending = list(self, "_pending")
+    pending[#pending + 1] = { nil, nil, nil, nil, tostring(text) }
     return true
   end
   return self._rt.core.send(self.id, nil, nil, nil, nil, tostring(text))
