@@ -96,6 +96,7 @@
 
 local ffi = require "ffi"
 local crypto = require "sluice.crypto"
+local json = require "sluice.json"
 local cjson = require("cjson.safe").new()
 
 local type, tostring, tonumber, pairs, ipairs = type, tostring, tonumber, pairs, ipairs
@@ -103,7 +104,6 @@ local getmetatable, setmetatable, pcall = getmetatable, setmetatable, pcall
 local find, match, gsub, sub, byte, format =
   string.find, string.match, string.gsub, string.sub, string.byte, string.format
 local concat, sort, tremove = table.concat, table.sort, table.remove
-local huge = math.huge
 
 cjson.decode_invalid_numbers(false)
 pcall(cjson.decode_max_depth, 1000)
@@ -200,119 +200,15 @@ local function clean(v, depth)
 end
 
 ---------------------------------------------------------------------------
--- Encoder
+-- Encoder: sluice.json's exact encoder (cjson rounds numbers to 14 digits),
+-- told about the empty-array sentinel and this module's array marker.
 
-local ESC = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-for i = 0, 31 do
-  local c = string.char(i)
-  if not ESC[c] then ESC[c] = format("\\u%04x", i) end
-end
-
-local STR_SPECIAL = '[%z\1-\31"\\]'
-local u8p = ffi.typeof("const uint8_t *")
-
--- Byte loop instead of string.find: the JIT compiles it, find with a
--- pattern it does not.
-local function needs_escape(s)
-  local p = ffi.cast(u8p, s)
-  for i = 0, #s - 1 do
-    local c = p[i]
-    if c < 32 or c == 34 or c == 92 then return true end
-  end
-  return false
-end
-
-local TWO53 = 2 ^ 53
-
-local function number_text(x)
-  if x ~= x or x == huge or x == -huge then
-    error("sluice.mask: cannot encode NaN or infinity as JSON", 0)
-  end
-  if x % 1 == 0 then
-    -- tostring prints integers of up to 14 digits exactly
-    if x > -1e14 and x < 1e14 then return tostring(x) end
-    if x > -TWO53 and x < TWO53 then return format("%d", x) end
-  end
-  for digits = 14, 17 do
-    local s = format("%." .. digits .. "g", x)
-    if tonumber(s) == x then return s end
-  end
-  return format("%.17g", x)
-end
-
-local function is_array(t)
-  local mt = getmetatable(t)
-  if mt == ARRAY_MT or (NATIVE_ARRAY_MT and mt == NATIVE_ARRAY_MT) then return true end
-  local n = #t
-  if n == 0 then return false end
-  local count = 0
-  for _ in pairs(t) do count = count + 1 end
-  return count == n
-end
-
--- Appends the JSON text of v to buf after position n; returns the new n.
-local function encode_value(v, buf, n, depth)
-  local t = type(v)
-  if t == "string" then
-    if needs_escape(v) then v = gsub(v, STR_SPECIAL, ESC) end
-    buf[n + 1], buf[n + 2], buf[n + 3] = '"', v, '"'
-    return n + 3
-  elseif t == "number" then
-    buf[n + 1] = number_text(v)
-    return n + 1
-  elseif t == "boolean" then
-    buf[n + 1] = v and "true" or "false"
-    return n + 1
-  elseif v == NULL then
-    buf[n + 1] = "null"
-    return n + 1
-  elseif t ~= "table" then
-    error("sluice.mask: cannot encode a " .. t .. " value as JSON", 0)
-  end
-  if depth > 1000 then error("sluice.mask: cannot encode: nesting deeper than 1000 (a cycle?)", 0) end
-  if is_sentinel_array(v) then
-    buf[n + 1] = "[]"
-    return n + 1
-  end
-  if is_array(v) then
-    local len = #v
-    if len == 0 then buf[n + 1] = "[]"; return n + 1 end
-    n = n + 1
-    buf[n] = "["
-    for i = 1, len do
-      if i > 1 then n = n + 1; buf[n] = "," end
-      n = encode_value(v[i], buf, n, depth + 1)
-    end
-    n = n + 1
-    buf[n] = "]"
-    return n
-  end
-  n = n + 1
-  buf[n] = "{"
-  local first = true
-  for k, x in pairs(v) do
-    local kt = type(k)
-    if kt == "number" then k = number_text(k)
-    elseif kt ~= "string" then error("sluice.mask: cannot encode a " .. kt .. " key as JSON", 0)
-    elseif needs_escape(k) then k = gsub(k, STR_SPECIAL, ESC) end
-    if first then
-      buf[n + 1], buf[n + 2], buf[n + 3] = '"', k, '":'
-      first = false
-    else
-      buf[n + 1], buf[n + 2], buf[n + 3] = ',"', k, '":'
-    end
-    n = encode_value(x, buf, n + 3, depth + 1)
-  end
-  n = n + 1
-  buf[n] = "}"
-  return n
-end
-
-local function encode(v)
-  local buf = {}
-  local n = encode_value(v, buf, 0, 0)
-  return concat(buf, "", 1, n)
-end
+local encode = json.encoder {
+  prefix = "sluice.mask",
+  array_mt = ARRAY_MT,
+  native_array_mt = NATIVE_ARRAY_MT,
+  raw = function(v) if is_sentinel_array(v) then return "[]" end end,
+}
 M._encode = encode -- exposed for specs
 
 ---------------------------------------------------------------------------
@@ -321,7 +217,7 @@ M._encode = encode -- exposed for specs
 local function text_of(v)
   local t = type(v)
   if t == "string" then return v end
-  if t == "number" then return number_text(v) end
+  if t == "number" then return json.number_text(v) end
   if t == "boolean" then return tostring(v) end
   return nil
 end
