@@ -210,6 +210,13 @@ static void cpu_window_end(const struct cpu_window *w, long server_pid, double *
 	*self_pct = wall ? 100.0 * (double)(self1 - w->self0) / (double)wall : -1;
 }
 
+/* server CPU time (ns) since the window started, -1 if unknown */
+static long long cpu_window_server_ns(const struct cpu_window *w, long server_pid)
+{
+	long long server1 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	return (server1 >= 0 && w->server0 >= 0) ? server1 - w->server0 : -1;
+}
+
 static void print_cpu(const char *during, double server_pct, double self_pct)
 {
 	printf("  CPU during %s: server ", during);
@@ -858,8 +865,13 @@ static int run_fanout(struct bench *b)
 	}
 	uint64_t t_end = now_ns();
 	double server_cpu, self_cpu;
+	long long server_ns = cpu_window_server_ns(&cpu, c->server_pid);
 	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
 	long rss_end = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
+	/* CPU time per event (fan-out to every stream included): unlike rates,
+	 * time other work takes on the server's core does not enter it */
+	double cpu_us_per_event = server_ns >= 0 && pub->ok > 0
+		? (double)server_ns / 1e3 / (double)pub->ok : -1;
 	int64_t clock_drift = realtime_offset() - b->real_minus_mono;
 
 	/* tally: missing = accepted events that a stream, once open, never got */
@@ -949,6 +961,9 @@ static int run_fanout(struct bench *b)
 	       pub->last_send && t_end > pub->last_send ? (double)(t_end - pub->last_send) / 1e9 : 0,
 	       c->wait_s);
 	print_cpu("publishing and waiting", server_cpu, self_cpu);
+	if (cpu_us_per_event >= 0)
+		printf("  server CPU per published event: %.1f us (user+system while publishing and "
+		       "waiting / accepted events; includes the fan-out)\n", cpu_us_per_event);
 	if (rss_before >= 0)
 		printf("  server RSS: %ld KiB before, %ld KiB with streams open, %ld KiB at end\n",
 		       rss_before, rss_open, rss_end);
@@ -970,8 +985,9 @@ static int run_fanout(struct bench *b)
 	if (c->rate > 0)
 		result_hist("pub_lag", &pub->lag);
 	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld server_cpu_pct=%.0f"
-	       " loadgen_cpu_pct=%.0f\n",
-	       (double)(t_open - t0) / 1e9, rss_before, rss_end, server_cpu, self_cpu);
+	       " loadgen_cpu_pct=%.0f server_cpu_us_per_event=%.1f\n",
+	       (double)(t_open - t0) / 1e9, rss_before, rss_end, server_cpu, self_cpu,
+	       cpu_us_per_event);
 	pub_free(pub);
 	free(bits);
 	return ok ? 0 : 1;
@@ -1105,24 +1121,49 @@ static int run_churn(struct bench *b)
 	return ok ? 0 : 1;
 }
 
+/* CPU use over exactly the counted window of the http mode */
+struct window_cpu {
+	long server_pid;
+	struct cpu_window w;
+	double server_pct;
+	double self_pct;
+	long long server_ns;	/* server CPU time in the window, -1 unknown */
+	int done;
+};
+
+static void on_http_window(void *ctx, int end)
+{
+	struct window_cpu *wc = ctx;
+	if (!end) {
+		cpu_window_start(&wc->w, wc->server_pid);
+		return;
+	}
+	long long server1 = wc->server_pid > 0 ? read_proc_cpu_ns(wc->server_pid) : -1;
+	cpu_window_end(&wc->w, wc->server_pid, &wc->server_pct, &wc->self_pct);
+	wc->server_ns = (server1 >= 0 && wc->w.server0 >= 0) ? server1 - wc->w.server0 : -1;
+	wc->done = 1;
+}
+
 static int run_http(struct bench *b)
 {
 	const struct config *c = &b->cfg;
+	struct window_cpu wc = { .server_pid = c->server_pid, .server_pct = -1, .self_pct = -1,
+				 .server_ns = -1 };
 	struct reqload_config rc = {
 		.dst = c->dst, .host = c->host, .port = c->port, .path = c->path,
 		.conns = c->conns, .pipeline = c->pipeline, .warmup_s = c->warmup_s,
 		.duration_s = c->duration_s, .expect = c->expect, .src_addrs = c->src_addrs,
-		.verbose = c->verbose,
+		.verbose = c->verbose, .on_window = on_http_window, .window_ctx = &wc,
 	};
 	static struct reqload_result r;
 	uint64_t hard_deadline = now_ns() + secs_to_ns(c->max_time_s);
-	struct cpu_window cpu;
-	/* the CPU window includes the warm-up: it is a share, not a total */
-	cpu_window_start(&cpu, c->server_pid);
 	if (reqload_run(&rc, &r, hard_deadline) != 0)
 		die("out of memory for %u connections", c->conns);
-	double server_cpu, self_cpu;
-	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
+	double server_cpu = wc.server_pct, self_cpu = wc.self_pct;
+	/* CPU time per answer holds up better than requests/s when other work
+	 * takes turns on the server's core: stolen time is not in it */
+	double cpu_us_per_req = wc.server_ns >= 0 && r.ok + r.non2xx > 0
+		? (double)wc.server_ns / 1e3 / (double)(r.ok + r.non2xx) : -1;
 	uint64_t errors = 0;
 	for (int k = 0; k < REQ_ERR_KINDS; k++)
 		errors += r.errors[k];
@@ -1149,14 +1190,18 @@ static int run_http(struct bench *b)
 	       r.last_errno ? " last errno: " : "", r.last_errno ? strerror(r.last_errno) : "",
 	       r.lost, r.reconnects, r.cut_off);
 	print_hist_line("request latency (written -> whole answer read)", &r.lat);
-	print_cpu("the run", server_cpu, self_cpu);
+	print_cpu("the counted time", server_cpu, self_cpu);
+	if (cpu_us_per_req >= 0)
+		printf("  server CPU per answer: %.1f us (user+system time in the counted window "
+		       "/ answers)\n", cpu_us_per_req);
 	int ok = r.ok > 0 && r.non2xx == 0 && r.bad_body == 0 && errors == 0;
 	printf("RESULT mode=http ok=%d conns=%u pipeline=%u duration_s=%.2f requests=%" PRIu64
 	       " rps=%.0f non2xx=%" PRIu64 " bad_body=%" PRIu64 " errors=%" PRIu64
 	       " lost=%" PRIu64, ok, c->conns, c->pipeline, r.secs, r.ok, rps, r.non2xx,
 	       r.bad_body, errors, r.lost);
 	result_hist("lat", &r.lat);
-	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f\n", server_cpu, self_cpu);
+	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f server_cpu_us_per_req=%.2f\n", server_cpu,
+	       self_cpu, cpu_us_per_req);
 	return ok ? 0 : 1;
 }
 

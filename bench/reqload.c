@@ -363,8 +363,15 @@ int reqload_run(const struct reqload_config *c, struct reqload_result *r,
 			hc_start(&L, &L.conns[i]);
 		struct epoll_event evs[MAX_EVENTS];
 		uint64_t t = now_ns();
+		int window_open = 0;
 		while (t < L.count_to) {
-			int n = epoll_wait(L.epfd, evs, MAX_EVENTS, ms_until(L.count_to, t, 100));
+			if (!window_open && t >= L.count_from) {
+				window_open = 1;
+				if (c->on_window)
+					c->on_window(c->window_ctx, 0);
+			}
+			uint64_t wake = window_open ? L.count_to : L.count_from;
+			int n = epoll_wait(L.epfd, evs, MAX_EVENTS, ms_until(wake, t, 100));
 			if (n < 0 && errno != EINTR)
 				fatal("epoll_wait");
 			for (int i = 0; i < n; i++) {
@@ -375,6 +382,8 @@ int reqload_run(const struct reqload_config *c, struct reqload_result *r,
 			t = now_ns();
 		}
 		L.stopping = 1;
+		if (c->on_window)
+			c->on_window(c->window_ctx, 1);
 		r->secs = (double)(L.count_to - L.count_from) / 1e9;
 	}
 	for (unsigned i = 0; i < c->conns; i++) {

@@ -25,6 +25,10 @@ struct reqload_config {
 	const char *expect;	/* a 2xx body must contain this (NULL = any) */
 	unsigned src_addrs;	/* spread over 127.0.0.1..127.0.0.K */
 	int verbose;
+	/* called when counting starts and when it ends (e.g. to read the
+	 * server's CPU time); may be NULL */
+	void (*on_window)(void *ctx, int end);
+	void *window_ctx;
 };
 
 enum { REQ_ERR_CONNECT, REQ_ERR_PROTOCOL, REQ_ERR_CLOSED, REQ_ERR_KINDS };
