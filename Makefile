@@ -1,7 +1,7 @@
 # sluice: make deps | make | make run | make test | make bench | make asan
 CC      ?= cc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
 LDFLAGS ?=
 LUAJIT_CFLAGS := $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
 LUAJIT_LIBS   := $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)

@@ -10,6 +10,7 @@
 #include <uthash.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "conn.h"
 #include "frame.h"
 #include "log.h"
@@ -90,6 +91,7 @@ struct channels {
     view_framer framer;
     void *framer_ctx;
     bool framing;                 /* inside a script's transform */
+    bool sweeping;                /* iterating by_name: no destroying */
     ev_timer sweeper;
 };
 
@@ -218,6 +220,18 @@ static struct channel *get(struct channels *cs, const char *name, size_t len)
     return ch;
 }
 
+/* Forgets the oldest idle records past the limit (not while the sweeper
+ * iterates: the one it would visit next may be among them). */
+static void trim_idle(struct channels *cs)
+{
+    while (!cs->sweeping && cs->nidle > MAX_IDLE_CHANNELS) {
+        struct channel *oldest = TAILQ_FIRST(&cs->idle);
+        if (oldest->complete_from - 1 > cs->forgotten_upto)
+            cs->forgotten_upto = oldest->complete_from - 1;
+        destroy(cs, oldest);
+    }
+}
+
 static void release_if_unused(struct channels *cs, struct channel *ch)
 {
     if (ch->nsubs || ch->count || ch->idle)
@@ -229,33 +243,32 @@ static void release_if_unused(struct channels *cs, struct channel *ch)
     ch->ring = NULL;
     ch->cap = ch->head = 0;
     /* Nothing was ever dropped: a new record would know as much. */
-    if (ch->complete_from <= first_unknown(cs)) {
+    if (ch->complete_from <= first_unknown(cs)) {   /* (the sweeper may free the channel it is on) */
         destroy(cs, ch);
         return;
     }
     ch->idle = true;
     TAILQ_INSERT_TAIL(&cs->idle, ch, idle_link);
     cs->nidle++;
-    if (cs->nidle > MAX_IDLE_CHANNELS) {
-        struct channel *oldest = TAILQ_FIRST(&cs->idle);
-        if (oldest->complete_from - 1 > cs->forgotten_upto)
-            cs->forgotten_upto = oldest->complete_from - 1;
-        destroy(cs, oldest);
-    }
+    trim_idle(cs);
 }
 
 static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    (void)loop;
     (void)revents;
     struct channels *cs = t->data;
     struct channel *ch, *tmp;
-    ev_tstamp now = ev_now(loop);
+    ev_tstamp now = clock_mono();
+    cs->sweeping = true;
     HASH_ITER(hh, cs->by_name, ch, tmp) {
         if (ch->idle)
             continue;
         evict_expired(cs, ch, now);
         release_if_unused(cs, ch);
     }
+    cs->sweeping = false;
+    trim_idle(cs);
 }
 
 struct channels *channels_new(struct worker *w, size_t history_len,
@@ -343,7 +356,10 @@ static struct frame *frame_raw(const struct event_src *src)
                             .event = src->name, .event_len = src->name_len,
                             .data = src->data, .data_len = src->data_len,
                             .retry_ms = -1 };
-    return frame_sse(&ev);
+    struct frame *f = frame_sse(&ev);
+    if (f)
+        f->flags |= FRAME_EVENT;
+    return f;
 }
 
 static struct frame *frame_view(struct channels *cs, const struct event_src *src,
@@ -421,7 +437,7 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
         return -1;
     }
     cs->last_id++;
-    e.at = ev_now(cs->w->loop);
+    e.at = clock_mono();
     out->id = e.src->id;
     out->reached = 0;
     cs->w->stats.published++;
@@ -562,13 +578,15 @@ int channels_subscribe(struct channels *cs, struct conn *c,
         bool dup = false;
         for (int j = 0; j < m; j++)
             dup |= chans[j] == ch && views[j] == reqs[i].view;
+        for (struct sub *s = c->subs; s && !dup; s = s->next_in_conn)
+            dup = s->chan == ch && s->view == reqs[i].view;   /* subscribed before */
         if (dup)
             continue;
         chans[m] = ch;
         views[m] = reqs[i].view;
         pos[m] = ch->count;   /* nothing to replay */
         if (has_last) {
-            evict_expired(cs, ch, ev_now(cs->w->loop));
+            evict_expired(cs, ch, clock_mono());
             if (last_id <= cs->boot_id || last_id > cs->last_id)
                 send_reset(c, ch, "unknown-id", last_raw);
             else if (last_id + 1 < ch->complete_from)
@@ -629,6 +647,11 @@ void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
         release_if_unused(cs, ch);
         s = next;
     }
+}
+
+bool channels_framing(const struct channels *cs)
+{
+    return cs->framing;
 }
 
 uint64_t channels_last_id(const struct channels *cs)

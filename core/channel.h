@@ -67,6 +67,10 @@ int channels_subscribe(struct channels *cs, struct conn *c,
 
 void channels_unsubscribe_conn(struct channels *cs, struct conn *c);
 
+/* True while a script's view transform runs: publishing or subscribing
+ * then would change the lists being walked. */
+bool channels_framing(const struct channels *cs);
+
 /* The last id assigned (0 before the first event). */
 uint64_t channels_last_id(const struct channels *cs);
 

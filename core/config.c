@@ -14,6 +14,7 @@ void config_defaults(struct config *c)
         .max_queued = 1024 * 1024,
         .header_timeout = 10,
         .keepalive_timeout = 60,
+        .send_timeout = 60,
         .heartbeat = 15,
         .retry_ms = 3000,
         .shutdown_grace = 5,

@@ -17,6 +17,7 @@ struct config {
     size_t max_queued;           /* --max-queued-bytes: per connection */
     double header_timeout;       /* --header-timeout (s) */
     double keepalive_timeout;    /* --keepalive-timeout (s) */
+    double send_timeout;         /* --send-timeout (s): a client not reading */
     double heartbeat;            /* --heartbeat (s), streams' default */
     long retry_ms;               /* --retry (ms), sent when a stream opens */
     double shutdown_grace;       /* --shutdown-grace (s) */

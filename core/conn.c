@@ -127,6 +127,8 @@ void conn_free(struct conn *c)
     channels_unsubscribe_conn(w->channels, c);
     ev_io_stop(w->loop, &c->io);
     deadline_cancel(&c->timeout);
+    deadline_cancel(&c->stall);
+    free(c->backlog);
     if (c->in_flush_queue)
         TAILQ_REMOVE(&w->flush_queue, c, flush_link);
     outbuf_clear(&c->out);
@@ -157,13 +159,30 @@ static void spend_replay_credit(struct conn *c, size_t before)
     c->replay_credit = written >= c->replay_credit ? 0 : c->replay_credit - written;
 }
 
-/* Writes what is queued. Returns false if c was freed. */
-static bool write_out(struct conn *c)
+/* Writes what the socket takes; keeps the stall deadline: armed while
+ * output waits on the client, re-armed whenever it makes progress. */
+static enum outbuf_status write_some(struct conn *c)
 {
     size_t before = c->out.bytes;
     enum outbuf_status st = outbuf_write(&c->out, c->fd);
     spend_replay_credit(c, before);
-    switch (st) {
+    if (st == OUTBUF_AGAIN && (c->out.bytes < before || !c->stall.list))
+        deadline_arm(&c->w->send_timeouts, &c->stall);
+    else if (st == OUTBUF_DRAINED)
+        deadline_cancel(&c->stall);
+    return st;
+}
+
+void conn_stalled(struct conn *c)
+{
+    log_debug("client read nothing for %g s; closing", c->w->cfg->send_timeout);
+    conn_abort(c);
+}
+
+/* Writes what is queued. Returns false if c was freed. */
+static bool write_out(struct conn *c)
+{
+    switch (write_some(c)) {
     case OUTBUF_ERROR:
         conn_free(c);
         return false;
@@ -178,10 +197,10 @@ static bool write_out(struct conn *c)
         conn_free(c);
         return false;
     }
-    if (c->writing) {
-        c->writing = false;
-        set_events(c, EV_READ);
-    }
+    c->writing = false;
+    set_events(c, EV_READ);   /* also resumes reading paused for backpressure */
+    if (c->backlog && c->state == CONN_READING)
+        ev_feed_event(c->w->loop, &c->io, EV_READ);
     return true;
 }
 
@@ -191,10 +210,7 @@ static void write_now(struct conn *c)
 {
     if (c->writing)
         return;   /* the socket is known to be full */
-    size_t before = c->out.bytes;
-    enum outbuf_status st = outbuf_write(&c->out, c->fd);
-    spend_replay_credit(c, before);
-    switch (st) {
+    switch (write_some(c)) {
     case OUTBUF_ERROR:
         conn_abort(c);
         break;
@@ -327,6 +343,8 @@ static void drop_oldest(struct conn *c, size_t keep_bytes)
     frame_unref(c->gap_marker);
     c->gap_marker = NULL;
     c->gap_dropped += outbuf_drop_oldest(&c->out, keep_bytes);
+    if (c->replay_credit > c->out.bytes)   /* dropped replays are not owed */
+        c->replay_credit = c->out.bytes;
 
     char data[96];
     int n = snprintf(data, sizeof data,
@@ -397,7 +415,9 @@ void conn_stream_end(struct conn *c)
         if (f)
             enqueue(c, f, 0, f->len);
     }
-    channels_unsubscribe_conn(c->w->channels, c);
+    /* Subscriptions go when the connection is freed: this may run in the
+     * middle of a fan-out (a view transform closing a stream), and the
+     * state check in stream_send already keeps events out. */
     deadline_cancel(&c->timeout);
     if (c->state == CONN_STREAMING)
         c->state = CONN_CLOSING;
@@ -420,7 +440,8 @@ void conn_heartbeat(struct conn *c)
 {
     if (c->state != CONN_STREAMING)
         return;
-    if (!c->wrote_since_heartbeat) {
+    /* A heartbeat behind queued output would tell the proxy nothing new. */
+    if (!c->wrote_since_heartbeat && c->out.bytes == 0) {
         struct frame *f = heartbeat_frame();
         if (f) {
             if (c->chunked)
@@ -461,6 +482,19 @@ static void dispatch(struct conn *c)
     }
 }
 
+static void park_input(struct conn *c, const char *data, size_t len)
+{
+    char *copy = malloc(len);
+    if (!copy) {
+        conn_abort(c);
+        return;
+    }
+    memcpy(copy, data, len);
+    c->backlog = copy;
+    c->backlog_len = (uint32_t)len;
+    set_events(c, EV_WRITE);
+}
+
 /* Parses and answers every complete request in data. */
 static void feed(struct conn *c, const char *data, size_t len)
 {
@@ -490,6 +524,12 @@ static void feed(struct conn *c, const char *data, size_t len)
         if (c->state != CONN_READING)
             break;
         http_parser_next(p);
+        /* Answers the client is not reading pile up: park the rest of the
+         * input (at most one read's worth) until they drain. */
+        if (len && c->out.bytes > c->w->cfg->max_queued) {
+            park_input(c, data, len);
+            return;
+        }
     }
     if (c->state != CONN_READING && c->parser) {
         /* A stream or a closing connection parses nothing more. */
@@ -506,6 +546,16 @@ static void on_readable(struct conn *c)
      * reading until the answers drain, so memory stays bounded. */
     if (c->state == CONN_READING && c->out.bytes > w->cfg->max_queued) {
         set_events(c, EV_WRITE);
+        return;
+    }
+    if (c->backlog) {   /* parked input first, in order */
+        char *data = c->backlog;
+        size_t len = c->backlog_len;
+        c->backlog = NULL;
+        c->backlog_len = 0;
+        if (c->state == CONN_READING)
+            feed(c, data, len);
+        free(data);
         return;
     }
     ssize_t n = read(c->fd, w->readbuf, sizeof w->readbuf);

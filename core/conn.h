@@ -40,6 +40,9 @@ struct conn {
     struct http_parser *parser;   /* freed once a stream opens */
     struct outbuf out;
     struct deadline timeout;      /* header, keep-alive or heartbeat */
+    struct deadline stall;        /* output waiting on a client not reading */
+    char *backlog;                /* pipelined input parked while answers drain */
+    uint32_t backlog_len;
     TAILQ_ENTRY(conn) flush_link;
     bool in_flush_queue;
     bool writing;                 /* waiting for EV_WRITE */
@@ -101,5 +104,6 @@ bool conn_is_stream(const struct conn *c);
 /* Deadline expiries, routed here by the worker. */
 void conn_timed_out(struct conn *c);    /* header or keep-alive timeout */
 void conn_heartbeat(struct conn *c);    /* a stream's heartbeat is due */
+void conn_stalled(struct conn *c);      /* no write progress for --send-timeout */
 
 #endif

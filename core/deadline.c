@@ -1,12 +1,16 @@
 #include "deadline.h"
 
+#include <math.h>
+
+#include "clock.h"
+
 static void schedule(struct deadline_list *l)
 {
     struct deadline *first = TAILQ_FIRST(&l->entries);
     ev_timer_stop(l->loop, &l->timer);
     if (!first)
         return;
-    ev_tstamp wait = first->due - ev_now(l->loop);
+    ev_tstamp wait = first->due - clock_mono();
     ev_timer_set(&l->timer, wait > 0 ? wait : 0, 0);
     ev_timer_start(l->loop, &l->timer);
 }
@@ -14,8 +18,9 @@ static void schedule(struct deadline_list *l)
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
+    (void)loop;
     struct deadline_list *l = t->data;
-    ev_tstamp now = ev_now(loop);
+    ev_tstamp now = clock_mono();
     /* Expire only what was due when we started: callbacks may re-arm
      * entries onto this list, and those must wait a full interval. */
     struct deadline *d;
@@ -60,7 +65,12 @@ void deadline_cancel(struct deadline *d)
 void deadline_arm(struct deadline_list *l, struct deadline *d)
 {
     deadline_cancel(d);
-    d->due = ev_now(l->loop) + l->interval;
+    double now = clock_mono();
+    d->due = now + l->interval;
+    /* Always strictly later: an entry re-armed while its list expires must
+     * not be due again in the same pass (a tiny interval would loop). */
+    if (!(d->due > now))
+        d->due = nextafter(now, INFINITY);
     d->list = l;
     int was_empty = TAILQ_EMPTY(&l->entries);
     TAILQ_INSERT_TAIL(&l->entries, d, link);

@@ -6,11 +6,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* An event a slow consumer may lose (with a notice); anything else in a
+ * queue (response head, retry hint, reset notices) is never dropped. */
+#define FRAME_EVENT 1u
+
 struct frame {
     uint32_t refs;
     uint32_t len;        /* bytes in data */
     uint32_t body_off;   /* the payload inside HTTP chunk framing */
     uint32_t body_len;
+    uint32_t flags;
     char data[];
 };
 

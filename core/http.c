@@ -26,6 +26,8 @@ static int head_append(struct http_parser *p, const char *at, size_t n,
                        int status_if_over)
 {
     struct http_request *r = &p->req;
+    if (n == 0)
+        return 0;
     if (r->head_len + n > p->limits->max_head) {
         r->reject_status = status_if_over;
         return -1;

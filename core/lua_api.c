@@ -23,6 +23,10 @@
 #include "worker.h"
 
 #define SLUICE_VERSION "0.1.0"
+#define MAX_RETRY_MS 86400000
+#define MIN_HEARTBEAT 0.1
+#define MAX_TIMER_S 31536000
+#define MIN_TIMER_REPEAT_S 0.001
 
 static struct luavm *vm_of(lua_State *L)
 {
@@ -66,6 +70,20 @@ static bool is_reserved(const char *name, size_t n, bool stream)
     return stream && n == 12 && strncasecmp(name, "content-type", 12) == 0;
 }
 
+/* Field values may hold visible characters, spaces and tabs (RFC 9110);
+ * a CR or LF would let a value start a header or body of its own. */
+static bool valid_value(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* With b NULL, only validates (raising Lua errors): callers validate
+ * before they allocate, so an error cannot leak a half-built buffer. */
 static void put_header_value(lua_State *L, struct buf *b, const char *name,
                              size_t nlen, int vidx)
 {
@@ -73,8 +91,10 @@ static void put_header_value(lua_State *L, struct buf *b, const char *name,
     const char *v = lua_tolstring(L, vidx, &vlen);
     if (!v)
         luaL_error(L, "header %s: value must be a string or number", name);
-    if (memchr(v, '\r', vlen) || memchr(v, '\n', vlen))
-        luaL_error(L, "header %s: value contains a line break", name);
+    if (!valid_value(v, vlen))
+        luaL_error(L, "header %s: value contains a line break or control character", name);
+    if (!b)
+        return;
     buf_put(b, name, nlen);
     buf_put(b, ": ", 2);
     buf_put(b, v, vlen);
@@ -90,7 +110,7 @@ static void put_headers(lua_State *L, struct buf *b, int idx, bool stream)
     luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        size_t nlen;
+        size_t nlen = 0;
         const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &nlen) : NULL;
         if (!name || !is_token(name, nlen))
             luaL_error(L, "invalid header name %s", name ? name : "(not a string)");
@@ -125,6 +145,7 @@ static int l_respond(lua_State *L)
     }
     bool no_body = status == 204 || status == 304;
     bool head_only = c->parser && http_is_head(c->parser);
+    put_headers(L, NULL, 3, false);
     struct buf b = { 0 };
     char num[24];
     buf_puts(&b, "HTTP/1.1 ");
@@ -160,6 +181,10 @@ static int l_open(lua_State *L)
     struct conn *c = conn_arg(L, 1);
     lua_Number retry = luaL_optnumber(L, 3, (lua_Number)vm_of(L)->w->cfg->retry_ms);
     lua_Number heartbeat = luaL_optnumber(L, 4, vm_of(L)->w->cfg->heartbeat);
+    if (!(retry <= MAX_RETRY_MS))
+        return luaL_error(L, "retry must be at most %d ms", MAX_RETRY_MS);
+    if (!(heartbeat == 0 || (heartbeat >= MIN_HEARTBEAT && heartbeat <= 86400)))
+        return luaL_error(L, "heartbeat must be 0 (off) or from %g to 86400 seconds", MIN_HEARTBEAT);
     const char *policy = luaL_optstring(L, 5, "close");
     size_t rlen;
     const char *reset = opt_lstring(L, 6, &rlen);
@@ -171,6 +196,7 @@ static int l_open(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
+    put_headers(L, NULL, 2, true);
     c->chunked = c->parser && !http_is_1_0(c->parser);
     bool head_only = c->parser && http_is_head(c->parser);
     struct buf b = { 0 };
@@ -222,12 +248,18 @@ static int l_send(lua_State *L)
     ev.event = opt_lstring(L, 2, &ev.event_len);
     ev.id = opt_lstring(L, 3, &ev.id_len);
     ev.data = opt_lstring(L, 4, &ev.data_len);
-    if (!lua_isnoneornil(L, 5))
-        ev.retry_ms = (long)luaL_checkinteger(L, 5);
+    if (!lua_isnoneornil(L, 5)) {
+        lua_Number r = luaL_checknumber(L, 5);
+        if (!(r >= 0 && r <= MAX_RETRY_MS))
+            return luaL_error(L, "retry must be from 0 to %d ms", MAX_RETRY_MS);
+        ev.retry_ms = (long)r;
+    }
     ev.comment = opt_lstring(L, 6, &ev.comment_len);
     const char *bad = sse_event_invalid(&ev);
     if (bad)
         return luaL_error(L, "cannot send event: %s", bad);
+    if (ev.retry_ms < 0 || ev.retry_ms > MAX_RETRY_MS)
+        ev.retry_ms = -1;
     if (!c || c->state != CONN_STREAMING) {
         lua_pushboolean(L, 0);
         return 1;
@@ -235,6 +267,8 @@ static int l_send(lua_State *L)
     struct frame *f = frame_sse(&ev);
     if (!f)
         return luaL_error(L, "out of memory framing an event");
+    if (ev.data || ev.event || ev.id)
+        f->flags |= FRAME_EVENT;
     lua_pushboolean(L, conn_stream_send(c, f));
     frame_unref(f);
     return 1;
@@ -305,6 +339,8 @@ static int l_subscribe(lua_State *L)
     int n = (int)lua_objlen(L, 2);
     if (n > 64)
         return luaL_error(L, "a stream can subscribe to at most 64 channels");
+    if (channels_framing(vm->w->channels))
+        return luaL_error(L, "cannot subscribe from inside a view transform");
     if (!c || c->state != CONN_STREAMING) {
         lua_pushboolean(L, 0);
         return 1;
@@ -312,7 +348,10 @@ static int l_subscribe(lua_State *L)
     struct subscription_req reqs[64];
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 2, i + 1);
-        reqs[i].name = luaL_checklstring(L, -1, &reqs[i].name_len);
+        /* A string already: its bytes must stay owned by the table. */
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "channel names must be strings");
+        reqs[i].name = lua_tolstring(L, -1, &reqs[i].name_len);
         lua_pop(L, 1);   /* the string stays alive in the table */
         lua_rawgeti(L, 3, i + 1);
         reqs[i].view = (int)luaL_optinteger(L, -1, 0);
@@ -373,6 +412,8 @@ static struct frame *frame_for_view(void *ctx, int view, const struct event_src 
                                 .event = src->name, .event_len = src->name_len,
                                 .data = data, .data_len = dlen, .retry_ms = -1 };
         f = frame_sse(&ev);
+        if (f)
+            f->flags |= FRAME_EVENT;
     }
     lua_pop(L, 1);
     return f;
@@ -388,7 +429,7 @@ struct script_timer {
 };
 
 static _Thread_local struct script_timer *timers;   /* one worker per thread */
-static _Thread_local int next_timer_id;
+static _Thread_local unsigned next_timer_id;
 
 static void timer_unlink(struct script_timer *t)
 {
@@ -422,13 +463,16 @@ static int l_timer(lua_State *L)
     struct luavm *vm = vm_of(L);
     lua_Number after = luaL_checknumber(L, 1);
     lua_Number repeat = luaL_optnumber(L, 2, 0);
-    if (after < 0 || repeat < 0)
-        return luaL_error(L, "timer intervals must not be negative");
+    /* Written to be false for NaN, which libev would abort on. */
+    if (!(after >= 0 && after <= MAX_TIMER_S) || !(repeat >= 0 && repeat <= MAX_TIMER_S))
+        return luaL_error(L, "timer intervals must be numbers from 0 to %d seconds", MAX_TIMER_S);
+    if (repeat > 0 && repeat < MIN_TIMER_REPEAT_S)
+        repeat = MIN_TIMER_REPEAT_S;   /* a repeating timer must not spin */
     struct script_timer *t = calloc(1, sizeof *t);
     if (!t)
         return luaL_error(L, "out of memory");
     t->vm = vm;
-    t->id = ++next_timer_id;
+    t->id = (int)(++next_timer_id & 0x7fffffffu);
     ev_timer_init(&t->timer, on_script_timer, after, repeat);
     t->timer.data = t;
     ev_timer_start(vm->w->loop, &t->timer);

@@ -36,6 +36,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
  * more than WATCHDOG_SHARE ticks has used at least the whole budget (and
  * at most a tick more). */
 #define WATCHDOG_SHARE 4
+#define WATCHDOG_GIVE_UP 10
 
 static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
 {
@@ -50,6 +51,18 @@ static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
     }
     if (++vm->ticks <= WATCHDOG_SHARE)
         return;
+    if (vm->ticks > WATCHDOG_SHARE * WATCHDOG_GIVE_UP) {
+        /* Ten budgets and the hook has not run: the script is inside one
+         * long C call (a pathological string.find, say) that no hook can
+         * interrupt. A server that never answers again is worse than one
+         * that exits for its supervisor to restart. */
+        static const char msg[] = "sluice: a script call is stuck in C code past ten times "
+                                  "its CPU budget; exiting\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+            /* nothing left to report it to */
+        }
+        abort();
+    }
     vm->budget_expired = 1;
     /* lua_sethook is the one Lua API call that is safe in a signal handler
      * (LuaJIT's own interrupt handler does the same). */

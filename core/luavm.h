@@ -18,12 +18,12 @@ struct luavm {
     size_t mem_used;
     size_t mem_limit;          /* 0: unlimited */
     int cpu_budget_ms;         /* 0: no watchdog */
-    int sandbox_depth;         /* > 0 while script code runs */
+    volatile sig_atomic_t sandbox_depth;   /* > 0 while script code runs */
     timer_t cpu_timer;
     bool cpu_timer_ok;
     volatile sig_atomic_t budget_expired;
-    volatile sig_atomic_t call_seq;   /* bumped when a script call starts */
-    sig_atomic_t seen_seq;            /* the call the watchdog last saw */
+    volatile unsigned call_seq;       /* bumped when a script call starts */
+    unsigned seen_seq;                /* the call the watchdog last saw */
     int ticks;                        /* watchdog ticks seen in that call */
     bool mem_exceeded;
     /* Runtime entry points (registry references). */

@@ -35,6 +35,8 @@ static void usage(FILE *out, const struct config *d)
 "                            slow consumer (default %zu)\n"
 "  --header-timeout S        seconds to receive a whole request; 408 after (default %g)\n"
 "  --keepalive-timeout S     idle keep-alive connections close after (default %g)\n"
+"  --send-timeout S          a client that reads nothing of what is queued for it\n"
+"                            this long is disconnected (default %g)\n"
 "  --heartbeat S             stream heartbeat comment interval, 0 = off (default %g)\n"
 "  --retry MS                retry: hint sent when a stream opens, -1 = none (default %ld)\n"
 "  --history-len N           events kept per channel for resume (default %zu)\n"
@@ -50,6 +52,7 @@ static void usage(FILE *out, const struct config *d)
 "  --version, --help\n",
             d->listen, d->apps_dir, d->backlog, d->max_head, d->max_headers,
             d->max_body, d->max_queued, d->header_timeout, d->keepalive_timeout,
+            d->send_timeout,
             d->heartbeat, d->retry_ms, d->history_len, d->history_ttl, d->lua_cpu_ms,
             d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace);
 }
@@ -155,7 +158,7 @@ int main(int argc, char **argv)
         argc--;
     }
     enum { O_LISTEN = 256, O_APPS, O_LUA, O_MAXCONNS, O_BACKLOG, O_MAXHEAD,
-           O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_HB,
+           O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP };
     static const struct option opts[] = {
@@ -164,7 +167,8 @@ int main(int argc, char **argv)
         { "backlog", 1, 0, O_BACKLOG }, { "max-header-bytes", 1, 0, O_MAXHEAD },
         { "max-headers", 1, 0, O_MAXHEADERS }, { "max-body-bytes", 1, 0, O_MAXBODY },
         { "max-queued-bytes", 1, 0, O_MAXQUEUED }, { "header-timeout", 1, 0, O_HEADERTO },
-        { "keepalive-timeout", 1, 0, O_KATO }, { "heartbeat", 1, 0, O_HB },
+        { "keepalive-timeout", 1, 0, O_KATO }, { "send-timeout", 1, 0, O_SENDTO },
+        { "heartbeat", 1, 0, O_HB },
         { "retry", 1, 0, O_RETRY }, { "history-len", 1, 0, O_HLEN },
         { "history-ttl", 1, 0, O_HTTL }, { "lua-cpu-budget", 1, 0, O_CPU },
         { "lua-memory", 1, 0, O_MEM }, { "no-watch", 0, 0, O_NOWATCH },
@@ -189,7 +193,15 @@ int main(int argc, char **argv)
         case O_MAXQUEUED: NUM("--max-queued-bytes", 4096, 1u << 30); cfg.max_queued = (size_t)v; break;
         case O_HEADERTO: NUM("--header-timeout", 0.01, 3600); cfg.header_timeout = v; break;
         case O_KATO: NUM("--keepalive-timeout", 0.01, 86400); cfg.keepalive_timeout = v; break;
-        case O_HB: NUM("--heartbeat", 0, 86400); cfg.heartbeat = v; break;
+        case O_SENDTO: NUM("--send-timeout", 0.01, 86400); cfg.send_timeout = v; break;
+        case O_HB:
+            NUM("--heartbeat", 0, 86400);
+            if (v > 0 && v < 0.1) {
+                fprintf(stderr, "sluice: --heartbeat is 0 (off) or at least 0.1 s\n");
+                return 2;
+            }
+            cfg.heartbeat = v;
+            break;
         case O_RETRY: NUM("--retry", -1, 86400000); cfg.retry_ms = (long)v; break;
         case O_HLEN: NUM("--history-len", 0, 10000000); cfg.history_len = (size_t)v; break;
         case O_HTTL: NUM("--history-ttl", 0.001, 1e9); cfg.history_ttl = v; break;
@@ -238,7 +250,10 @@ int main(int argc, char **argv)
 
     if (cfg.pid_file) {
         FILE *f = fopen(cfg.pid_file, "w");
-        if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+        bool written = f && fprintf(f, "%ld\n", (long)getpid()) >= 0;
+        if (f && fclose(f) != 0)
+            written = false;
+        if (!written) {
             log_error("cannot write pid file %s: %s", cfg.pid_file, strerror(errno));
             return 1;
         }

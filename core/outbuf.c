@@ -102,11 +102,20 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
 
 uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
 {
+    /* Compacts the ring in place (writes trail reads), oldest first. */
     uint32_t dropped = 0;
-    while (ob->bytes > keep_bytes && outbuf_first_unstarted(ob)) {
-        outbuf_remove_first_unstarted(ob);
-        dropped++;
+    uint32_t keep = ob->head_started ? 1 : 0;
+    for (uint32_t i = keep; i < ob->count; i++) {
+        struct slice s = *at(ob, i);
+        if (ob->bytes > keep_bytes && (s.frame->flags & FRAME_EVENT)) {
+            ob->bytes -= s.len;
+            frame_unref(s.frame);
+            dropped++;
+        } else {
+            *at(ob, keep++) = s;
+        }
     }
+    ob->count = keep;
     return dropped;
 }
 

@@ -33,8 +33,9 @@ enum outbuf_status { OUTBUF_DRAINED, OUTBUF_AGAIN, OUTBUF_ERROR };
 /* Writes as much as the socket takes, many slices per writev. */
 enum outbuf_status outbuf_write(struct outbuf *ob, int fd);
 
-/* Drops queued slices from the front, never one already partly written,
- * until at most keep_bytes remain; returns how many slices were dropped. */
+/* Drops queued events (FRAME_EVENT) from the oldest on, never a slice
+ * already partly written, until at most keep_bytes remain; returns how
+ * many were dropped. */
 uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes);
 
 /* The first slice not yet started (the one a drop would take first), or

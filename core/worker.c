@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "clock.h"
 #include "conn.h"
 #include "log.h"
 #include "lua_api.h"
@@ -32,6 +33,12 @@ static void on_deadline(struct deadline *d, void *ctx)
     (void)ctx;
     struct conn *c = (struct conn *)((char *)d - offsetof(struct conn, timeout));
     conn_timed_out(c);
+}
+
+static void on_stall(struct deadline *d, void *ctx)
+{
+    (void)ctx;
+    conn_stalled((struct conn *)((char *)d - offsetof(struct conn, stall)));
 }
 
 static void on_heartbeat(struct deadline *d, void *ctx)
@@ -250,13 +257,6 @@ static const char *bound_address(int fd)
 
 /* ---- the loop --------------------------------------------------------- */
 
-static double monotonic_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Keeps the loop from sleeping while output is still queued. */
 static void on_flush_pending(struct ev_loop *loop, ev_idle *idle, int revents)
 {
@@ -274,13 +274,13 @@ static void on_flush(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     (void)revents;
     struct worker *w = p->data;
-    double deadline = monotonic_now() + FLUSH_SLICE_SECONDS;
+    double deadline = clock_mono() + FLUSH_SLICE_SECONDS;
     struct conn *c;
     int n = 0;
     while ((c = TAILQ_FIRST(&w->flush_queue))) {
         TAILQ_REMOVE(&w->flush_queue, c, flush_link);
         conn_on_flush(c);
-        if (++n % 16 == 0 && monotonic_now() > deadline)
+        if (++n % 16 == 0 && clock_mono() > deadline)
             break;
     }
     if (TAILQ_EMPTY(&w->flush_queue))
@@ -351,6 +351,7 @@ int worker_init(struct worker *w, const struct config *cfg)
     TAILQ_INIT(&w->flush_queue);
     deadline_list_init(&w->header_timeouts, w->loop, cfg->header_timeout, on_deadline, w);
     deadline_list_init(&w->keepalive_timeouts, w->loop, cfg->keepalive_timeout, on_deadline, w);
+    deadline_list_init(&w->send_timeouts, w->loop, cfg->send_timeout, on_stall, w);
 
     w->channels = channels_new(w, cfg->history_len, cfg->history_ttl);
     w->vm = luavm_new(w, cfg->lua_dir, cfg->lua_mem, cfg->lua_cpu_ms);
@@ -411,6 +412,7 @@ void worker_free(struct worker *w)
     channels_free(w->channels);
     deadline_list_stop(&w->header_timeouts);
     deadline_list_stop(&w->keepalive_timeouts);
+    deadline_list_stop(&w->send_timeouts);
     for (int i = 0; i < w->nheartbeats; i++)
         deadline_list_stop(&w->heartbeats[i]);
     if (w->listen_fd >= 0 && close(w->listen_fd) < 0)

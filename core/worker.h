@@ -54,6 +54,7 @@ struct worker {
 
     struct deadline_list header_timeouts;
     struct deadline_list keepalive_timeouts;
+    struct deadline_list send_timeouts;
     struct deadline_list heartbeats[MAX_HEARTBEAT_LISTS];
     int nheartbeats;
 

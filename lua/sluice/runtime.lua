@@ -430,8 +430,34 @@ function runtime.reload()
   return problems
 end
 
+-- With the CPU budget on, code a script compiles or requires later must
+-- stay out of the JIT too, or a loop in it would never see the hook.
+local function keep_scripts_interpreted()
+  if core.cpu_budget_ms <= 0 or not jit then return end
+  local function off(f, ...)
+    if type(f) == "function" then jit.off(f, true) end
+    return f, ...
+  end
+  local load, loadstring, loadfile, dofile = load, loadstring, loadfile, dofile
+  _G.load = function(...) return off(load(...)) end
+  _G.loadstring = function(...) return off(loadstring(...)) end
+  _G.loadfile = function(...) return off(loadfile(...)) end
+  _G.dofile = function(path)
+    local f = assert(loadfile(path))
+    jit.off(f, true)
+    return f()
+  end
+  local searcher = package.loaders[2]
+  package.loaders[2] = function(name)
+    local f, extra = searcher(name)
+    if type(f) == "function" and not name:match("^sluice%.") then jit.off(f, true) end
+    return f, extra
+  end
+end
+
 function runtime.start(dir)
   state.dir = dir
+  keep_scripts_interpreted()
   core.set_hooks {
     dispatch = runtime.dispatch, timer = timers.fire, closed = runtime.closed,
     transform = runtime.transform, reload = runtime.reload,
