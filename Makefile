@@ -19,7 +19,7 @@ CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=$(BUILD)/core/%.o)
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 
-.PHONY: all deps run test check asan bench clean
+.PHONY: all deps run test check asan bench fuzz clean
 
 all: sluice
 
@@ -71,6 +71,19 @@ sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
 bench: deps
 	$(MAKE) sluice
 	bench/run all
+
+# libFuzzer targets for the event framing and the request parser (clang).
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -Icore
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v clang >/dev/null && [ -n "$$(ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a 2>/dev/null)" ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-14-dev; }
+	mkdir -p build/fuzz fuzz/corpus/sse fuzz/corpus/http
+	clang $(FUZZ_FLAGS) fuzz/fuzz_sse.c core/sse.c -o build/fuzz/fuzz_sse
+	clang $(FUZZ_FLAGS) -I$(LLHTTP_INC) fuzz/fuzz_http.c core/http.c \
+	      $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c -o build/fuzz/fuzz_http
+	build/fuzz/fuzz_sse -max_total_time=$(FUZZ_SECONDS) -max_len=512 fuzz/corpus/sse
+	build/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus/http fuzz/seeds/http
 
 clean:
 	rm -rf build build-asan sluice sluice-asan
