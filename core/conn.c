@@ -583,11 +583,12 @@ static void on_io(struct ev_loop *loop, ev_io *io, int revents)
             conn_free(c);
             return;
         }
+        /* Writable again: write in the flush slices like everything else,
+         * so thousands of sockets draining at once cannot hold up the
+         * loop (EV_WRITE is off until a write falls short again). */
         c->writing = false;
-        if (!write_out(c))
-            return;
-        if (c->state == CONN_READING && !(c->io.events & EV_READ))
-            set_events(c, EV_READ);
+        set_events(c, EV_READ);
+        schedule_flush(c);
     }
     if (revents & EV_READ)
         on_readable(c);

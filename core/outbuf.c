@@ -15,15 +15,24 @@ static struct slice *at(const struct outbuf *ob, uint32_t i)
     return &ob->ring[(ob->head + i) & (ob->cap - 1)];
 }
 
+/* The first slices live inside the outbuf: a stream that gets an event
+ * or two between writes (the common case in a fan-out) never allocates. */
 static bool grow(struct outbuf *ob)
 {
-    uint32_t cap = ob->cap ? ob->cap * 2 : SMALL_RING;
+    if (ob->cap == 0) {
+        ob->ring = ob->small;
+        ob->cap = OUTBUF_INLINE;
+        ob->head = 0;
+        return true;
+    }
+    uint32_t cap = ob->cap < SMALL_RING ? SMALL_RING : ob->cap * 2;
     struct slice *ring = malloc(sizeof *ring * cap);
     if (!ring)
         return false;
     for (uint32_t i = 0; i < ob->count; i++)
         ring[i] = *at(ob, i);
-    free(ob->ring);
+    if (ob->ring != ob->small)
+        free(ob->ring);
     ob->ring = ring;
     ob->cap = cap;
     ob->head = 0;
@@ -53,10 +62,11 @@ static void pop_front(struct outbuf *ob)
     ob->head_started = false;
 }
 
-/* An idle stream should cost no ring: free it once drained. */
+/* An idle stream should cost no heap ring: free it once drained. */
 static void release_ring(struct outbuf *ob)
 {
-    free(ob->ring);
+    if (ob->ring != ob->small)
+        free(ob->ring);
     ob->ring = NULL;
     ob->cap = ob->head = ob->count = 0;
 }

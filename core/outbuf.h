@@ -15,8 +15,11 @@ struct slice {
     uint32_t len;
 };
 
+#define OUTBUF_INLINE 2
+
 struct outbuf {
-    struct slice *ring;  /* allocated on first use, dropped when drained */
+    struct slice *ring;  /* `small` until more is queued; heap, dropped when drained */
+    struct slice small[OUTBUF_INLINE];
     uint32_t head;
     uint32_t count;
     uint32_t cap;        /* power of two */
