@@ -181,8 +181,8 @@ local function failed(h, route, req, err)
 end
 
 local function last_event_id(req)
-  local v = req.headers["last-event-id"]
-  if v == nil or v == "" then
+  local v = rawget(req.headers, "last-event-id")
+  if (v == nil or v == "") and req.query_string ~= "" then
     local q = req.query
     v = q.last_event_id or q.lastEventId
   end
