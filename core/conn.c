@@ -474,6 +474,11 @@ static void dispatch(struct conn *c)
     c->state = CONN_DISPATCHING;
     c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
     deadline_cancel(&c->timeout);
+    uint32_t n;
+    if (!http_is_1_0(c->parser) && !http_header(&c->parser->req, "host", &n)) {
+        conn_respond_error(c, 400, NULL);   /* RFC 9112 3.2: Host is required */
+        return;
+    }
     lua_api_dispatch(w->vm, c);
     if (c->state == CONN_DISPATCHING) {
         log_error("handler produced no answer for %s; answering 500",

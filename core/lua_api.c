@@ -679,8 +679,11 @@ static void push_request(lua_State *L, struct conn *c)
     const char *url = r->head;
     size_t ulen = r->url_len;
     if (ulen > 7 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
-        const char *p = memchr(url + 8, '/', ulen - 8);
-        size_t skip = p ? (size_t)(p - url) : ulen;
+        /* Skip scheme and authority: the path starts at the first '/' or
+         * '?' after "//" ("http://host?x=1" has the path "/"). */
+        size_t skip = (url[4] == ':') ? 7 : 8;
+        while (skip < ulen && url[skip] != '/' && url[skip] != '?')
+            skip++;
         url += skip;
         ulen -= skip;
     }

@@ -70,6 +70,7 @@ describe("HTTP core", function()
       { "an invalid method", "G@RBAGE / HTTP/1.1\r\nHost: a\r\n\r\n" },
       { "a header line without a colon", "GET /hello HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n" },
       { "a non-numeric Content-Length", "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n" },
+      { "an HTTP/1.1 request without Host (RFC 9112 3.2)", "GET /hello HTTP/1.1\r\nAccept: */*\r\n\r\n" },
       { "two different Content-Lengths",
         "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd" },
       { "Content-Length with Transfer-Encoding: chunked (smuggling)",

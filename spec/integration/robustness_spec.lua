@@ -26,6 +26,7 @@ end)
 local big = string.rep("x", 1000000)
 app:get("/big", function() return 200, big end)
 app:get("/ok", function() return 200, "ok" end)
+app:get("/", function(req) return 200, req.query.x or "no query" end)
 return app
 ]]
 
@@ -39,6 +40,15 @@ describe("robustness", function()
   local function ok()
     return client.request(srv.port, "GET", "/ok").body == "ok"
   end
+
+  it("keeps the query of an absolute-form target without a path", function()
+    local c = client.connect(srv.port)
+    assert(c:send("GET http://127.0.0.1?x=42 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+    local r = client.read_response(c)
+    c:close()
+    assert.equal(200, r.status)
+    assert.equal("42", r.body)
+  end)
 
   it("survives a view transform that closes a stream in the middle of a fan-out", function()
     local s = client.stream(srv.port, "/victim")
