@@ -31,35 +31,38 @@ struct peer_addr {
 };
 
 struct conn {
+    /* What a fan-out touches for every subscriber comes first, so that it
+     * shares as few cache lines as possible. */
+    enum conn_state state;
+    bool in_flush_queue;
+    bool writing;                 /* waiting for EV_WRITE */
+    bool chunked;                 /* HTTP/1.1 stream: events are chunks */
+    bool wrote_since_heartbeat;
+    uint8_t slow_policy;
+    struct outbuf out;
+    TAILQ_ENTRY(conn) flush_link;
+    size_t replay_credit;         /* resume bytes not yet written */
     struct worker *w;
+
     ev_io io;
     int fd;
     uint32_t slot;
     struct peer_addr peer;
-    enum conn_state state;
     struct http_parser *parser;   /* freed once a stream opens */
-    struct outbuf out;
     struct deadline timeout;      /* header, keep-alive or heartbeat */
     struct deadline stall;        /* output waiting on a client not reading */
     char *backlog;                /* pipelined input parked while answers drain */
     uint32_t backlog_len;
-    TAILQ_ENTRY(conn) flush_link;
-    bool in_flush_queue;
-    bool writing;                 /* waiting for EV_WRITE */
     bool served;                  /* has answered a request before */
     bool keep_alive;
     bool sent_continue;
     /* Streams only. */
     bool stream;
-    bool chunked;                 /* HTTP/1.1: events are chunks */
-    bool wrote_since_heartbeat;
     bool lua_watch;               /* Lua asked to hear when it closes */
-    uint8_t slow_policy;
     struct sub *subs;
     char *reset_event;            /* name of the missed-events event */
     struct frame *gap_marker;     /* queued gap notice, while unsent */
     uint32_t gap_dropped;         /* events that notice accounts for */
-    size_t replay_credit;         /* resume bytes not yet written */
 };
 
 struct sockaddr;
