@@ -13,7 +13,7 @@ function gate.pass(group, req)
     req.variant = group.default
     local pass = group.plain_pass   -- no policy: the same answer every time
     if not pass then
-      pass = { handler = main.handler }
+      pass = { handler = main.handler, script = main.script }
       group.plain_pass = pass
     end
     return pass
@@ -55,7 +55,8 @@ function gate.pass(group, req)
   else
     req.variant = group.default
   end
-  return { headers = headers, handler = decl.handler }
+  -- script: the variant's own file, where its views are declared.
+  return { headers = headers, handler = decl.handler, script = decl.script }
 end
 
 -- Answers an OPTIONS request for a path whose route has a CORS policy.

@@ -273,7 +273,7 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
     return answer(h, group, st, b, merge(hd, pass.headers))
   end
   local s = stream.new(rt, h, req, pass.headers)
-  s._script = group.main.script
+  s._script = pass.script
   local ok2, r1, r2, r3 = core.run(pass.handler, req, s)
   if not ok2 then
     forget_stream(s)

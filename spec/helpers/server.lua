@@ -38,8 +38,8 @@ function server.start(opts)
   local log = dir .. "/sluice.log"
   local args = table.concat(opts.args or {}, " ")
   local env = opts.env or ""
-  local pid = sh(("%s exec %s --listen 127.0.0.1:0 --apps %s --lua-path %s/lua %s >%s 2>&1 & echo $!")
-    :format(env ~= "" and ("env " .. env) or "", BIN, apps, ROOT, args, log))
+  local pid = sh(("%sexec %s --listen 127.0.0.1:0 --apps %s --lua-path %s/lua %s >%s 2>&1 & echo $!")
+    :format(env ~= "" and (env .. " ") or "", BIN, apps, ROOT, args, log))
   local self = setmetatable({ dir = dir, apps = apps, log_path = log,
                               pid = tonumber(pid), host = "127.0.0.1" }, Server)
   -- The server logs the port it bound; wait for it (bounded).
