@@ -122,6 +122,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
 void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    c->state = CONN_DEAD;   /* on_close handlers may still hold its handle */
     if (c->lua_watch)
         lua_api_stream_closed(w->vm, c);
     channels_unsubscribe_conn(w->channels, c);
