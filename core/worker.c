@@ -22,7 +22,7 @@
 #include "reload.h"
 
 /* How long one flush slice may write before the loop looks for input. */
-#define FLUSH_SLICE_SECONDS 0.0005
+#define FLUSH_SLICE_SECONDS 0.00025
 
 #define SLOT_BITS 24
 #define SLOT_MASK ((1u << SLOT_BITS) - 1)
