@@ -161,8 +161,20 @@ local function interpret(r1, r2, r3)
   return 200, r1, r2
 end
 
-local function answer(h, route, r1, r2, r3)
+local function merge(into, from)
+  if not from then return into end
+  into = into or {}
+  for k, v in pairs(from) do
+    if into[k] == nil then into[k] = v end
+  end
+  return into
+end
+
+-- Answers with what a handler returned, plus the headers the route's
+-- policy added (CORS, variant).
+local function answer(h, route, policy_headers, r1, r2, r3)
   local status, body, headers = interpret(r1, r2, r3)
+  headers = merge(headers, policy_headers)
   if type(status) ~= "number" or status < 200 or status > 599 then
     log.error("%s %s: handler returned an invalid status %s", route.method, route.pattern, tostring(status))
     return respond_status(h, 500)
@@ -215,15 +227,6 @@ local function open_stream(h, route, req, s)
   if s._close_after_open then core.close(h) end
 end
 
-local function merge(into, from)
-  if not from then return into end
-  into = into or {}
-  for k, v in pairs(from) do
-    if into[k] == nil then into[k] = v end
-  end
-  return into
-end
-
 -- A CORS preflight for a path whose route has a policy, or the Allow list.
 local function options(h, method, path, query, headers, peer, allowed)
   for _, m in ipairs(allowed) do
@@ -269,8 +272,7 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
   if group.kind == "plain" then
     local ok2, r1, r2, r3 = core.run(pass.handler, req)
     if not ok2 then return failed(h, group, req, r1) end
-    local st, b, hd = interpret(r1, r2, r3)
-    return answer(h, group, st, b, merge(hd, pass.headers))
+    return answer(h, group, pass.headers, r1, r2, r3)
   end
   local s = stream.new(rt, h, req, pass.headers)
   s._script = pass.script
@@ -281,8 +283,7 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
   end
   if r1 ~= nil then
     forget_stream(s)
-    local st, b, hd = interpret(r1, r2, r3)
-    return answer(h, group, st, b, merge(hd, pass.headers))
+    return answer(h, group, pass.headers, r1, r2, r3)
   end
   if req.claims then close_on_expiry(s, req.claims) end
   open_stream(h, group, req, s)
