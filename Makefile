@@ -19,7 +19,7 @@ CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=$(BUILD)/core/%.o)
 LLHTTP_OBJ := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 
-.PHONY: all deps run test check asan bench fuzz clean
+.PHONY: all deps run test check asan bench fuzz browser-test clean
 
 all: sluice
 
@@ -84,6 +84,19 @@ fuzz:
 	      $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c -o build/fuzz/fuzz_http
 	build/fuzz/fuzz_sse -max_total_time=$(FUZZ_SECONDS) -max_len=512 fuzz/corpus/sse
 	build/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus/http fuzz/seeds/http
+
+# A real browser (Debian's chromium, driven by playwright-core from npm)
+# against the real server. Heavy, so not part of make test.
+browser-test: deps sluice
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@[ -d build/browser/node_modules/playwright-core ] || \
+	  { mkdir -p build/browser && cd build/browser && npm install --silent --no-audit --no-fund playwright-core@1; }
+	@./sluice --listen 127.0.0.1:0 --apps spec/browser/apps --no-watch > build/browser/sluice.log 2>&1 & \
+	  pid=$$!; port=; for i in $$(seq 100); do \
+	    port=$$(grep -o 'listening on 127.0.0.1:[0-9]*' build/browser/sluice.log | cut -d: -f2); \
+	    [ -n "$$port" ] && break; sleep 0.05; done; \
+	  NODE_PATH=build/browser/node_modules node spec/browser/eventsource.js http://127.0.0.1:$$port/; \
+	  rc=$$?; kill $$pid; exit $$rc
 
 clean:
 	rm -rf build build-asan sluice sluice-asan
