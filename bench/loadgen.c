@@ -15,6 +15,7 @@
  * count or a deadline; the program always stops by itself (--max-time).
  */
 #define _GNU_SOURCE
+#include "clock.h"
 #include "hist.h"
 #include "net.h"
 #include "publisher.h"
@@ -38,7 +39,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NS_PER_S 1000000000ULL
 #define NS_PER_MS 1000000ULL
 #define MAX_EPOLL_EVENTS 1024
 #define READ_BUF_SIZE 65536
@@ -99,19 +99,6 @@ static void die(const char *fmt, ...)
 	va_end(ap);
 	fputc('\n', stderr);
 	exit(2);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-		die("clock_gettime: %s", strerror(errno));
-	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t secs_to_ns(double s)
-{
-	return s <= 0 ? 0 : (uint64_t)(s * 1e9);
 }
 
 static void close_fd(int fd)

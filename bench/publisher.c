@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "clock.h"
 #include "publisher.h"
 
 #include "net.h"
@@ -15,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NS_PER_S 1000000000ULL
 /* reconnects in a row without one answer before we give up */
 #define PUB_MAX_RESETS 10
 
@@ -25,14 +25,6 @@ static void fatal(const char *what)
 {
 	fprintf(stderr, "loadgen: publisher: %s: %s\n", what, strerror(errno));
 	exit(2);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-		fatal("clock_gettime");
-	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
 static void ep_ctl(struct publisher *p, int op, int fd, uint32_t events, uint64_t tag)

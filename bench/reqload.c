@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include "clock.h"
 #include "reqload.h"
 
 #include "net.h"
@@ -14,7 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NS_PER_S 1000000000ULL
 #define NS_PER_MS 1000000ULL
 #define MAX_EVENTS 512
 /* a connection that keeps breaking is given up after this many reconnects */
@@ -26,19 +26,6 @@ static void fatal(const char *what)
 {
 	fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
 	exit(2);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-		fatal("clock_gettime");
-	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t secs_to_ns(double s)
-{
-	return s <= 0 ? 0 : (uint64_t)(s * 1e9);
 }
 
 static int ms_until(uint64_t deadline, uint64_t now, int cap_ms)
