@@ -167,10 +167,13 @@ static enum outbuf_status write_some(struct conn *c)
     size_t before = c->out.bytes;
     enum outbuf_status st = outbuf_write(&c->out, c->fd);
     spend_replay_credit(c, before);
-    if (st == OUTBUF_AGAIN && (c->out.bytes < before || !c->stall.list))
+    if (st == OUTBUF_AGAIN && (c->out.bytes < before || !c->stall_armed)) {
         deadline_arm(&c->w->send_timeouts, &c->stall);
-    else if (st == OUTBUF_DRAINED)
+        c->stall_armed = true;
+    } else if (st == OUTBUF_DRAINED && c->stall_armed) {
         deadline_cancel(&c->stall);
+        c->stall_armed = false;
+    }
     return st;
 }
 

@@ -38,6 +38,7 @@ struct conn {
     bool writing;                 /* waiting for EV_WRITE */
     bool chunked;                 /* HTTP/1.1 stream: events are chunks */
     bool wrote_since_heartbeat;
+    bool stall_armed;             /* stall deadline set (it lives further down) */
     uint8_t slow_policy;
     struct outbuf out;
     TAILQ_ENTRY(conn) flush_link;
