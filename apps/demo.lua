@@ -34,6 +34,11 @@ app:get("/health", function() return 200, "ok\n" end)
 
 app:get("/stats", function() return 200, sluice.stats() end)
 
+-- The same counters for a Prometheus scraper.
+app:get("/metrics", function()
+  return 200, sluice.metrics(), { ["Content-Type"] = "text/plain; version=0.0.4" }
+end)
+
 -- A browser page that listens to the clock and a room.
 local page
 app:get("/", function()

@@ -74,6 +74,11 @@ function sluice.stats()
   return s
 end
 
+-- sluice.stats() in the Prometheus text format (serve it from a route).
+function sluice.metrics()
+  return require("sluice.metrics").render(sluice.stats())
+end
+
 -- The policy toolkit, loaded on first use.
 local lazy = { auth = "sluice.auth", cors = "sluice.cors", rollout = "sluice.rollout",
                mask = "sluice.mask", jwt = "sluice.jwt" }

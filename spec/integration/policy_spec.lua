@@ -46,6 +46,7 @@ app:get("/split", {
                  key = function(req) return req.query.user end } })
 
 app:get("/policy-stats", function() return 200, sluice.stats().runtime end)
+app:get("/metrics", function() return 200, sluice.metrics() end)
 return app
 ]]
 
@@ -207,6 +208,10 @@ describe("policy toolkit", function()
       end
       -- 200 keys at 50%: well inside 25%..75% unless the split is broken
       assert.is_true(green > 50 and green < 150, "green share " .. green .. "/200")
+      -- and the split can be watched from a scraper
+      local m = client.request(srv.port, "GET", "/metrics").body
+      local served = tonumber(m:match('sluice_route_variant_total{method="GET",route="/split",variant="green"} (%d+)'))
+      assert.equal(green * 2, served)
     end)
   end)
 end)
