@@ -24,6 +24,19 @@ local function write_file(path, content)
 end
 server.write_file = write_file
 
+function server.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- True while a process with this id exists (zombies included).
+function server.alive(pid)
+  return pid ~= nil and os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == 0
+end
+
 function server.tmpdir()
   return (sh("mktemp -d /tmp/sluice-spec.XXXXXX"):gsub("%s+$", ""))
 end

@@ -44,17 +44,9 @@ http {
 }
 ]]
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = server.read_file
 
-local function alive(pid)
-  return pid and os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == 0
-end
+local alive = server.alive
 
 -- Starts nginx in the foreground (as our child, one process) proxying to
 -- upstream_port; returns { pid, port, dir } once it accepts connections.

@@ -20,17 +20,9 @@ end)
 return app
 ]]
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_file = server.read_file
 
-local function alive(pid)
-  return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == 0
-end
+local alive = server.alive
 
 -- Starts sluice under `sh -c '...; echo $? > code'` so the exit status is
 -- recorded; the process id comes from --pid-file.
