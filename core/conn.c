@@ -272,10 +272,9 @@ static void finish_request(struct conn *c)
     }
 }
 
-void conn_respond(struct conn *c, int status, const char *head, size_t head_len,
+void conn_respond(struct conn *c, const char *head, size_t head_len,
                   const char *body, size_t body_len)
 {
-    (void)status;
     if (c->state != CONN_DISPATCHING && c->state != CONN_READING)
         return;
     struct frame *f = frame_new(head_len + body_len);
@@ -310,7 +309,7 @@ void conn_respond_error(struct conn *c, int status, const char *extra_headers)
         return;
     }
     bool is_head = c->parser && c->parser->req.complete && http_is_head(c->parser);
-    conn_respond(c, status, head.data, head.len, body, is_head ? 0 : (size_t)blen);
+    conn_respond(c, head.data, head.len, body, is_head ? 0 : (size_t)blen);
     buf_free(&head);
 }
 

@@ -76,7 +76,7 @@ void conn_free(struct conn *c);              /* close now and free */
 
 /* Answering (from Lua or C). head is the status line and headers, ending
  * with the blank line; body may be NULL. */
-void conn_respond(struct conn *c, int status, const char *head, size_t head_len,
+void conn_respond(struct conn *c, const char *head, size_t head_len,
                   const char *body, size_t body_len);
 void conn_respond_error(struct conn *c, int status, const char *extra_headers);
 

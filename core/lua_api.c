@@ -168,7 +168,7 @@ static int l_respond(lua_State *L)
         buf_free(&b);
         return luaL_error(L, "out of memory building a response");
     }
-    conn_respond(c, status, b.data, b.len, body,
+    conn_respond(c, b.data, b.len, body,
                  (no_body || head_only) ? 0 : blen);
     buf_free(&b);
     lua_pushboolean(L, 1);
@@ -215,7 +215,7 @@ static int l_open(lua_State *L)
         return luaL_error(L, "out of memory building a response");
     }
     if (head_only) {   /* a HEAD request learns the headers, nothing more */
-        conn_respond(c, 200, b.data, b.len, NULL, 0);
+        conn_respond(c, b.data, b.len, NULL, 0);
         buf_free(&b);
         lua_pushboolean(L, 0);
         return 1;
