@@ -63,6 +63,7 @@ struct config {
 	double rate;
 	unsigned pub_inflight;
 	int rx_timestamps;
+	int spin;		/* fanout: poll without sleeping (see --help) */
 	unsigned payload_size;
 	unsigned connect_concurrency;
 	double connect_timeout_s;
@@ -378,9 +379,7 @@ static void sub_start(struct bench *b, struct sub *s)
 		return;
 	}
 	s->fd = fd;
-	int one = 1;
-	if (b->cfg.rx_timestamps &&
-	    setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) != 0)
+	if (b->cfg.rx_timestamps && net_enable_rx_stamps(fd) != 0)
 		die("setsockopt SO_TIMESTAMPNS: %s", strerror(errno));
 	/* On loopback the handshake usually completes inside connect(): send
 	 * at once and skip a wait for EPOLLOUT, an SO_ERROR check and an
@@ -533,29 +532,7 @@ static ssize_t read_stamped(struct bench *b, int fd)
 {
 	if (!b->cfg.rx_timestamps)
 		return read(fd, read_buf, sizeof read_buf);
-	struct iovec iov = { .iov_base = read_buf, .iov_len = sizeof read_buf };
-	union {
-		char buf[CMSG_SPACE(sizeof(struct timespec)) * 2];
-		struct cmsghdr align;
-	} control;
-	struct msghdr msg = {
-		.msg_iov = &iov, .msg_iovlen = 1,
-		.msg_control = control.buf, .msg_controllen = sizeof control.buf,
-	};
-	ssize_t n = recvmsg(fd, &msg, 0);
-	b->arrival = 0;
-	if (n <= 0)
-		return n;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-			struct timespec ts;
-			memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-			int64_t real = (int64_t)ts.tv_sec * (int64_t)NS_PER_S + ts.tv_nsec;
-			if (real > b->real_minus_mono)
-				b->arrival = (uint64_t)(real - b->real_minus_mono);
-		}
-	}
-	return n;
+	return net_read_stamped(fd, read_buf, sizeof read_buf, b->real_minus_mono, &b->arrival);
 }
 
 static void sub_readable(struct bench *b, struct sub *s)
@@ -654,7 +631,7 @@ static void dispatch(struct bench *b, int timeout_ms)
 			pub_on_timer(&b->pub);
 		}
 	}
-	if (n == MAX_EPOLL_EVENTS && b->cfg.mode == MODE_FANOUT)
+	if (b->cfg.mode == MODE_FANOUT && (n == MAX_EPOLL_EVENTS || b->cfg.spin))
 		pub_poll_schedule(&b->pub);
 }
 
@@ -762,7 +739,8 @@ static void print_target(const struct bench *b, const char *mode)
 	       b->npaths > 1 ? "s (round-robin)" : "");
 	for (unsigned p = 0; p < b->npaths; p++)
 		printf(" %s", b->paths[p].path);
-	printf("  source addresses 127.0.0.1-%u\n", b->cfg.src_addrs);
+	printf("  source addresses 127.0.0.1-%u%s\n", b->cfg.src_addrs,
+	       b->cfg.spin ? "  generator spins (--spin)" : "");
 }
 
 /* ---- modes -------------------------------------------------------------- */
@@ -820,11 +798,13 @@ static int run_fanout(struct bench *b)
 		.dst = c->dst, .host = c->host, .port = c->port, .channel = c->channel,
 		.events = c->events, .rate = c->rate, .payload_size = c->payload_size,
 		.inflight = c->pub_inflight, .verbose = c->verbose, .extra = c->payload_fields,
+		.rx_timestamps = c->rx_timestamps,
 	};
+	b->real_minus_mono = realtime_offset();
+	pc.real_minus_mono = b->real_minus_mono;
 	struct publisher *pub = &b->pub;
 	if (pub_init(pub, &pc, b->epfd, tag(KIND_PUB, 0), tag(KIND_TIMER, 0), ok_bits) != 0)
 		die("out of memory for the publisher");
-	b->real_minus_mono = realtime_offset();
 
 	uint64_t t0 = now_ns();
 	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
@@ -848,7 +828,7 @@ static int run_fanout(struct bench *b)
 		drain_deadline = t;
 	while (t < hard_deadline) {
 		int cap = drain_deadline ? ms_until(drain_deadline, t, 20) : 100;
-		dispatch(b, ms_until(hard_deadline, t, cap));
+		dispatch(b, c->spin ? 0 : ms_until(hard_deadline, t, cap));
 		t = now_ns();
 		pub_check_timeout(pub, t, secs_to_ns(c->pub_timeout_s));
 		if (!drain_deadline && pub_finished(pub))
@@ -931,7 +911,10 @@ static int run_fanout(struct bench *b)
 		       "in flight);\n           the figures below hold for %.1f events/s\n",
 		       pc.inflight, pc.inflight == 1 ? ", waiting for each answer," : "es",
 		       pub_rate);
-	print_hist_line("publish answer latency", &pub->lat);
+	print_hist_line("publish answer latency (sent -> read by loadgen)", &pub->lat);
+	if (c->rx_timestamps)
+		print_hist_line("publish answer latency (sent -> kernel receive stamp)",
+				&pub->lat_arrival);
 	if (c->rate > 0)
 		print_hist_line("publish schedule lag (sent - scheduled)", &pub->lag);
 	printf("  delivery: %" PRIu64 " events received, %" PRIu64 " expected "
@@ -987,6 +970,8 @@ static int run_fanout(struct bench *b)
 		result_hist("arrival", &b->arrival_lat);
 	printf(" deliveries_per_s=%.0f pub_rate=%.1f", deliveries_per_s, pub_rate);
 	result_hist("pub", &pub->lat);
+	if (c->rx_timestamps)
+		result_hist("pub_arrival", &pub->lat_arrival);
 	if (c->rate > 0)
 		result_hist("pub_lag", &pub->lag);
 	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld server_cpu_pct=%.0f"
@@ -1366,6 +1351,11 @@ static void usage(FILE *f)
 "                           each answer, >1 = HTTP/1.1 pipelining (1)\n"
 "  --pub-timeout S          stop publishing if an answer takes over S s (10)\n"
 "  --no-rx-timestamps       do not ask the kernel for receive timestamps\n"
+"  --spin                   fanout: poll the streams without ever sleeping. On\n"
+"                           loopback each write wakes a sleeping reader on the\n"
+"                           server's core (an inter-processor interrupt); with\n"
+"                           remote clients that cost would not be the server's.\n"
+"                           Spinning keeps it out of the server's figures.\n"
 "  --wait S                 after the last publish answer, wait at most S s for\n"
 "                           stragglers (5)\n"
 "\n"
@@ -1460,7 +1450,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
-		O_INFLIGHT, O_NO_RXTS, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
+		O_INFLIGHT, O_NO_RXTS, O_SPIN, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
 		O_PIPELINE, O_WARMUP, O_EXPECT, O_TIMEOUT,
 	};
 	static const struct option opts[] = {
@@ -1479,6 +1469,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "payload-size", required_argument, NULL, O_PAYLOAD },
 		{ "pub-inflight", required_argument, NULL, O_INFLIGHT },
 		{ "no-rx-timestamps", no_argument, NULL, O_NO_RXTS },
+		{ "spin", no_argument, NULL, O_SPIN },
 		{ "pub-timeout", required_argument, NULL, O_PUB_TIMEOUT },
 		{ "wait", required_argument, NULL, O_WAIT },
 		{ "server-pid", required_argument, NULL, O_PID },
@@ -1538,6 +1529,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 			c->pub_inflight = parse_uint("--pub-inflight", optarg, 1, 100000);
 			break;
 		case O_NO_RXTS: c->rx_timestamps = 0; break;
+		case O_SPIN: c->spin = 1; break;
 		case O_PUB_TIMEOUT:
 			c->pub_timeout_s = parse_double("--pub-timeout", optarg, 0.1, 3600);
 			break;

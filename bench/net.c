@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,6 +83,40 @@ int net_connect_result(int fd)
 	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
 		return errno;
 	return err;
+}
+
+int net_enable_rx_stamps(int fd)
+{
+	int one = 1;
+	return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) == 0 ? 0 : -errno;
+}
+
+ssize_t net_read_stamped(int fd, void *buf, size_t len, int64_t real_minus_mono,
+			 uint64_t *arrival)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	union {
+		char buf[CMSG_SPACE(sizeof(struct timespec)) * 2];
+		struct cmsghdr align;
+	} control;
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = control.buf, .msg_controllen = sizeof control.buf,
+	};
+	*arrival = 0;
+	ssize_t n = recvmsg(fd, &msg, 0);
+	if (n <= 0)
+		return n;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+			struct timespec ts;
+			memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+			int64_t real = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+			if (real > real_minus_mono)
+				*arrival = (uint64_t)(real - real_minus_mono);
+		}
+	}
+	return n;
 }
 
 /* Tries to bind 127.0.0.1:port; returns the bound port or -1. */

@@ -4,6 +4,7 @@
 
 #include <netinet/in.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/resource.h>
 
 /* Parses an IPv4 dotted quad and accepts it only inside 127.0.0.0/8. */
@@ -19,6 +20,15 @@ int net_connect_from(const struct sockaddr_in *dst, unsigned src_host);
 
 /* After EPOLLOUT on a connecting socket: 0 if connected, else errno. */
 int net_connect_result(int fd);
+
+/* Asks the kernel to stamp received data (SO_TIMESTAMPNS). 0 or -errno. */
+int net_enable_rx_stamps(int fd);
+
+/* read() that also reports the kernel's receive stamp of the newest data
+ * read, turned monotonic with real_minus_mono (CLOCK_REALTIME -
+ * CLOCK_MONOTONIC); *arrival is 0 when the kernel gave none. */
+ssize_t net_read_stamped(int fd, void *buf, size_t len, int64_t real_minus_mono,
+			 uint64_t *arrival);
 
 /* A port that 127.0.0.1 can bind right now, or -1; seed varies the pick. */
 int net_free_port(unsigned seed);

@@ -51,6 +51,7 @@ int pub_init(struct publisher *p, const struct pub_config *cfg, int epfd,
 	p->subs_max = -1;
 	p->ok_bits = ok_bits;
 	hist_init(&p->lat);
+	hist_init(&p->lat_arrival);
 	hist_init(&p->lag);
 	p->q = calloc(p->cfg.inflight, sizeof *p->q);
 	return p->q ? 0 : -1;
@@ -78,6 +79,8 @@ static void pub_connect(struct publisher *p)
 		p->phase = PUB_FAILED;
 		return;
 	}
+	if (p->cfg.rx_timestamps && net_enable_rx_stamps(fd) != 0)
+		fatal("setsockopt SO_TIMESTAMPNS");
 	p->fd = fd;
 	p->phase = PUB_CONNECTING;
 	p->want_out = 1;
@@ -234,7 +237,7 @@ static long long json_number_after(const char *s, size_t n, const char *key)
 
 /* Consumes every complete answer in resp[]; answers come back in request
  * order (HTTP/1.1), so each one matches the oldest request in flight. */
-static void take_answers(struct publisher *p, uint64_t t_read)
+static void take_answers(struct publisher *p, uint64_t t_read, uint64_t t_arrival)
 {
 	for (unsigned guard = 0; guard < 1000000 && p->resp_len > 0; guard++) {
 		struct sp_head h;
@@ -265,6 +268,8 @@ static void take_answers(struct publisher *p, uint64_t t_read)
 		p->q_head = (p->q_head + 1) % p->cfg.inflight;
 		p->q_count--;
 		hist_add(&p->lat, t_read - req->t_send);
+		if (t_arrival)
+			hist_add(&p->lat_arrival, t_arrival > req->t_send ? t_arrival - req->t_send : 0);
 		p->consecutive_resets = 0;
 		if (h.status >= 200 && h.status < 300) {
 			p->ok++;
@@ -291,7 +296,12 @@ static void take_answers(struct publisher *p, uint64_t t_read)
 
 static void on_readable(struct publisher *p)
 {
-	ssize_t n = read(p->fd, p->resp + p->resp_len, sizeof p->resp - p->resp_len);
+	uint64_t arrival = 0;
+	void *into = p->resp + p->resp_len;
+	size_t room = sizeof p->resp - p->resp_len;
+	ssize_t n = p->cfg.rx_timestamps
+		? net_read_stamped(p->fd, into, room, p->cfg.real_minus_mono, &arrival)
+		: read(p->fd, into, room);
 	int err = errno;	/* before the clock call can touch it */
 	uint64_t t = now_ns();
 	if (n < 0) {
@@ -305,7 +315,7 @@ static void on_readable(struct publisher *p)
 		return;
 	}
 	p->resp_len += (size_t)n;
-	take_answers(p, t);
+	take_answers(p, t, arrival);
 	send_due(p);
 }
 

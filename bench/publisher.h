@@ -21,6 +21,8 @@ struct pub_config {
 	unsigned payload_size;	/* pad the JSON body to at least this */
 	unsigned inflight;	/* requests outstanding at once (1 = no pipelining) */
 	const char *extra;	/* JSON members put before seq and ts, or NULL */
+	int rx_timestamps;	/* time answers by the kernel's receive stamp too */
+	int64_t real_minus_mono; /* CLOCK_REALTIME - CLOCK_MONOTONIC, for those */
 	int verbose;
 };
 
@@ -61,6 +63,9 @@ struct publisher {
 	size_t max_body;	/* largest event body sent */
 	uint8_t *ok_bits;	/* seqs the server accepted (2xx) */
 	struct hist lat;	/* send -> whole answer read */
+	struct hist lat_arrival; /* send -> kernel receive stamp of the answer:
+				  * what the server took, without the time the
+				  * generator, busy reading streams, took to look */
 	struct hist lag;	/* actual send time - scheduled send time */
 };
 
