@@ -1079,7 +1079,13 @@ static int run_churn(struct bench *b)
 	}
 	uint64_t t_end = now_ns();
 	double server_cpu, self_cpu;
+	long long server_ns = cpu_window_server_ns(&cpu, c->server_pid);
 	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
+	/* Server CPU time per subscription: what one core could sustain if the
+	 * generator (whose core also does the server's side of every TCP
+	 * handshake on loopback) were not the limit. An estimate, not a rate. */
+	double cpu_us_per_sub = server_ns >= 0 && b->churn_done > 0
+		? (double)server_ns / 1e3 / (double)b->churn_done : -1;
 	unsigned abandoned = 0;
 	for (unsigned i = 0; i < b->nsubs; i++) {
 		if (b->subs[i].phase != SUB_CLOSED && b->subs[i].phase != SUB_UNUSED) {
@@ -1100,6 +1106,9 @@ static int run_churn(struct bench *b)
 	print_errors(b);
 	print_hist_line("open latency (connect -> first chunk)", &b->open_lat);
 	print_cpu("the run", server_cpu, self_cpu);
+	if (cpu_us_per_sub > 0)
+		printf("  server CPU per subscription: %.1f us (user+system / completed), i.e. "
+		       "%.0f/s if it had a whole core\n", cpu_us_per_sub, 1e6 / cpu_us_per_sub);
 	int ok = b->churn_done > 0 && errors == 0;
 	printf("RESULT mode=churn ok=%d auth=%d concurrency=%u duration_s=%.2f completed=%" PRIu64
 	       " subs_per_s=%.0f errors=%" PRIu64,
@@ -1107,7 +1116,8 @@ static int run_churn(struct bench *b)
 	for (int k = 0; k < ERR_KINDS; k++)
 		printf(" err_%s=%" PRIu64, error_names[k], b->errors[k]);
 	result_hist("open", &b->open_lat);
-	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f\n", server_cpu, self_cpu);
+	printf(" server_cpu_pct=%.0f loadgen_cpu_pct=%.0f server_cpu_us_per_sub=%.1f\n",
+	       server_cpu, self_cpu, cpu_us_per_sub);
 	return ok ? 0 : 1;
 }
 
