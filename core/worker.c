@@ -223,6 +223,7 @@ static int listen_on(const char *spec, int backlog)
      * system call here instead of one per connection. */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one) < 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         log_error("cannot listen on %s: %s", spec, strerror(errno));
         if (fd >= 0 && close(fd) < 0)
