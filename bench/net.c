@@ -44,14 +44,14 @@ static void close_keep_errno(int fd)
 	errno = saved;
 }
 
-int net_connect_from(const struct sockaddr_in *dst, unsigned src_host)
+int net_connect_from(const struct sockaddr_in *dst, unsigned src_host, int nodelay)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	int one = 1;
-	/* events are small and latency is what we measure */
-	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
+	/* requests after the first are small and latency is what we measure */
+	if (nodelay && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0)
 		goto fail;
 	if (src_host >= 1 && src_host <= 254) {
 		/* Spread sources over 127.0.0.x: each source address has its own

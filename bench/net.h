@@ -14,9 +14,11 @@ int net_parse_loopback(const char *host, struct in_addr *out);
 int net_raise_nofile(rlim_t *soft, rlim_t *hard);
 
 /* Non-blocking TCP connect to dst from source address 127.0.0.src_host
- * (1..254, 0 = let the kernel choose). Returns the fd (connect may still be
- * in progress: wait for EPOLLOUT, then net_connect_result) or -errno. */
-int net_connect_from(const struct sockaddr_in *dst, unsigned src_host);
+ * (1..254, 0 = let the kernel choose), with TCP_NODELAY if nodelay (only
+ * connections that send more than one request need it). Returns the fd
+ * (connect may still be in progress: wait for EPOLLOUT, then
+ * net_connect_result) or -errno. */
+int net_connect_from(const struct sockaddr_in *dst, unsigned src_host, int nodelay);
 
 /* After EPOLLOUT on a connecting socket: 0 if connected, else errno. */
 int net_connect_result(int fd);

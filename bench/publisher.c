@@ -73,7 +73,7 @@ void pub_free(struct publisher *p)
 
 static void pub_connect(struct publisher *p)
 {
-	int fd = net_connect_from(&p->cfg.dst, 0);
+	int fd = net_connect_from(&p->cfg.dst, 0, 1);
 	if (fd < 0) {
 		fprintf(stderr, "loadgen: publisher connect: %s\n", strerror(-fd));
 		p->phase = PUB_FAILED;

@@ -198,8 +198,8 @@ static void hc_fill(struct load *L, struct hconn *h)
 
 static void hc_start(struct load *L, struct hconn *h)
 {
-	unsigned src = 1 + (L->next_src++ % L->c->src_addrs);
-	int fd = net_connect_from(&L->c->dst, src);
+	unsigned src = L->c->src_addrs ? 1 + (L->next_src++ % L->c->src_addrs) : 0;
+	int fd = net_connect_from(&L->c->dst, src, 1);
 	if (fd < 0) {
 		L->r->errors[REQ_ERR_CONNECT]++;
 		L->r->last_errno = -fd;
@@ -422,7 +422,7 @@ int req_get(const struct sockaddr_in *dst, const char *host, int port, const cha
 	if (rl < 0)
 		return get_fail(fd, E2BIG);
 	if (*fd < 0) {
-		int s = net_connect_from(dst, 0);
+		int s = net_connect_from(dst, 0, 1);
 		if (s < 0)
 			return get_fail(fd, -s);
 		*fd = s;
