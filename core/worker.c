@@ -143,6 +143,11 @@ static void refuse_busy(struct worker *w, int fd)
     /* Best effort: a fresh socket buffer takes these bytes whole. */
     if (write(fd, busy, sizeof busy - 1) < 0)
         log_debug("503 write: %s", strerror(errno));
+    /* Deferred accept means the request is already here; closing with it
+     * unread would send a reset, and some clients drop the 503 on a reset. */
+    char discard[4096];
+    while (recv(fd, discard, sizeof discard, MSG_DONTWAIT) == (ssize_t)sizeof discard)
+        continue;
     if (close(fd) < 0)
         log_debug("close: %s", strerror(errno));
 }
@@ -223,7 +228,6 @@ static int listen_on(const char *spec, int backlog)
      * system call here instead of one per connection. */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
-        setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one) < 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         log_error("cannot listen on %s: %s", spec, strerror(errno));
         if (fd >= 0 && close(fd) < 0)
@@ -232,6 +236,11 @@ static int listen_on(const char *spec, int backlog)
         return -1;
     }
     freeaddrinfo(res);
+    /* Accept once the first bytes are in (or after ~1 s of silence): the
+     * request is then ready to read, and a connect that says nothing costs
+     * no slot, timer or wake-up meanwhile. An optimisation only. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one) < 0)
+        log_warn("TCP_DEFER_ACCEPT: %s", strerror(errno));
     return fd;
 }
 
