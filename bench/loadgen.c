@@ -205,15 +205,17 @@ static long long cpu_window_server_ns(const struct cpu_window *w, long server_pi
 	return (server1 >= 0 && w->server0 >= 0) ? server1 - w->server0 : -1;
 }
 
-static void print_cpu(const char *during, double server_pct, double self_pct)
+static void print_cpu(const char *during, double server_pct, double self_pct, int spinning)
 {
 	printf("  CPU during %s: server ", during);
 	if (server_pct >= 0)
 		printf("%.0f%%", server_pct);
 	else
 		printf("?");
-	printf(", loadgen %.0f%% (of one core)\n", self_pct);
-	if (self_pct >= 90)
+	printf(", loadgen %.0f%% (of one core)%s\n", self_pct,
+	       spinning ? ", spinning: its CPU says nothing about its load; compare\n"
+			  "  delivery latency with arrival latency instead" : "");
+	if (self_pct >= 90 && !spinning)
 		printf("  warning: the load generator was (nearly) saturated; figures include "
 		       "its own delay\n");
 }
@@ -954,7 +956,7 @@ static int run_fanout(struct bench *b)
 	       (double)(t_end - t0) / 1e9,
 	       pub->last_send && t_end > pub->last_send ? (double)(t_end - pub->last_send) / 1e9 : 0,
 	       c->wait_s);
-	print_cpu("publishing and waiting", server_cpu, self_cpu);
+	print_cpu("publishing and waiting", server_cpu, self_cpu, c->spin);
 	if (cpu_us_per_event >= 0)
 		printf("  server CPU per published event: %.1f us (user+system while publishing and "
 		       "waiting / accepted events; includes the fan-out)\n", cpu_us_per_event);
@@ -1111,7 +1113,7 @@ static int run_churn(struct bench *b)
 	printf("  subscriptions/s: %.0f\n", per_s);
 	print_errors(b);
 	print_hist_line("open latency (connect -> first chunk)", &b->open_lat);
-	print_cpu("the run", server_cpu, self_cpu);
+	print_cpu("the run", server_cpu, self_cpu, 0);
 	if (cpu_us_per_sub > 0)
 		printf("  server CPU per subscription: %.1f us (user+system / completed), i.e. "
 		       "%.0f/s if it had a whole core\n", cpu_us_per_sub, 1e6 / cpu_us_per_sub);
@@ -1196,7 +1198,7 @@ static int run_http(struct bench *b)
 	       r.last_errno ? " last errno: " : "", r.last_errno ? strerror(r.last_errno) : "",
 	       r.lost, r.reconnects, r.cut_off);
 	print_hist_line("request latency (written -> whole answer read)", &r.lat);
-	print_cpu("the counted time", server_cpu, self_cpu);
+	print_cpu("the counted time", server_cpu, self_cpu, 0);
 	if (cpu_us_per_req >= 0)
 		printf("  server CPU per answer: %.1f us (user+system time in the counted window "
 		       "/ answers)\n", cpu_us_per_req);
@@ -1348,8 +1350,8 @@ static void usage(FILE *f)
 "  --token TOKEN            token for --auth (let-me-in)\n"
 "  --src-addrs K            spread client sockets over 127.0.0.1..127.0.0.K (254);\n"
 "                           0: no bind(), the kernel picks (2 system calls fewer\n"
-"                           per connection; fine while the server leaves no\n"
-"                           TIME_WAIT on this side, as sluice does)\n"
+"                           per connection; fine while closed connections leave\n"
+"                           no TIME_WAIT on this side, as sluice's streams do)\n"
 "  --sub-path PATH          subscribe on PATH instead of /sub/CHANNEL; repeat it\n"
 "                           (up to 8) to spread the streams round-robin over\n"
 "                           several paths, e.g. one per view\n"
