@@ -27,6 +27,13 @@ struct outbuf {
     size_t bytes;        /* bytes still to write */
 };
 
+/* Asks the CPU to fetch the slot the next push will fill. */
+static inline void outbuf_prefetch_tail(const struct outbuf *ob)
+{
+    if (ob->cap)
+        __builtin_prefetch(&ob->ring[(ob->head + ob->count) & (ob->cap - 1)], 1);
+}
+
 /* Appends a reference to frame[off, off+len). False when out of memory. */
 bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
                  uint32_t len);
