@@ -44,6 +44,7 @@ struct view_frame {
 
 struct hist_entry {
     struct event_src *src;
+    size_t bytes;                 /* src and frames, for the global bound */
     ev_tstamp at;
     struct frame *raw;            /* view 0, framed on first use */
     struct view_frame *views;     /* masked views framed so far */
@@ -59,6 +60,7 @@ struct channel {
     uint32_t nsubs;
     struct hist_entry *ring;
     uint32_t head, count, cap;
+    uint32_t heap_pos;            /* in channels.oldest, or NOT_IN_HEAP */
     size_t history_len;
     double history_ttl;
     /* Every event of this channel with an id >= complete_from is in the
@@ -91,6 +93,12 @@ struct channels {
     uint64_t last_id;
     uint64_t forgotten_upto;      /* ids a freed channel may have dropped */
     size_t nsubs, nevents;
+    size_t history_bytes, max_history_bytes;   /* max 0: no bound */
+    /* Channels with history, as a min-heap on their oldest event's id:
+     * the top is where the oldest event of all is, which the global bound
+     * drops first. */
+    struct channel **oldest;
+    uint32_t oldest_len, oldest_cap;
     struct history_rule *rules;
     size_t nrules;
     view_framer framer;
@@ -102,9 +110,81 @@ struct channels {
 
 /* ---- history ---------------------------------------------------------- */
 
+#define NOT_IN_HEAP UINT32_MAX
+
 static struct hist_entry *ring_at(struct channel *ch, uint32_t i)
 {
     return &ch->ring[(ch->head + i) % ch->cap];
+}
+
+static uint64_t oldest_id(struct channel *ch)
+{
+    return ring_at(ch, 0)->src->id;
+}
+
+static void heap_set(struct channels *cs, uint32_t i, struct channel *ch)
+{
+    cs->oldest[i] = ch;
+    ch->heap_pos = i;
+}
+
+static void heap_up(struct channels *cs, uint32_t i)
+{
+    struct channel *ch = cs->oldest[i];
+    uint64_t id = oldest_id(ch);
+    while (i > 0) {
+        uint32_t parent = (i - 1) / 2;
+        if (oldest_id(cs->oldest[parent]) <= id)
+            break;
+        heap_set(cs, i, cs->oldest[parent]);
+        i = parent;
+    }
+    heap_set(cs, i, ch);
+}
+
+static void heap_down(struct channels *cs, uint32_t i)
+{
+    struct channel *ch = cs->oldest[i];
+    uint64_t id = oldest_id(ch);
+    for (;;) {
+        uint32_t child = 2 * i + 1;
+        if (child >= cs->oldest_len)
+            break;
+        if (child + 1 < cs->oldest_len &&
+            oldest_id(cs->oldest[child + 1]) < oldest_id(cs->oldest[child]))
+            child++;
+        if (id <= oldest_id(cs->oldest[child]))
+            break;
+        heap_set(cs, i, cs->oldest[child]);
+        i = child;
+    }
+    heap_set(cs, i, ch);
+}
+
+/* Room for one more channel, so that adding one cannot fail later. */
+static bool heap_reserve(struct channels *cs)
+{
+    if (cs->oldest_len < cs->oldest_cap)
+        return true;
+    uint32_t cap = cs->oldest_cap ? cs->oldest_cap * 2 : 64;
+    struct channel **a = realloc(cs->oldest, sizeof *a * cap);
+    if (!a)
+        return false;
+    cs->oldest = a;
+    cs->oldest_cap = cap;
+    return true;
+}
+
+static void heap_remove(struct channels *cs, struct channel *ch)
+{
+    uint32_t i = ch->heap_pos;
+    ch->heap_pos = NOT_IN_HEAP;
+    struct channel *last = cs->oldest[--cs->oldest_len];
+    if (last == ch)
+        return;
+    heap_set(cs, i, last);
+    heap_up(cs, i);
+    heap_down(cs, last->heap_pos);
 }
 
 static void entry_free(struct hist_entry *e)
@@ -116,14 +196,45 @@ static void entry_free(struct hist_entry *e)
     free(e->src);
 }
 
+static void ring_resize(struct channel *ch, uint32_t cap)
+{
+    struct hist_entry *ring = malloc(sizeof *ring * cap);
+    if (!ring)
+        return;   /* keep the old one: still correct, only larger */
+    for (uint32_t i = 0; i < ch->count; i++)
+        ring[i] = *ring_at(ch, i);
+    free(ch->ring);
+    ch->ring = ring;
+    ch->cap = cap;
+    ch->head = 0;
+}
+
 static void evict_oldest(struct channels *cs, struct channel *ch)
 {
     struct hist_entry *e = ring_at(ch, 0);
     ch->complete_from = e->src->id + 1;
+    cs->history_bytes -= e->bytes;
     entry_free(e);
     ch->head = (ch->head + 1) % ch->cap;
     ch->count--;
     cs->nevents--;
+    if (ch->count)
+        heap_down(cs, ch->heap_pos);   /* its oldest is younger now */
+    else
+        heap_remove(cs, ch);
+    /* A ring stays at most 4x larger than what it holds, so memory
+     * follows the history bound down too. */
+    if (ch->count && ch->cap > 8 && ch->count < ch->cap / 4)
+        ring_resize(ch, ch->cap / 2);
+}
+
+/* The global bound: drop the oldest events of all until under it. A
+ * channel emptied here stays until the sweeper releases it. */
+static void trim_history(struct channels *cs)
+{
+    while (cs->max_history_bytes && cs->history_bytes > cs->max_history_bytes &&
+           cs->oldest_len)
+        evict_oldest(cs, cs->oldest[0]);
 }
 
 static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now)
@@ -141,16 +252,9 @@ static bool ring_reserve(struct channel *ch)
     uint32_t cap = ch->cap ? ch->cap * 2 : 8;
     if (cap > ch->history_len)
         cap = (uint32_t)ch->history_len;
-    struct hist_entry *ring = malloc(sizeof *ring * cap);
-    if (!ring)
-        return false;
-    for (uint32_t i = 0; i < ch->count; i++)
-        ring[i] = *ring_at(ch, i);
-    free(ch->ring);
-    ch->ring = ring;
-    ch->cap = cap;
-    ch->head = 0;
-    return true;
+    uint32_t before = ch->cap;
+    ring_resize(ch, cap);
+    return ch->cap != before;
 }
 
 /* ---- channels --------------------------------------------------------- */
@@ -230,6 +334,7 @@ static struct channel *get(struct channels *cs, const char *name, size_t len)
         return NULL;
     memcpy(ch->name, name, len);
     ch->name_len = len;
+    ch->heap_pos = NOT_IN_HEAP;
     ch->complete_from = first_unknown(cs);
     apply_rule(cs, ch);
     HASH_ADD_KEYPTR(hh, cs->by_name, ch->name, ch->name_len, ch);
@@ -286,12 +391,13 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 struct channels *channels_new(struct worker *w, size_t history_len,
-                              double history_ttl)
+                              double history_ttl, size_t history_bytes)
 {
     struct channels *cs = calloc(1, sizeof *cs);
     if (!cs)
         return NULL;
     cs->w = w;
+    cs->max_history_bytes = history_bytes;
     TAILQ_INIT(&cs->idle);
     if (channels_configure(cs, "", history_len, history_ttl) < 0) {
         free(cs);
@@ -323,6 +429,7 @@ void channels_free(struct channels *cs)
     for (size_t i = 0; i < cs->nrules; i++)
         free(cs->rules[i].prefix);
     free(cs->rules);
+    free(cs->oldest);
     free(cs);
 }
 
@@ -389,12 +496,21 @@ static struct frame *frame_view(struct channels *cs, const struct event_src *src
     return f;
 }
 
-/* The frame of e for a view, framed once and kept with the entry. */
+static size_t frame_cost(const struct frame *f)
+{
+    return f ? sizeof *f + f->len : 0;
+}
+
+/* The frame of e for a view, framed once and kept with the entry (its
+ * size counted in e->bytes; for an entry already in a ring the caller
+ * adds the growth to the global count). */
 static struct frame *entry_frame(struct channels *cs, struct hist_entry *e, int view)
 {
     if (view == 0) {
-        if (!e->raw)
+        if (!e->raw) {
             e->raw = frame_raw(e->src);
+            e->bytes += frame_cost(e->raw);
+        }
         return e->raw;
     }
     for (uint32_t i = 0; i < e->nviews; i++)
@@ -408,6 +524,7 @@ static struct frame *entry_frame(struct channels *cs, struct hist_entry *e, int 
     }
     e->views = vs;
     vs[e->nviews++] = (struct view_frame){ view, f };   /* NULL = dropped */
+    e->bytes += sizeof *vs + frame_cost(f);
     return f;
 }
 
@@ -454,6 +571,7 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
         release_if_unused(cs, ch);
         return -1;
     }
+    e.bytes = sizeof e + sizeof *e.src + data_len + event_len + 2;
     cs->last_id++;
     e.at = clock_mono();
     out->id = e.src->id;
@@ -478,13 +596,19 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
     }
     cs->w->stats.delivered += out->reached;
 
-    if (ch->history_len && ring_reserve(ch)) {
+    if (ch->history_len && ring_reserve(ch) && heap_reserve(cs)) {
         if (ch->count == ch->cap)
             evict_oldest(cs, ch);
         *ring_at(ch, ch->count) = e;
         ch->count++;
         cs->nevents++;
+        cs->history_bytes += e.bytes;
+        if (ch->heap_pos == NOT_IN_HEAP) {   /* its only event: the heap's newest */
+            heap_set(cs, cs->oldest_len++, ch);
+            heap_up(cs, ch->heap_pos);
+        }
         evict_expired(cs, ch, e.at);
+        trim_history(cs);
     } else {
         ch->complete_from = e.src->id + 1;   /* nothing kept to resume from */
         entry_free(&e);
@@ -650,11 +774,15 @@ int channels_subscribe(struct channels *cs, struct conn *c,
         }
         if (best < 0 || c->state != CONN_STREAMING)
             break;
-        struct frame *f = entry_frame(cs, ring_at(chans[best], pos[best]), views[best]);
+        struct hist_entry *e = ring_at(chans[best], pos[best]);
+        size_t before = e->bytes;
+        struct frame *f = entry_frame(cs, e, views[best]);
+        cs->history_bytes += e->bytes - before;
         if (f)
             conn_stream_replay(c, f);
         pos[best]++;
     }
+    trim_history(cs);   /* replays may have framed more (and pos[] is done) */
     for (int i = 0; i < m; i++)
         if (!add_sub(cs, c, chans[i], views[i]))
             return -1;
@@ -698,11 +826,12 @@ uint64_t channels_last_id(const struct channels *cs)
 }
 
 void channels_counts(const struct channels *cs, size_t *channels,
-                     size_t *subs, size_t *events)
+                     size_t *subs, size_t *events, size_t *history_bytes)
 {
     *channels = HASH_COUNT(cs->by_name);
     *subs = cs->nsubs;
     *events = cs->nevents;
+    *history_bytes = cs->history_bytes;
 }
 
 uint32_t channels_subscribers(struct channels *cs, const char *name,

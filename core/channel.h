@@ -29,8 +29,10 @@ typedef struct frame *(*view_framer)(void *ctx, int view,
 
 struct channels;
 
+/* history_bytes bounds the history of all channels together: past it the
+ * oldest events (by id, whatever their channel) are dropped first. */
 struct channels *channels_new(struct worker *w, size_t history_len,
-                              double history_ttl);
+                              double history_ttl, size_t history_bytes);
 void channels_free(struct channels *cs);
 void channels_set_framer(struct channels *cs, view_framer fn, void *ctx);
 
@@ -74,9 +76,10 @@ bool channels_framing(const struct channels *cs);
 /* The last id assigned (0 before the first event). */
 uint64_t channels_last_id(const struct channels *cs);
 
-/* Counts for stats: channels, subscriptions, history entries. */
+/* Counts for stats: channels, subscriptions, history entries and the
+ * bytes they hold. */
 void channels_counts(const struct channels *cs, size_t *channels,
-                     size_t *subs, size_t *events);
+                     size_t *subs, size_t *events, size_t *history_bytes);
 
 /* Subscribers of a channel (0 if it does not exist). */
 uint32_t channels_subscribers(struct channels *cs, const char *name,

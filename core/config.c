@@ -22,6 +22,7 @@ void config_defaults(struct config *c)
         .lua_mem = 512u * 1024 * 1024,
         .history_len = 1000,
         .history_ttl = 600,
+        .history_bytes = 256u * 1024 * 1024,
         .reload_debounce = 0.1,
         .watch = true,
         .pid_file = NULL,

@@ -25,6 +25,7 @@ struct config {
     size_t lua_mem;              /* --lua-memory (bytes, 0 = off) */
     size_t history_len;          /* --history-len: events per channel */
     double history_ttl;          /* --history-ttl (s) */
+    size_t history_bytes;        /* --max-history-bytes: all channels together */
     double reload_debounce;      /* --reload-debounce (s) */
     bool watch;                  /* --no-watch turns it off */
     const char *pid_file;        /* --pid-file */

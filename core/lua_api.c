@@ -538,8 +538,8 @@ static int l_stats(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
     struct worker *w = vm->w;
-    size_t nch, nsubs, nev;
-    channels_counts(w->channels, &nch, &nsubs, &nev);
+    size_t nch, nsubs, nev, hbytes;
+    channels_counts(w->channels, &nch, &nsubs, &nev, &hbytes);
     lua_createtable(L, 0, 16);
     set_int(L, "connections", w->nconns);
     set_int(L, "accepted", (double)w->stats.accepted);
@@ -553,6 +553,7 @@ static int l_stats(lua_State *L)
     set_int(L, "channels", (double)nch);
     set_int(L, "subscriptions", (double)nsubs);
     set_int(L, "history_events", (double)nev);
+    set_int(L, "history_bytes", (double)hbytes);
     set_int(L, "lua_memory", (double)luavm_memory(vm));
     /* As a string: JSON encoders round big numbers. */
     char id[24];

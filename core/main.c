@@ -41,6 +41,8 @@ static void usage(FILE *out, const struct config *d)
 "  --retry MS                retry: hint sent when a stream opens, -1 = none (default %ld)\n"
 "  --history-len N           events kept per channel for resume (default %zu)\n"
 "  --history-ttl S           seconds an event stays in history (default %g)\n"
+"  --max-history-bytes N     history of all channels together; past it the\n"
+"                            oldest events go first, 0 = no bound (default %zu)\n"
 "  --lua-cpu-budget MS       CPU a script call may use before it is stopped,\n"
 "                            0 = no limit and JIT-compiled scripts (default %d)\n"
 "  --lua-memory MB           Lua memory cap per worker, 0 = none (default %zu)\n"
@@ -53,7 +55,8 @@ static void usage(FILE *out, const struct config *d)
             d->listen, d->apps_dir, d->backlog, d->max_head, d->max_headers,
             d->max_body, d->max_queued, d->header_timeout, d->keepalive_timeout,
             d->send_timeout,
-            d->heartbeat, d->retry_ms, d->history_len, d->history_ttl, d->lua_cpu_ms,
+            d->heartbeat, d->retry_ms, d->history_len, d->history_ttl,
+            d->history_bytes, d->lua_cpu_ms,
             d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace);
 }
 
@@ -159,7 +162,7 @@ int main(int argc, char **argv)
     }
     enum { O_LISTEN = 256, O_APPS, O_LUA, O_MAXCONNS, O_BACKLOG, O_MAXHEAD,
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
-           O_RETRY, O_HLEN, O_HTTL, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
+           O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
@@ -170,7 +173,8 @@ int main(int argc, char **argv)
         { "keepalive-timeout", 1, 0, O_KATO }, { "send-timeout", 1, 0, O_SENDTO },
         { "heartbeat", 1, 0, O_HB },
         { "retry", 1, 0, O_RETRY }, { "history-len", 1, 0, O_HLEN },
-        { "history-ttl", 1, 0, O_HTTL }, { "lua-cpu-budget", 1, 0, O_CPU },
+        { "history-ttl", 1, 0, O_HTTL }, { "max-history-bytes", 1, 0, O_HBYTES },
+        { "lua-cpu-budget", 1, 0, O_CPU },
         { "lua-memory", 1, 0, O_MEM }, { "no-watch", 0, 0, O_NOWATCH },
         { "reload-debounce", 1, 0, O_DEBOUNCE }, { "shutdown-grace", 1, 0, O_GRACE },
         { "pid-file", 1, 0, O_PID }, { "log-level", 1, 0, O_LOG },
@@ -205,6 +209,10 @@ int main(int argc, char **argv)
         case O_RETRY: NUM("--retry", -1, 86400000); cfg.retry_ms = (long)v; break;
         case O_HLEN: NUM("--history-len", 0, 10000000); cfg.history_len = (size_t)v; break;
         case O_HTTL: NUM("--history-ttl", 0.001, 1e9); cfg.history_ttl = v; break;
+        case O_HBYTES:
+            NUM("--max-history-bytes", 0, 1e15);
+            cfg.history_bytes = (size_t)v;
+            break;
         case O_CPU: NUM("--lua-cpu-budget", 0, 3600000); cfg.lua_cpu_ms = (int)v; break;
         case O_MEM: NUM("--lua-memory", 0, 1 << 20); cfg.lua_mem = (size_t)v << 20; break;
         case O_NOWATCH: cfg.watch = false; break;

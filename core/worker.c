@@ -363,7 +363,7 @@ int worker_init(struct worker *w, const struct config *cfg)
     deadline_list_init(&w->keepalive_timeouts, w->loop, cfg->keepalive_timeout, on_deadline, w);
     deadline_list_init(&w->send_timeouts, w->loop, cfg->send_timeout, on_stall, w);
 
-    w->channels = channels_new(w, cfg->history_len, cfg->history_ttl);
+    w->channels = channels_new(w, cfg->history_len, cfg->history_ttl, cfg->history_bytes);
     w->vm = luavm_new(w, cfg->lua_dir, cfg->lua_mem, cfg->lua_cpu_ms);
     if (!w->channels || !w->vm) {
         log_error("out of memory starting the worker");

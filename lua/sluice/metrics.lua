@@ -41,6 +41,8 @@ function metrics.render(stats)
   one("channels", "gauge", "Channels with subscribers or history.", stats.channels)
   one("subscriptions", "gauge", "Stream subscriptions.", stats.subscriptions)
   one("history_events", "gauge", "Events held in channel histories.", stats.history_events)
+  one("history_bytes", "gauge", "Bytes held in channel histories (bounded by --max-history-bytes).",
+    stats.history_bytes)
   one("lua_memory_bytes", "gauge", "Memory held by the Lua state.", stats.lua_memory)
 
   local rt = stats.runtime or {}
