@@ -222,8 +222,12 @@ static void evict_oldest(struct channels *cs, struct channel *ch)
         heap_down(cs, ch->heap_pos);   /* its oldest is younger now */
     else
         heap_remove(cs, ch);
-    /* A ring stays at most 4x larger than what it holds, so memory
-     * follows the history bound down too. */
+}
+
+/* A ring stays at most 4x larger than what it holds, so memory follows
+ * the history bound down too. */
+static void shrink_ring(struct channel *ch)
+{
     if (ch->count && ch->cap > 8 && ch->count < ch->cap / 4)
         ring_resize(ch, ch->cap / 2);
 }
@@ -233,8 +237,11 @@ static void evict_oldest(struct channels *cs, struct channel *ch)
 static void trim_history(struct channels *cs)
 {
     while (cs->max_history_bytes && cs->history_bytes > cs->max_history_bytes &&
-           cs->oldest_len)
-        evict_oldest(cs, cs->oldest[0]);
+           cs->oldest_len) {
+        struct channel *ch = cs->oldest[0];
+        evict_oldest(cs, ch);
+        shrink_ring(ch);
+    }
 }
 
 static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now)
@@ -242,6 +249,7 @@ static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now
     while (ch->count && (ch->count > ch->history_len ||
                          ring_at(ch, 0)->at + ch->history_ttl <= now))
         evict_oldest(cs, ch);
+    shrink_ring(ch);
 }
 
 static bool ring_reserve(struct channel *ch)
@@ -596,7 +604,11 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
     }
     cs->w->stats.delivered += out->reached;
 
-    if (ch->history_len && ring_reserve(ch) && heap_reserve(cs)) {
+    /* An event larger than the whole bound is not kept: keeping it would
+     * first push every other channel's history out. */
+    bool fits = !cs->max_history_bytes || e.bytes <= cs->max_history_bytes;
+    if (ch->history_len && fits && ring_reserve(ch) &&
+        (ch->heap_pos != NOT_IN_HEAP || heap_reserve(cs))) {
         if (ch->count == ch->cap)
             evict_oldest(cs, ch);
         *ring_at(ch, ch->count) = e;
@@ -640,21 +652,22 @@ static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int
     if (vi < 0)
         return false;
     struct chan_view *cv = &ch->views[vi];
+    struct sub *s = NULL;
     if (cv->nsubs == cv->cap) {
         uint32_t cap = cv->cap ? cv->cap * 2 : 4;
         struct conn **conns = realloc(cv->conns, sizeof *conns * cap);
         if (!conns)
-            return false;
+            goto fail;
         cv->conns = conns;
         struct sub **subs = realloc(cv->subs, sizeof *subs * cap);
         if (!subs)
-            return false;
+            goto fail;
         cv->subs = subs;
         cv->cap = cap;
     }
-    struct sub *s = calloc(1, sizeof *s);
+    s = calloc(1, sizeof *s);
     if (!s)
-        return false;
+        goto fail;
     s->conn = c;
     s->chan = ch;
     s->view = view;
@@ -667,6 +680,13 @@ static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int
     s->next_in_conn = c->subs;
     c->subs = s;
     return true;
+fail:
+    if (cv->nsubs == 0) {   /* a view made for this one: publish must not frame it */
+        free(cv->conns);
+        free(cv->subs);
+        ch->views[vi] = ch->views[--ch->nviews];
+    }
+    return false;
 }
 
 static void json_string(struct buf *b, const char *s, size_t n)
@@ -729,6 +749,7 @@ int channels_subscribe(struct channels *cs, struct conn *c,
     bool has_last = last_raw != NULL;
     if (n > MAX_SUBSCRIBE)
         return -1;
+    ev_tstamp now = clock_mono();
     struct channel *chans[MAX_SUBSCRIBE];
     uint32_t pos[MAX_SUBSCRIBE];
     int views[MAX_SUBSCRIBE];
@@ -748,7 +769,8 @@ int channels_subscribe(struct channels *cs, struct conn *c,
         views[m] = reqs[i].view;
         pos[m] = ch->count;   /* nothing to replay */
         if (has_last) {
-            evict_expired(cs, ch, clock_mono());
+            evict_expired(cs, ch, now);   /* one instant: a channel met twice
+                                           * (two views) cannot shift pos[] */
             if (last_id <= cs->boot_id || last_id > cs->last_id)
                 send_reset(c, ch, "unknown-id", last_raw);
             else if (last_id + 1 < ch->complete_from)

@@ -86,13 +86,18 @@ describe("history bounded across channels", function()
       s:close()
     end
 
-    -- the newest events stay, in every channel: from the previous round's
-    -- event of b40 (ids are global, so 40 earlier) exactly the last one
-    local s1 = multi.open(srv.port, "/s/b40", { ["Last-Event-ID"] = ("%.0f"):format(ids.last[40] - 40) })
-    local ev1 = s1:next(3)
-    assert.same({ tonumber(ids.last[40]), "message" }, { ev1 and tonumber(ev1.id), ev1 and (ev1.event or "message") })
-    assert.is_nil(s1:next(0.2))
-    s1:close()
+    -- the newest events of all stay, in every channel (a bound that
+    -- dropped whole channels instead would fail here): from three rounds
+    -- back (ids are global, 40 per round) exactly the last three
+    for k = 1, 40 do
+      local from = ids.last[k] - 120
+      local s1 = multi.open(srv.port, "/s/b" .. k, { ["Last-Event-ID"] = ("%.0f"):format(from) })
+      local got = s1:take(3, 3)
+      s1:close()
+      local got_ids = {}
+      for i, ev in ipairs(got) do got_ids[i] = ev.event == "sluice-reset" and "reset" or tonumber(ev.id) end
+      assert.same({ from + 40, from + 80, from + 120 }, got_ids, "b" .. k .. " lost recent events")
+    end
 
     -- resuming from a recent event (the last round but one, channel 40):
     -- exactly the one event after it, no reset
@@ -103,6 +108,18 @@ describe("history bounded across channels", function()
     assert.same({ r2.first[1] + 1, r2.first[1] + 2 }, { tonumber(got[1].id), tonumber(got[2].id) })
     assert.is_nil(s2:next(0.2))
     s2:close()
+  end)
+
+  it("does not keep an event larger than the whole bound", function()
+    local small = flood(srv, "keep", 5, 5, 100)
+    flood(srv, "huge", 1, 1, CAP + 1)
+    local st = multi.get_json(srv.port, "/stats")
+    assert.equal(5, st.history_events, "the big event pushed the others out")
+    -- and the others still resume
+    local s = multi.open(srv.port, "/s/keep3", { ["Last-Event-ID"] = ("%.0f"):format(small.first[3] - 1) })
+    local ev = s:next(3)
+    s:close()
+    assert.equal(tonumber(small.first[3]), ev and tonumber(ev.id))
   end)
 
   it("stays consistent when per-channel and global eviction mix", function()
