@@ -196,17 +196,19 @@ static void entry_free(struct hist_entry *e)
     free(e->src);
 }
 
-static void ring_resize(struct channel *ch, uint32_t cap)
+/* False if out of memory: the old ring stays, still correct. */
+static bool ring_resize(struct channel *ch, uint32_t cap)
 {
     struct hist_entry *ring = malloc(sizeof *ring * cap);
     if (!ring)
-        return;   /* keep the old one: still correct, only larger */
+        return false;
     for (uint32_t i = 0; i < ch->count; i++)
         ring[i] = *ring_at(ch, i);
     free(ch->ring);
     ch->ring = ring;
     ch->cap = cap;
     ch->head = 0;
+    return true;
 }
 
 static void evict_oldest(struct channels *cs, struct channel *ch)
@@ -229,7 +231,7 @@ static void evict_oldest(struct channels *cs, struct channel *ch)
 static void shrink_ring(struct channel *ch)
 {
     if (ch->count && ch->cap > 8 && ch->count < ch->cap / 4)
-        ring_resize(ch, ch->cap / 2);
+        (void)ring_resize(ch, ch->cap / 2);   /* a failed shrink costs nothing */
 }
 
 /* The global bound: drop the oldest events of all until under it. A
@@ -260,9 +262,7 @@ static bool ring_reserve(struct channel *ch)
     uint32_t cap = ch->cap ? ch->cap * 2 : 8;
     if (cap > ch->history_len)
         cap = (uint32_t)ch->history_len;
-    uint32_t before = ch->cap;
-    ring_resize(ch, cap);
-    return ch->cap != before;
+    return ring_resize(ch, cap);
 }
 
 /* ---- channels --------------------------------------------------------- */
@@ -536,10 +536,15 @@ static struct frame *entry_frame(struct channels *cs, struct hist_entry *e, int 
     return f;
 }
 
+static size_t src_size(const char *event, size_t elen, size_t dlen)
+{
+    return sizeof(struct event_src) + dlen + (event ? elen + 1 : 0) + 1;
+}
+
 static struct event_src *src_new(uint64_t id, const char *event, size_t elen,
                                  const char *data, size_t dlen)
 {
-    struct event_src *s = malloc(sizeof *s + dlen + (event ? elen + 1 : 0) + 1);
+    struct event_src *s = malloc(src_size(event, elen, dlen));
     if (!s)
         return NULL;
     s->id = id;
@@ -579,7 +584,7 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
         release_if_unused(cs, ch);
         return -1;
     }
-    e.bytes = sizeof e + sizeof *e.src + data_len + event_len + 2;
+    e.bytes = sizeof e + src_size(event, event_len, data_len);
     cs->last_id++;
     e.at = clock_mono();
     out->id = e.src->id;
