@@ -56,10 +56,34 @@ static int on_url(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* Trailers (fields after a chunked body) never become headers (RFC 9110
+ * 6.5.1): an Authorization or Origin trailer must not count as part of a
+ * head that was already checked without it. They are dropped, but count
+ * toward the head limits so that a flood of them stays bounded. */
+static int trailer_seen(struct http_parser *p, size_t n, bool new_field)
+{
+    struct http_request *r = &p->req;
+    if (new_field && (size_t)r->nheaders + ++r->ntrailers > p->limits->max_headers) {
+        r->reject_status = 431;
+        return -1;
+    }
+    if ((size_t)r->head_len + r->trailer_bytes + n > p->limits->max_head) {
+        r->reject_status = 431;
+        return -1;
+    }
+    r->trailer_bytes += (uint32_t)n;
+    return 0;
+}
+
 static int on_header_field(llhttp_t *ll, const char *at, size_t n)
 {
     struct http_parser *p = PARSER(ll);
     struct http_request *r = &p->req;
+    if (p->head_done) {
+        bool new_field = r->in_value;
+        r->in_value = false;
+        return trailer_seen(p, n, new_field);
+    }
     bool new_header = r->in_value || r->nheaders == 0;
     if (new_header) {
         if (r->nheaders >= p->limits->max_headers) {
@@ -96,6 +120,8 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
     struct http_parser *p = PARSER(ll);
     struct http_request *r = &p->req;
     r->in_value = true;
+    if (p->head_done)
+        return trailer_seen(p, n, false);
     if (head_append(p, at, n, 431))
         return -1;
     r->headers[r->nheaders - 1].value_len += (uint32_t)n;
@@ -118,6 +144,7 @@ static int on_headers_complete(llhttp_t *ll)
     struct http_parser *p = PARSER(ll);
     struct http_request *r = &p->req;
     p->head_done = true;
+    r->in_value = true;   /* a field after this is the first trailer */
     trim_values(r);
     if ((ll->flags & F_CONTENT_LENGTH) &&
         ll->content_length > p->limits->max_body) {
@@ -190,6 +217,7 @@ static void request_reset(struct http_request *r, bool keep_buffers)
     }
     r->head_len = r->url_len = 0;
     r->nheaders = 0;
+    r->trailer_bytes = r->ntrailers = 0;
     r->body_len = 0;
     r->reject_status = 0;
     r->in_value = r->expect_continue = r->complete = false;

@@ -28,7 +28,9 @@ struct http_request {
     uint32_t nheaders, headers_cap;
     char *body;
     size_t body_len, body_cap;
-    int reject_status;             /* 413/414/431 found while parsing */
+    uint32_t trailer_bytes;        /* trailers are dropped, but count */
+    uint32_t ntrailers;            /* toward the head limits */
+    int reject_status;             /* 400/413/414/431 found while parsing */
     bool in_value;                 /* last callback was a header value */
     bool expect_continue;
     bool complete;
@@ -58,7 +60,7 @@ enum http_parse_result http_parse(struct http_parser *p, const char *data,
 /* After HTTP_PARSE_DONE has been handled: ready for the next request. */
 void http_parser_next(struct http_parser *p);
 
-/* The status to answer a HTTP_PARSE_BAD with (400, 413, 414, 431). */
+/* The status to answer a HTTP_PARSE_BAD with (400, 413, 414, 431, 503). */
 int http_bad_status(const struct http_parser *p);
 
 bool http_keep_alive(const struct http_parser *p);
