@@ -40,10 +40,13 @@ sluice: $(CORE_OBJ) $(LLHTTP_OBJ)
 $(BUILD)/core/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)/core
 	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -I$(LLHTTP_INC) -c -o $@ $<
 
-# llhttp is generated C from Debian's node-llhttp: built as is, without our
-# warning flags, which are for code we write.
-$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c | $(BUILD)/llhttp
-	$(CC) -O2 -g -fPIC -I$(LLHTTP_INC) -c -o $@ $<
+# llhttp is generated C from Debian's node-llhttp: built without our
+# warning flags, which are for code we write, and in strict mode, which
+# refuses a chunk not ended by CRLF and other framing that a proxy in front
+# may read differently (request smuggling). Only llhttp.c reads the macro;
+# the Makefile is a prerequisite so a build from before is not kept lenient.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c Makefile | $(BUILD)/llhttp
+	$(CC) -O2 -g -fPIC -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) -c -o $@ $<
 
 $(BUILD)/core $(BUILD)/llhttp:
 	mkdir -p $@
@@ -80,7 +83,7 @@ fuzz:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-14-dev; }
 	mkdir -p build/fuzz fuzz/corpus/sse fuzz/corpus/http
 	clang $(FUZZ_FLAGS) fuzz/fuzz_sse.c core/sse.c -o build/fuzz/fuzz_sse
-	clang $(FUZZ_FLAGS) -I$(LLHTTP_INC) fuzz/fuzz_http.c core/http.c \
+	clang $(FUZZ_FLAGS) -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC) fuzz/fuzz_http.c core/http.c \
 	      $(LLHTTP_SRC)/llhttp.c $(LLHTTP_SRC)/api.c $(LLHTTP_SRC)/http.c -o build/fuzz/fuzz_http
 	build/fuzz/fuzz_sse -max_total_time=$(FUZZ_SECONDS) -max_len=512 fuzz/corpus/sse
 	build/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) -max_len=4096 fuzz/corpus/http fuzz/seeds/http

@@ -115,6 +115,18 @@ static int on_header_field(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* The last byte before at that is not SP or HTAB (at is inside the input
+ * llhttp is running on; earlier input left its last such byte behind). */
+static char byte_before(const struct http_parser *p, const char *at)
+{
+    while (at > p->exec_start) {
+        at--;
+        if (*at != ' ' && *at != '\t')
+            return *at;
+    }
+    return p->byte_before;
+}
+
 static int on_header_value(llhttp_t *ll, const char *at, size_t n)
 {
     struct http_parser *p = PARSER(ll);
@@ -122,6 +134,14 @@ static int on_header_value(llhttp_t *ll, const char *at, size_t n)
     r->in_value = true;
     if (p->head_done)
         return trailer_seen(p, n, false);
+    /* llhttp joins an obs-fold (a line starting with SP or HTAB) to the
+     * value before it; a proxy may not, so the two would disagree on a
+     * Transfer-Encoding. RFC 9112 5.2 lets a server refuse it: a value's
+     * bytes never follow a line break, except across one. */
+    if (n && byte_before(p, at) == '\n') {
+        r->reject_status = 400;
+        return -1;
+    }
     if (head_append(p, at, n, 431))
         return -1;
     r->headers[r->nheaders - 1].value_len += (uint32_t)n;
@@ -139,6 +159,57 @@ static void trim_values(struct http_request *r)
     }
 }
 
+/* Bytes RFC 3986 does not allow and no browser sends unencoded: controls,
+ * space, DEL, non-ASCII (strict llhttp refuses these already), the quote
+ * and angle brackets. */
+static bool target_is_valid(const char *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= ' ' || c >= 0x7f || c == '"' || c == '<' || c == '>')
+            return false;
+    }
+    return true;
+}
+
+/* RFC 9110 7.2: uri-host [ ":" port ], the characters of RFC 3986 3.2.2. */
+static bool host_is_valid(const char *s, uint32_t n)
+{
+    static const char other[] = "-._~%!$&'()*+,;=:[]";
+    for (uint32_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!isalnum(c) && !memchr(other, c, sizeof other - 1))
+            return false;
+    }
+    return true;
+}
+
+/* What RFC 9112 says a server must refuse and llhttp, even strict, lets
+ * through: each could make sluice and a proxy in front of it read the
+ * request differently. (llhttp refuses controls and DEL in values.) */
+static bool head_is_valid(const llhttp_t *ll, const struct http_request *r)
+{
+    if (!target_is_valid(r->head, r->url_len))
+        return false;
+    bool http_1_0 = ll->http_major == 1 && ll->http_minor == 0;
+    int hosts = 0;
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        const struct http_header *h = &r->headers[i];
+        const char *name = r->head + h->name_off;
+        const char *value = r->head + h->value_off;
+        if (h->name_len == 0)   /* RFC 9110 5.1: a name is a token */
+            return false;
+        /* 3.2: more than one Host, or an invalid one, is a 400. */
+        if (h->name_len == 4 && memcmp(name, "host", 4) == 0 &&
+            (++hosts > 1 || !host_is_valid(value, h->value_len)))
+            return false;
+        /* 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty. */
+        if (http_1_0 && h->name_len == 17 && memcmp(name, "transfer-encoding", 17) == 0)
+            return false;
+    }
+    return true;
+}
+
 static int on_headers_complete(llhttp_t *ll)
 {
     struct http_parser *p = PARSER(ll);
@@ -146,6 +217,10 @@ static int on_headers_complete(llhttp_t *ll)
     p->head_done = true;
     r->in_value = true;   /* a field after this is the first trailer */
     trim_values(r);
+    if (!head_is_valid(ll, r)) {
+        r->reject_status = 400;
+        return -1;
+    }
     if ((ll->flags & F_CONTENT_LENGTH) &&
         ll->content_length > p->limits->max_body) {
         r->reject_status = 413;
@@ -242,16 +317,32 @@ void http_parser_next(struct http_parser *p)
         llhttp_resume(&p->ll);
 }
 
+/* Remembers the last byte of consumed input that is not SP or HTAB. */
+static void note_byte_before(struct http_parser *p, const char *data, size_t used)
+{
+    while (used) {
+        char c = data[--used];
+        if (c != ' ' && c != '\t') {
+            p->byte_before = c;
+            return;
+        }
+    }
+}
+
 enum http_parse_result http_parse(struct http_parser *p, const char *data,
                                   size_t len, size_t *used)
 {
+    p->exec_start = data;
     llhttp_errno_t err = llhttp_execute(&p->ll, data, len);
+    p->exec_start = NULL;
     if (err == HPE_OK) {
         *used = len;
+        note_byte_before(p, data, len);
         return HTTP_PARSE_MORE;
     }
     if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && p->req.complete) {
         *used = (size_t)(llhttp_get_error_pos(&p->ll) - data);
+        note_byte_before(p, data, *used);
         return HTTP_PARSE_DONE;
     }
     *used = len;

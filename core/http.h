@@ -43,6 +43,11 @@ struct http_parser {
     const struct http_limits *limits;
     bool head_done;   /* the current request's head is complete */
     bool started;     /* bytes of a request have arrived */
+    /* For telling an obs-fold from a read that ended mid-value: the input
+     * llhttp is running on, and the last byte before it that was not SP or
+     * HTAB. */
+    const char *exec_start;
+    char byte_before;
 };
 
 void http_parser_init(struct http_parser *p, const struct http_limits *lim);

@@ -5,12 +5,15 @@
  *
  * Oracles: ASan/UBSan; the limits hold for every request handed over;
  * header and URL offsets stay inside the head buffer; names are
- * lower-case; and feeding the same bytes in one piece or split into
- * arbitrary reads yields exactly the same requests and the same verdict.
+ * lower-case, non-empty tokens; values hold no control byte but HTAB;
+ * there is at most one Host; the target holds no byte sluice refuses;
+ * and feeding the same bytes in one piece or split into arbitrary reads
+ * yields exactly the same requests and the same verdict (this is what
+ * checks that a read ending mid-value is never taken for an obs-fold).
  *
  *   make fuzz   (or by hand:) clang -g -O1 -fsanitize=fuzzer,address,undefined -Icore \
- *         -I/usr/share/include/llhttp fuzz/fuzz_http.c core/http.c \
- *         /usr/share/llhttp/{llhttp,api,http}.c -o fuzz/fuzz_http
+ *         -DLLHTTP_STRICT_MODE=1 -I/usr/share/include/llhttp fuzz/fuzz_http.c \
+ *         core/http.c /usr/share/llhttp/{llhttp,api,http}.c -o fuzz/fuzz_http
  */
 #include <assert.h>
 #include <stdint.h>
@@ -44,6 +47,13 @@ static void putu(struct out *o, uint64_t v)
     put(o, b, (size_t)n);
 }
 
+/* RFC 9110 5.6.2 tchar, lower-case (names are lower-cased). */
+static int is_token_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
 /* Checks a complete request and appends a canonical description of it. */
 static void record(struct out *o, const struct http_parser *p)
 {
@@ -53,6 +63,11 @@ static void record(struct out *o, const struct http_parser *p)
     assert(r->nheaders <= limits.max_headers);
     assert(r->body_len <= limits.max_body);
     assert(r->url_len <= r->head_len);
+    for (uint32_t k = 0; k < r->url_len; k++) {
+        unsigned char c = (unsigned char)r->head[k];
+        assert(c > ' ' && c < 0x7f && c != '"' && c != '<' && c != '>');
+    }
+    int hosts = 0;
     const char *m = http_method(p);
     put(o, m, strlen(m));
     put(o, "|", 1);
@@ -62,10 +77,17 @@ static void record(struct out *o, const struct http_parser *p)
         const struct http_header *h = &r->headers[i];
         assert((uint64_t)h->name_off + h->name_len <= r->head_len);
         assert((uint64_t)h->value_off + h->value_len <= r->head_len);
-        for (uint32_t k = 0; k < h->name_len; k++) {
-            char c = r->head[(size_t)h->name_off + k];
-            assert(!(c >= 'A' && c <= 'Z'));
+        const char *name = r->head + h->name_off;
+        assert(h->name_len > 0);
+        for (uint32_t k = 0; k < h->name_len; k++)
+            assert(is_token_char((unsigned char)name[k]));
+        for (uint32_t k = 0; k < h->value_len; k++) {
+            unsigned char c = (unsigned char)r->head[(size_t)h->value_off + k];
+            assert(c >= ' ' || c == '\t');
+            assert(c != 0x7f);
         }
+        if (h->name_len == 4 && memcmp(name, "host", 4) == 0)
+            assert(++hosts == 1);
         putu(o, h->name_len);
         if (h->name_len)
             put(o, r->head + h->name_off, h->name_len);
