@@ -181,8 +181,11 @@ function sandbox.install()
   if type(fmt) == "table" then fmt.__metatable = false end
   -- Scripts and code they load share the global xpcall.
   _G.xpcall = guarded_xpcall
+  -- jit without on(): compiling script code would take it out of reach
+  -- of the budget's hook. Turning the JIT off or flushing is harmless.
   sandbox.jit = jit and { version = jit.version, version_num = jit.version_num, os = jit.os,
-                          arch = jit.arch, status = jit.status } or nil
+                          arch = jit.arch, status = jit.status, off = jit.off,
+                          flush = jit.flush } or nil
 end
 
 -- A fresh environment for one script version: its own globals, its own
