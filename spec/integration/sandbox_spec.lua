@@ -230,3 +230,34 @@ return app
     assert.is_truthy((server.read_file(log_path) or ""):find("app%.lua:3 called os%.exit%(3%): draining"))
   end)
 end)
+
+-- The route's policy (CORS, authorization, rollout) runs library code and
+-- script callbacks on every request: under the same budget as handlers.
+local POLICY = [[
+local sluice = require "sluice"
+local app = sluice.app()
+app:get("/ok", function() return "ok" end)
+app:get("/split", function() return "served" end, {
+  rollout = { variants = { "stable", "green" }, split = { green = 50 },
+              key = function(req) while true do end end },
+})
+app:get("/split", function() return "green" end, { variant = "green" })
+return app
+]]
+
+describe("a route's policy", function()
+  local srv
+  setup(function()
+    srv = server.start { apps = { ["app.lua"] = POLICY }, args = { "--lua-cpu-budget", "100" } }
+  end)
+  teardown(function() srv:stop() end)
+
+  it("runs under the CPU budget: a rollout key that loops is stopped with a 500", function()
+    local r = request(srv.port, "/split")
+    assert.is_truthy(r, "no answer: the policy loops outside the budget")
+    assert.equal(500, r.status)
+    assert.is_true(srv:wait_log("GET /split: [^\n]*app%.lua:6: script exceeded its CPU budget", 2))
+    local ok = request(srv.port, "/ok")
+    assert.equal("ok", ok and ok.body)
+  end)
+end)
