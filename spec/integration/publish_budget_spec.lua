@@ -21,7 +21,7 @@ describe("a big publish from a handler", function()
   local srv
   setup(function()
     srv = server.start { apps = { ["app.lua"] = APP },
-                         args = { "--lua-cpu-budget", "10", "--lua-memory", "1024",
+                         args = { "--lua-cpu-budget", "30", "--lua-memory", "1024",
                                   "--max-body-bytes", tostring(80 * 1024 * 1024) } }
   end)
   teardown(function() srv:stop() end)
