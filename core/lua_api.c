@@ -264,13 +264,22 @@ static int l_send(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
+    /* Framing a big event is not the script's CPU: once it is queued, the
+     * script must not be stopped for it. */
+    struct luavm_charge charge;
+    luavm_uncharged_begin(vm_of(L), &charge);
     struct frame *f = frame_sse(&ev);
+    bool queued = false;
+    if (f) {
+        if (ev.data || ev.event || ev.id)
+            f->flags |= FRAME_EVENT;
+        queued = conn_stream_send(c, f);
+        frame_unref(f);
+    }
+    luavm_uncharged_end(vm_of(L), &charge);
     if (!f)
         return luaL_error(L, "out of memory framing an event");
-    if (ev.data || ev.event || ev.id)
-        f->flags |= FRAME_EVENT;
-    lua_pushboolean(L, conn_stream_send(c, f));
-    frame_unref(f);
+    lua_pushboolean(L, queued);
     return 1;
 }
 
@@ -315,8 +324,14 @@ static int l_publish(lua_State *L)
     if (bad)
         return luaL_error(L, "cannot publish: %s", bad);
     struct publish_result r;
+    /* Framing and fan-out are not the script's CPU: charged to it, a big
+     * publish would take effect and then fail the script with a 500, and
+     * a client that retries would publish twice. */
+    struct luavm_charge charge;
+    luavm_uncharged_begin(vm, &charge);
     int rc = channels_publish(vm->w->channels, ch, clen, ev.event, ev.event_len,
                               data, dlen, &r);
+    luavm_uncharged_end(vm, &charge);
     if (rc == -2)
         return luaL_error(L, "cannot publish from inside a view transform");
     if (rc < 0)
@@ -511,6 +526,28 @@ void lua_api_stop_timers(struct luavm *vm)
 
 /* ---- misc ------------------------------------------------------------- */
 
+/* core.drain(): begins the graceful shutdown SIGTERM begins, from the loop
+ * (not from inside the script call that asked: the request being answered
+ * is queued first, and no connection is closed under a running handler). */
+static _Thread_local ev_timer drain_timer;
+
+static void on_drain(struct ev_loop *loop, ev_timer *ev, int revents)
+{
+    (void)loop; (void)revents;
+    worker_stop(ev->data);
+}
+
+static int l_drain(lua_State *L)
+{
+    struct luavm *vm = vm_of(L);
+    if (!ev_is_active(&drain_timer) && !vm->w->stopping) {
+        ev_timer_init(&drain_timer, on_drain, 0, 0);
+        drain_timer.data = vm->w;
+        ev_timer_start(vm->w->loop, &drain_timer);
+    }
+    return 0;
+}
+
 static int l_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(vm_of(L)->w->loop));
@@ -616,7 +653,7 @@ static int open_core(lua_State *L)
         { "subscribers", l_subscribers }, { "history", l_history },
         { "timer", l_timer }, { "timer_stop", l_timer_stop },
         { "now", l_now }, { "log", l_log }, { "stats", l_stats },
-        { "set_hooks", l_set_hooks }, { NULL, NULL },
+        { "set_hooks", l_set_hooks }, { "drain", l_drain }, { NULL, NULL },
     };
     struct luavm *vm = lua_touserdata(L, lua_upvalueindex(1));
     lua_createtable(L, 0, 24);
@@ -628,6 +665,8 @@ static int open_core(lua_State *L)
     }
     lua_pushcfunction(L, luavm_sandbox_run);
     lua_setfield(L, -2, "run");
+    lua_pushcfunction(L, luavm_budget_spent);
+    lua_setfield(L, -2, "budget_spent");
     lua_pushcfunction(L, l_listdir);
     lua_setfield(L, -2, "listdir");
     lua_pushlightuserdata(L, vm);

@@ -42,7 +42,7 @@ static void on_cpu_timer(int sig, siginfo_t *info, void *uctx)
 {
     (void)sig; (void)info; (void)uctx;
     struct luavm *vm = current_vm;
-    if (!vm || vm->sandbox_depth == 0)
+    if (!vm || vm->sandbox_depth == 0 || vm->uncharged)
         return;
     if (vm->seen_seq != vm->call_seq) {   /* a call that started since */
         vm->seen_seq = vm->call_seq;
@@ -140,9 +140,14 @@ int luavm_sandbox_run(lua_State *L)
         vm->call_seq++;
     }
     vm->sandbox_depth++;
+    /* Script code called from inside an uncharged C call (a view
+     * transform during a publish) is charged again while it runs. */
+    sig_atomic_t uncharged = vm->uncharged;
+    vm->uncharged = 0;
     lua_pushcfunction(L, traceback);
     lua_insert(L, 1);
     int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
+    vm->uncharged = uncharged;
     vm->sandbox_depth--;
     if (outermost) {
         /* Out of the call first, then clear: a late tick is harmless now. */
@@ -168,6 +173,33 @@ int luavm_sandbox_run(lua_State *L)
     lua_pushboolean(L, 1);
     lua_insert(L, 1);
     return lua_gettop(L);
+}
+
+void luavm_uncharged_begin(struct luavm *vm, struct luavm_charge *saved)
+{
+    /* Ticks of this call so far; an older count belongs to another call. */
+    saved->ticks = vm->seen_seq == vm->call_seq ? vm->ticks : 0;
+    vm->uncharged++;
+}
+
+void luavm_uncharged_end(struct luavm *vm, const struct luavm_charge *saved)
+{
+    /* Forget what the call cost, then the budget it may have spent. A tick
+     * landing in between only sets the hook again, as it would have. */
+    vm->seen_seq = vm->call_seq;
+    vm->ticks = saved->ticks;
+    vm->uncharged--;
+    if (vm->sandbox_depth > 0 && saved->ticks <= WATCHDOG_SHARE && vm->budget_expired) {
+        vm->budget_expired = 0;
+        lua_sethook(vm->L, NULL, 0, 0);
+    }
+}
+
+int luavm_budget_spent(lua_State *L)
+{
+    struct luavm *vm = current_vm;
+    lua_pushboolean(L, vm && vm->budget_expired);
+    return 1;
 }
 
 static bool setup_cpu_timer(struct luavm *vm)

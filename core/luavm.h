@@ -26,6 +26,10 @@ struct luavm {
     unsigned seen_seq;                /* the call the watchdog last saw */
     int ticks;                        /* watchdog ticks seen in that call */
     bool mem_exceeded;
+    /* > 0 inside a C API call whose CPU is not charged to the script
+     * (framing and fan-out of a publish): a script must not be stopped
+     * right after a call that already took effect. */
+    volatile sig_atomic_t uncharged;
     /* Runtime entry points (registry references). */
     int ref_dispatch, ref_timer, ref_closed, ref_transform, ref_reload;
 };
@@ -44,6 +48,19 @@ bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what);
 /* lua_CFunction: core.run(fn, ...) -> true, results... | false, message.
  * Runs script code under the CPU budget and the memory cap. */
 int luavm_sandbox_run(lua_State *L);
+
+/* Brackets a C API call whose CPU time is not charged to the calling
+ * script: ticks seen meanwhile are forgotten, and a budget that ran out
+ * meanwhile is restored, so the script is not stopped just after the call
+ * took effect. Script code called from inside (view transforms) is still
+ * charged: luavm_sandbox_run resumes charging for its duration. */
+struct luavm_charge { int ticks; };
+void luavm_uncharged_begin(struct luavm *vm, struct luavm_charge *saved);
+void luavm_uncharged_end(struct luavm *vm, const struct luavm_charge *saved);
+
+/* lua_CFunction: core.budget_spent() -> true once the running script call
+ * has used its CPU budget (a message handler must not run then). */
+int luavm_budget_spent(lua_State *L);
 
 /* Bytes the Lua state holds. */
 size_t luavm_memory(const struct luavm *vm);

@@ -48,6 +48,11 @@ function metrics.render(stats)
   local rt = stats.runtime or {}
   one("reloads_total", "counter", "Reloads of the apps directory.", rt.reloads)
   one("script_load_errors_total", "counter", "Scripts that failed to load or reload.", rt.load_errors)
+  one("timers", "gauge", "Script timers running.", rt.timers)
+  local st = {}
+  for path, n in pairs(rt.timers_by_script or {}) do st[#st + 1] = { n, { script = path } } end
+  table.sort(st, function(a, b) return a[2].script < b[2].script end)
+  metric("script_timers", "gauge", "Script timers running per script (bounded per script version).", st)
 
   local req, err, streams, rejected, authf, variants = {}, {}, {}, {}, {}, {}
   for _, r in ipairs(rt.routes or {}) do

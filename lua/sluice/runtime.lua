@@ -9,6 +9,7 @@ local log = require "sluice.log"
 local request = require "sluice.request"
 local gate = require "sluice.gate"
 local routes = require "sluice.routes"
+local sandbox = require "sluice.sandbox"
 local stream = require "sluice.stream"
 local timers = require "sluice.timers"
 
@@ -104,7 +105,12 @@ timers.on_owned = function(owner)
   if getmetatable(owner) and owner._rt then watch(owner) end
 end
 
+-- Frees what a stream set up (timers, on_close callbacks, its watch
+-- entry), once, on every way a stream ends or fails to open.
 local function forget_stream(s)
+  if s._forgotten then return end
+  s._forgotten = true
+  if state.watched[s.id] == s then state.watched[s.id] = nil end
   timers.stop_owned(s)
   if s._on_close then
     for _, fn in ipairs(s._on_close) do
@@ -136,12 +142,8 @@ end
 
 local function respond(h, status, body, headers)
   headers = headers or {}
-  if type(body) == "table" then
-    body = json.encode(body)
-    if not has_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
-  elseif body ~= nil then
-    body = tostring(body)
-    if not has_header(headers, "content-type") then headers["Content-Type"] = "text/plain; charset=utf-8" end
+  if body ~= nil and not has_header(headers, "content-type") then
+    headers["Content-Type"] = "text/plain; charset=utf-8"
   end
   core.respond(h, status, headers, body)
 end
@@ -161,22 +163,53 @@ local function interpret(r1, r2, r3)
   return 200, r1, r2
 end
 
-local function merge(into, from)
-  if not from then return into end
-  into = into or {}
-  for k, v in pairs(from) do
-    if into[k] == nil then into[k] = v end
+-- A plain copy of the headers a handler returned, merged with the ones
+-- the route's policy added (CORS, variant): the runtime then reads only
+-- plain data, never a table whose metamethods would run script code.
+local function plain_headers(from, policy_headers)
+  local out = {}
+  if type(from) == "table" then
+    for k, v in next, from do
+      if type(v) == "table" then
+        local list = {}
+        for i = 1, #v do list[i] = rawget(v, i) end
+        v = list
+      end
+      out[k] = v
+    end
   end
-  return into
+  if policy_headers then
+    for k, v in pairs(policy_headers) do
+      if out[k] == nil then out[k] = v end
+    end
+  end
+  return out
 end
 
--- Answers with what a handler returned, plus the headers the route's
--- policy added (CORS, variant).
-local function answer(h, route, policy_headers, r1, r2, r3)
+-- Turns what a handler returned into status, body (a string or nil) and
+-- plain headers. Runs inside the handler's core.run: encoding a table and
+-- tostring of a value may call the script's metamethods (__tostring,
+-- __index, __concat...), which the CPU budget must be able to stop.
+local function prepare_answer(policy_headers, r1, r2, r3)
   local status, body, headers = interpret(r1, r2, r3)
-  headers = merge(headers, policy_headers)
   if type(status) ~= "number" or status < 200 or status > 599 then
-    log.error("%s %s: handler returned an invalid status %s", route.method, route.pattern, tostring(status))
+    return "invalid", tostring(status)
+  end
+  headers = plain_headers(headers, policy_headers)
+  if type(body) == "table" then
+    body = json.encode(body)
+    if not has_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
+  elseif body ~= nil then
+    body = tostring(body)
+    if type(body) ~= "string" then error("__tostring must return a string", 0) end
+  end
+  return "answer", status, body, headers
+end
+
+-- Answers with what prepare_answer made of a handler's return values.
+local function answer(h, route, kind, status, body, headers)
+  if kind == "invalid" then
+    log.error("%s %s: handler returned an invalid status %s", route.method, route.pattern, status)
     return respond_status(h, 500)
   end
   if status >= 400 then
@@ -233,7 +266,9 @@ local function options(h, method, path, query, headers, peer, allowed)
     local group, params = state.routes:find(m, path)
     if group and group.main and group.main.cors then
       local req = request.new(method, path, query, headers, "", peer, params)
-      local status, hdrs = gate.preflight(group, req)
+      -- Library code on client input: under the CPU budget as well.
+      local ok, status, hdrs = core.run(gate.preflight, group, req)
+      if not ok then return failed(h, group, req, status) end
       return respond(h, status, nil, hdrs)
     end
   end
@@ -241,14 +276,54 @@ local function options(h, method, path, query, headers, peer, allowed)
 end
 
 -- A token that expires ends the stream then, with a retry hint, so a
--- stale token cannot hold a stream open.
+-- stale token cannot hold a stream open. A far expiry (a token valid for
+-- years) is waited for in steps a timer can take, re-armed each time.
+local EXPIRY_STEP = 86400
+
 local function close_on_expiry(s, claims)
   local exp = type(claims) == "table" and tonumber(claims.exp)
-  if not exp then return end
-  s:after(math.max(0, exp - os.time()), function()
-    core.send(s.id, nil, nil, nil, 1000, "token expired")
-    core.close(s.id)
-  end)
+  if not exp or exp ~= exp or exp == math.huge then return end
+  local function arm()
+    local left = exp - os.time()
+    s:after(math.max(0, math.min(left, EXPIRY_STEP)), function()
+      if exp - os.time() > 0 then return arm() end
+      core.send(s.id, nil, nil, nil, 1000, "token expired")
+      core.close(s.id)
+    end)
+  end
+  arm()
+end
+
+local serving_stream   -- the stream the request being served set up
+
+-- Everything a request runs of the library and of the script, under one
+-- CPU budget: the route's policy (CORS, authorization, variant), the
+-- handler, and turning its answer into plain data.
+local function serve(group, req, h)
+  local pass, status, extra = gate.pass(group, req)
+  if not pass then return "reject", status, extra end
+  timers.running = state.scripts[pass.script]
+  if group.kind == "plain" then
+    return prepare_answer(pass.headers, pass.handler(req))
+  end
+  local s = stream.new(rt, h, req, pass.headers)
+  s._script = pass.script
+  serving_stream = s
+  local r1, r2, r3 = pass.handler(req, s)
+  if r1 ~= nil then return prepare_answer(pass.headers, r1, r2, r3) end
+  if req.claims then close_on_expiry(s, req.claims) end
+  return "stream"
+end
+
+-- Opens the stream a handler set up; whatever fails on the way frees all
+-- the stream set up (its timers run forever otherwise).
+local function start_stream(h, group, req, s)
+  local ok, err = pcall(open_stream, h, group, req, s)
+  if ok then return end
+  group.stats.errors = group.stats.errors + 1
+  log.script_error(("%s %s (stream not opened)"):format(req.method, req.path), err)
+  if s._open and core.alive(h) then core.close(h) else respond_status(h, 500) end
+  forget_stream(s)
 end
 
 function runtime.dispatch(h, method, path, query, headers, body, peer)
@@ -263,30 +338,21 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
   local req = request.new(method, path, query, headers, body, peer, params)
   req.route = group.pattern
   group.stats.requests = group.stats.requests + 1
-  local ok, pass, status, extra = pcall(gate.pass, group, req)
-  if not ok then return failed(h, group, req, pass) end
-  if not pass then
-    group.stats.rejected[status] = (group.stats.rejected[status] or 0) + 1
-    return respond_status(h, status, extra)
+  serving_stream = nil
+  local ok, kind, a, b, c = core.run(serve, group, req, h)
+  local s = serving_stream
+  serving_stream, timers.running = nil, nil
+  if not ok then
+    if s then forget_stream(s) end
+    return failed(h, group, req, kind)
   end
-  if group.kind == "plain" then
-    local ok2, r1, r2, r3 = core.run(pass.handler, req)
-    if not ok2 then return failed(h, group, req, r1) end
-    return answer(h, group, pass.headers, r1, r2, r3)
+  if kind == "reject" then
+    group.stats.rejected[a] = (group.stats.rejected[a] or 0) + 1
+    return respond_status(h, a, b)
   end
-  local s = stream.new(rt, h, req, pass.headers)
-  s._script = pass.script
-  local ok2, r1, r2, r3 = core.run(pass.handler, req, s)
-  if not ok2 then
-    forget_stream(s)
-    return failed(h, group, req, r1)
-  end
-  if r1 ~= nil then
-    forget_stream(s)
-    return answer(h, group, pass.headers, r1, r2, r3)
-  end
-  if req.claims then close_on_expiry(s, req.claims) end
-  open_stream(h, group, req, s)
+  if kind == "stream" then return start_stream(h, group, req, s) end
+  if s then forget_stream(s) end
+  return answer(h, group, kind, a, b, c)
 end
 
 -- ---- loading scripts -------------------------------------------------
@@ -306,13 +372,14 @@ local function load_script(path, content)
   -- Compiled traces never check hooks, so script code stays interpreted
   -- while the CPU budget is on: that is what lets the budget fire.
   if core.cpu_budget_ms > 0 and jit then jit.off(chunk, true) end
-  -- Each script gets its own globals: an accidental global cannot leak
-  -- into another script or survive a reload.
-  setfenv(chunk, setmetatable({}, { __index = _G }))
+  -- Each script version gets its own globals and its own copies of the
+  -- standard library: an accidental global or a patched string.rep cannot
+  -- leak into another script or survive a reload.
+  setfenv(chunk, sandbox.env())
   local rec = { path = path, content = content }
-  state.loading = rec
+  state.loading, timers.running = rec, rec
   local ok, result = core.run(chunk)
-  state.loading = nil
+  state.loading, timers.running = nil, nil
   if not ok then return nil, result end
   if not app.is_app(result) then
     return nil, ("%s: the script must return the app (return app), got %s"):format(path, type(result))
@@ -328,7 +395,9 @@ end
 
 local function activate(rec, old)
   if old then timers.stop_owned(old) end
+  timers.running = rec
   for _, t in ipairs(rec.app.timers) do timers.start(t.after, t.every, t.fn, rec) end
+  timers.running = nil
   for _, hist in ipairs(rec.app.histories) do
     core.history(hist.prefix, hist.size or 1000, hist.ttl or 600)
   end
@@ -459,6 +528,7 @@ end
 function runtime.start(dir)
   state.dir = dir
   keep_scripts_interpreted()
+  sandbox.install()
   core.set_hooks {
     dispatch = runtime.dispatch, timer = timers.fire, closed = runtime.closed,
     transform = runtime.transform, reload = runtime.reload,
@@ -471,6 +541,7 @@ function runtime.start(dir)
 end
 
 function runtime.check(dir)
+  sandbox.install()
   return load_all(dir, true)
 end
 
@@ -491,7 +562,8 @@ function runtime.stats()
   for _, v in ipairs(state.views) do
     views[#views + 1] = { key = v.key, events = v.events, mask_ops = v.ops, errors = v.errors }
   end
-  return { routes = list, views = views, reloads = state.stats.reloads,
+  return { routes = list, views = views, timers = timers.count, timers_by_script = timers.by_script(),
+           reloads = state.stats.reloads,
            reload_failures = state.stats.reload_failures, load_errors = state.stats.load_errors }
 end
 
