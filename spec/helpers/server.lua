@@ -43,12 +43,14 @@ function server.tmpdir()
 end
 
 -- opts.apps = { ["name.lua"] = "source", ... }; opts.args = { "--flag", ... };
--- opts.bin: another binary than $SLUICE_BIN (the sanitizer check's own spec).
+-- opts.bin: another binary than $SLUICE_BIN (the sanitizer check's own spec);
+-- opts.dir: the directory to use (removed by stop()).
 function server.start(opts)
   opts = opts or {}
   local dir = opts.dir or server.tmpdir()
-  local apps = dir .. "/apps"
-  os.execute("mkdir -p " .. apps)
+  -- opts.apps_dir: serve that path (e.g. a symbolic link) instead of dir/apps.
+  local apps = opts.apps_dir or (dir .. "/apps")
+  if not opts.apps_dir then os.execute("mkdir -p " .. apps) end
   for name, src in pairs(opts.apps or {}) do write_file(apps .. "/" .. name, src) end
   local log = dir .. "/sluice.log"
   local args = table.concat(opts.args or {}, " ")
