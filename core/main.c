@@ -1,5 +1,6 @@
 /* sluice: command line, process set-up, and the worker's life. */
 #include <errno.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -131,8 +132,29 @@ static int send_reload(const char *pid_file)
     return 0;
 }
 
+/* A missing or unreadable apps directory is a mistake in the command line
+ * or the deployment, not a server with no routes: refuse to start. (A
+ * broken script only warns: the others are still worth serving.) */
+static bool apps_dir_usable(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        log_error("apps directory %s: %s", dir, strerror(errno));
+        return false;
+    }
+    errno = 0;
+    bool readable = readdir(d) != NULL || errno == 0;
+    if (!readable)
+        log_error("apps directory %s: %s", dir, strerror(errno));
+    if (closedir(d) < 0)
+        log_warn("closedir %s: %s", dir, strerror(errno));
+    return readable;
+}
+
 static int check_apps(struct config *cfg, const char *dir)
 {
+    if (!apps_dir_usable(dir))
+        return 1;
     struct luavm *vm = luavm_new(NULL, cfg->lua_dir, 0, 0);
     if (!vm)
         return 2;
@@ -247,6 +269,11 @@ int main(int argc, char **argv)
         int rc = check_apps(&cfg, check_dir);
         free(lua_dir);
         return rc;
+    }
+
+    if (!apps_dir_usable(cfg.apps_dir)) {
+        free(lua_dir);
+        return 1;
     }
 
     /* A client that vanishes mid-write must be an error code, not a kill. */
