@@ -35,7 +35,7 @@ deps:
 	fi
 
 sluice: $(CORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
 
 $(BUILD)/core/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)/core
 	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -I$(LLHTTP_INC) -c -o $@ $<
@@ -68,7 +68,7 @@ asan: deps
 	SLUICE_BIN=./sluice-asan ./spec/run
 
 sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
 
 bench: deps
 	$(MAKE) sluice

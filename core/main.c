@@ -15,6 +15,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
+#include "signals.h"
 #include "worker.h"
 
 static void usage(FILE *out, const struct config *d)
@@ -261,6 +262,9 @@ int main(int argc, char **argv)
     }
     if (reload_cmd)
         return send_reload(cfg.pid_file);
+    /* Before any loop or thread exists, so that every thread inherits it. */
+    if (signals_block() < 0)
+        return 1;
 
     char *lua_dir = NULL;
     if (!cfg.lua_dir)
@@ -299,8 +303,17 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
-    int rc = worker_init(w, &cfg) == 0 ? worker_run(w) : 1;
+    /* From here SIGTERM works even if the loop never turns again: loading
+     * the apps or a handler may be stuck (see core/signals.h). */
+    if (signals_start(cfg.shutdown_grace, cfg.pid_file) < 0)
+        return 1;
+    int rc = 1;
+    if (worker_init(w, &cfg) == 0) {
+        signals_loop_ready();
+        rc = worker_run(w);
+    }
     worker_free(w);
+    signals_stop();
     free(w);
     free(lua_dir);
     if (cfg.pid_file && unlink(cfg.pid_file) < 0)
