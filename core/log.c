@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 enum log_level log_threshold = LOG_INFO;
 
@@ -19,26 +20,49 @@ int log_parse_level(const char *name, enum log_level *out)
     return -1;
 }
 
+/* One line: time stamp, level, message, newline; returns its length. */
+static size_t format_line(char *line, size_t size, enum log_level level, const char *fmt,
+                          va_list ap)
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = (int)strftime(line, size, "%Y-%m-%dT%H:%M:%S", &tm);
+    n += snprintf(line + n, size - (size_t)n, ".%03ldZ [%s] ",
+                  ts.tv_nsec / 1000000, names[level]);
+    int m = vsnprintf(line + n, size - (size_t)n - 1, fmt, ap);
+    n = (m < 0 || (size_t)(n + m) >= size - 1) ? (int)size - 2 : n + m;
+    line[n++] = '\n';
+    return (size_t)n;
+}
+
 void log_at(enum log_level level, const char *fmt, ...)
 {
     if (level < log_threshold)
         return;
     char line[2048];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ [%s] ",
-                  ts.tv_nsec / 1000000, names[level]);
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    size_t n = format_line(line, sizeof line, level, fmt, ap);
     va_end(ap);
-    n = (m < 0 || (size_t)(n + m) >= sizeof line - 1) ? (int)sizeof line - 2 : n + m;
-    line[n++] = '\n';
     /* One write per line keeps lines whole when several processes share a
      * log; a failed log write has nowhere better to be reported. */
-    if (fwrite(line, 1, (size_t)n, stderr) != (size_t)n)
+    if (fwrite(line, 1, n, stderr) != n)
         clearerr(stderr);
+}
+
+void log_now(enum log_level level, const char *fmt, ...)
+{
+    if (level < log_threshold)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    size_t n = format_line(line, sizeof line, level, fmt, ap);
+    va_end(ap);
+    /* Straight to the descriptor: stderr is unbuffered, so nothing queued
+     * in stdio is overtaken, and no stdio lock is taken. */
+    if (write(STDERR_FILENO, line, n) < 0)
+        return;
 }

@@ -13,6 +13,13 @@ __attribute__((format(printf, 2, 3)))
 #endif
 void log_at(enum log_level level, const char *fmt, ...);
 
+/* Like log_at, but with one write(2) and no stdio lock: for a thread that
+ * must log while another may be stuck inside stdio. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+void log_now(enum log_level level, const char *fmt, ...);
+
 #define log_debug(...) \
     do { if (log_threshold <= LOG_DEBUG) log_at(LOG_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...)  log_at(LOG_INFO, __VA_ARGS__)

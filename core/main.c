@@ -1,5 +1,6 @@
 /* sluice: command line, process set-up, and the worker's life. */
 #include <errno.h>
+#include <dirent.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
+#include "signals.h"
 #include "worker.h"
 
 static void usage(FILE *out, const struct config *d)
@@ -131,8 +133,29 @@ static int send_reload(const char *pid_file)
     return 0;
 }
 
+/* A missing or unreadable apps directory is a mistake in the command line
+ * or the deployment, not a server with no routes: refuse to start. (A
+ * broken script only warns: the others are still worth serving.) */
+static bool apps_dir_usable(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        log_error("apps directory %s: %s", dir, strerror(errno));
+        return false;
+    }
+    errno = 0;
+    bool readable = readdir(d) != NULL || errno == 0;
+    if (!readable)
+        log_error("apps directory %s: %s", dir, strerror(errno));
+    if (closedir(d) < 0)
+        log_warn("closedir %s: %s", dir, strerror(errno));
+    return readable;
+}
+
 static int check_apps(struct config *cfg, const char *dir)
 {
+    if (!apps_dir_usable(dir))
+        return 1;
     struct luavm *vm = luavm_new(NULL, cfg->lua_dir, 0, 0);
     if (!vm)
         return 2;
@@ -239,6 +262,9 @@ int main(int argc, char **argv)
     }
     if (reload_cmd)
         return send_reload(cfg.pid_file);
+    /* Before any loop or thread exists, so that every thread inherits it. */
+    if (signals_block() < 0)
+        return 1;
 
     char *lua_dir = NULL;
     if (!cfg.lua_dir)
@@ -247,6 +273,11 @@ int main(int argc, char **argv)
         int rc = check_apps(&cfg, check_dir);
         free(lua_dir);
         return rc;
+    }
+
+    if (!apps_dir_usable(cfg.apps_dir)) {
+        free(lua_dir);
+        return 1;
     }
 
     /* A client that vanishes mid-write must be an error code, not a kill. */
@@ -272,8 +303,17 @@ int main(int argc, char **argv)
         log_error("out of memory");
         return 1;
     }
-    int rc = worker_init(w, &cfg) == 0 ? worker_run(w) : 1;
+    /* From here SIGTERM works even if the loop never turns again: loading
+     * the apps or a handler may be stuck (see core/signals.h). */
+    if (signals_start(cfg.shutdown_grace, cfg.pid_file) < 0)
+        return 1;
+    int rc = 1;
+    if (worker_init(w, &cfg) == 0) {
+        signals_loop_ready();
+        rc = worker_run(w);
+    }
     worker_free(w);
+    signals_stop();
     free(w);
     free(lua_dir);
     if (cfg.pid_file && unlink(cfg.pid_file) < 0)

@@ -6,8 +6,13 @@
 struct worker;
 struct reloader;
 
-/* NULL if watching is not possible (logged; SIGHUP still reloads). */
+/* Watches dir (following it if it is a symbolic link) and the directory
+ * that holds its name (a link swapped for another release). NULL if
+ * watching is not possible (logged; SIGHUP still reloads). */
 struct reloader *reloader_new(struct worker *w, const char *dir, double debounce);
+/* Reloads now (SIGHUP): re-resolves dir first, so the watch follows a link
+ * that now leads to another release. */
+void reloader_reload(struct reloader *r);
 void reloader_stop(struct reloader *r);
 void reloader_free(struct reloader *r);
 

@@ -341,7 +341,10 @@ static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
     struct worker *w = s->data;
     if (s->signum == SIGHUP) {
         log_info("SIGHUP: reloading apps");
-        lua_api_reload(w->vm);
+        if (w->reloader)
+            reloader_reload(w->reloader);   /* also re-resolves a linked --apps */
+        else
+            lua_api_reload(w->vm);
         return;
     }
     worker_stop(w);

@@ -1,6 +1,7 @@
 -- Starts the real sluice binary on an ephemeral loopback port with a
 -- temporary apps directory, for integration specs.
 local socket = require "socket"
+local sanitizer = require "sanitizer"
 
 local server = {}
 local Server = {}
@@ -41,18 +42,21 @@ function server.tmpdir()
   return (sh("mktemp -d /tmp/sluice-spec.XXXXXX"):gsub("%s+$", ""))
 end
 
--- opts.apps = { ["name.lua"] = "source", ... }; opts.args = { "--flag", ... }
+-- opts.apps = { ["name.lua"] = "source", ... }; opts.args = { "--flag", ... };
+-- opts.bin: another binary than $SLUICE_BIN (the sanitizer check's own spec);
+-- opts.dir: the directory to use (removed by stop()).
 function server.start(opts)
   opts = opts or {}
   local dir = opts.dir or server.tmpdir()
-  local apps = dir .. "/apps"
-  os.execute("mkdir -p " .. apps)
+  -- opts.apps_dir: serve that path (e.g. a symbolic link) instead of dir/apps.
+  local apps = opts.apps_dir or (dir .. "/apps")
+  if not opts.apps_dir then os.execute("mkdir -p " .. apps) end
   for name, src in pairs(opts.apps or {}) do write_file(apps .. "/" .. name, src) end
   local log = dir .. "/sluice.log"
   local args = table.concat(opts.args or {}, " ")
   local env = opts.env or ""
   local pid = sh(("%sexec %s --listen 127.0.0.1:0 --apps %s --lua-path %s/lua %s >%s 2>&1 & echo $!")
-    :format(env ~= "" and (env .. " ") or "", BIN, apps, ROOT, args, log))
+    :format(env ~= "" and (env .. " ") or "", opts.bin or BIN, apps, ROOT, args, log))
   local self = setmetatable({ dir = dir, apps = apps, log_path = log,
                               pid = tonumber(pid), host = "127.0.0.1" }, Server)
   -- The server logs the port it bound; wait for it (bounded).
@@ -114,10 +118,20 @@ function Server:wait_exit(timeout)
   return false
 end
 
+-- Stops the server and removes its directory, unless it reported a
+-- sanitizer error (make asan): then the log is kept, its path and the
+-- report are printed, and stop() raises, so the spec fails.
 function Server:stop()
   if self:running() then
     self:signal("TERM")
-    if not self:wait_exit(5) then self:signal("KILL"); self:wait_exit(2) end
+    -- Generous: a sanitized build checks for leaks after "sluice stopped",
+    -- and a KILL then would lose the report.
+    if not self:wait_exit(15) then self:signal("KILL"); self:wait_exit(2) end
+  end
+  local report = sanitizer.check_server(self.pid, self:log(), self.log_path)
+  if report then
+    io.stderr:write("\n", report, "\n")
+    error(report, 2)
   end
   os.execute("rm -rf " .. self.dir)
 end

@@ -201,3 +201,152 @@ describe("sluice --check", function()
     assert.matches("is already declared at [^\n]*a%.lua:%d+", out)
   end)
 end)
+
+-- A script that answers GET path with body.
+local function answer(path, body)
+  return ([[
+local sluice = require "sluice"
+local app = sluice.app()
+app:get("%s", function() return 200, "%s" end)
+return app
+]]):format(path, body)
+end
+
+describe("the reload debounce", function()
+  local srv
+  after_each(function() if srv then srv:stop() end srv = nil end)
+
+  -- Editors, `git checkout` and deploy tools delete a file and write it
+  -- again a moment later; the route must not disappear in between. Before
+  -- the fix only the very first change waited for the quiet period: after
+  -- one reload every change reloaded at once.
+  it("keeps a script's routes while it is deleted and rewritten 50 ms later", function()
+    srv = server.start {
+      apps = { ["a.lua"] = answer("/a", "a0"), ["other.lua"] = answer("/other", "o0") },
+      args = { "--reload-debounce", "0.3" },
+    }
+    -- A first reload, after which the bug showed.
+    srv:write_app("other.lua", answer("/other", "o1"))
+    local t0 = socket.gettime()
+    repeat socket.sleep(0.02)
+    until client.request(srv.port, "GET", "/other").body == "o1" or socket.gettime() - t0 > 3
+    assert.equal("o1", client.request(srv.port, "GET", "/other").body)
+
+    local polls, missing = 0, 0
+    local function poll_for(seconds)
+      local until_t = socket.gettime() + seconds
+      repeat
+        polls = polls + 1
+        if client.request(srv.port, "GET", "/a").status ~= 200 then missing = missing + 1 end
+        socket.sleep(0.005)
+      until socket.gettime() > until_t
+    end
+    for round = 1, 6 do
+      os.remove(srv.apps .. "/a.lua")
+      poll_for(0.05)
+      srv:write_app("a.lua", answer("/a", "a" .. round))
+      poll_for(0.45)                -- past the quiet period: the reload is done
+    end
+    assert.equal(0, missing, ("%d of %d requests to /a failed while a.lua was rewritten"):format(missing, polls))
+    assert.equal("a6", client.request(srv.port, "GET", "/a").body)
+  end)
+
+  it("waits for the quiet period after every change, not only the first", function()
+    srv = server.start { apps = { ["a.lua"] = answer("/a", "a0") }, args = { "--reload-debounce", "0.5" } }
+    for i = 1, 3 do
+      srv:write_app("a.lua", answer("/a", "a" .. i))
+      socket.sleep(0.15)
+      -- Well inside the quiet period: still the previous version.
+      assert.equal("a" .. (i - 1), client.request(srv.port, "GET", "/a").body,
+                   ("change %d was applied before the quiet period ended"):format(i))
+      local t0 = socket.gettime()
+      repeat socket.sleep(0.02)
+      until client.request(srv.port, "GET", "/a").body == "a" .. i or socket.gettime() - t0 > 3
+      assert.equal("a" .. i, client.request(srv.port, "GET", "/a").body)
+    end
+  end)
+end)
+
+-- Releases deployed side by side and switched with a symbolic link
+-- (`ln -sfn v2 tmp && mv -T tmp current`), as atomic deploys and
+-- Kubernetes ConfigMap volumes do.
+describe("a symbolically linked apps directory", function()
+  local srv, dir
+  local function sh(cmd)
+    assert(os.execute(cmd) == 0, "failed: " .. cmd)
+  end
+  local function body(path)
+    return client.request(srv.port, "GET", path).body
+  end
+  local function wait_body(path, want, timeout)
+    local t0 = socket.gettime()
+    while socket.gettime() - t0 < (timeout or 3) do
+      if body(path) == want then return true end
+      socket.sleep(0.05)
+    end
+    return body(path) == want
+  end
+  -- dir/releases/v1 and v2 each serve /v; link is what --apps names.
+  local function releases(sub)
+    dir = server.tmpdir()
+    for i = 1, 2 do
+      local d = ("%s/releases/v%d%s"):format(dir, i, sub or "")
+      sh("mkdir -p " .. d)
+      server.write_file(d .. "/app.lua", answer("/v", tostring(i)))
+    end
+  end
+  local function swap(link, to)   -- exactly what deploy tools do
+    sh(("cd %s && ln -sfn %s tmp-link && mv -T tmp-link %s"):format(dir, to, link))
+  end
+  after_each(function() if srv then srv:stop() end srv = nil end)
+
+  it("reloads when the link is swapped to another release, and watches the new one", function()
+    releases()
+    sh(("ln -s releases/v1 %s/current"):format(dir))
+    srv = server.start { dir = dir, apps_dir = dir .. "/current", args = { "--reload-debounce", "0.05" } }
+    assert.equal("1", body("/v"))
+    swap("current", "releases/v2")
+    assert.is_true(wait_body("/v", "2"), "the swap to v2 was not picked up without a SIGHUP; log:\n" .. srv:log())
+    -- The watch moved with the link: an edit inside v2 reloads...
+    local tmp = dir .. "/releases/v2/.app.tmp"
+    server.write_file(tmp, answer("/v", "2b"))
+    os.rename(tmp, dir .. "/releases/v2/app.lua")
+    assert.is_true(wait_body("/v", "2b"), "an edit inside the new release did not reload")
+    -- ...and one inside the old release is not what is served.
+    server.write_file(dir .. "/releases/v1/app.lua", answer("/v", "1b"))
+    socket.sleep(0.3)
+    assert.equal("2b", body("/v"))
+  end)
+
+  it("follows the link on SIGHUP when the swap itself cannot be seen", function()
+    -- The link is above --apps (current/apps): no event names it, so the
+    -- operator sends SIGHUP; from then on the new release is watched.
+    releases("/apps")
+    sh(("ln -s releases/v1 %s/current"):format(dir))
+    srv = server.start { dir = dir, apps_dir = dir .. "/current/apps", args = { "--reload-debounce", "0.05" } }
+    assert.equal("1", body("/v"))
+    swap("current", "releases/v2")
+    srv:signal("HUP")
+    assert.is_true(wait_body("/v", "2"), "SIGHUP did not load the new release")
+    local tmp = dir .. "/releases/v2/apps/.app.tmp"
+    server.write_file(tmp, answer("/v", "2b"))
+    os.rename(tmp, dir .. "/releases/v2/apps/app.lua")
+    assert.is_true(wait_body("/v", "2b"),
+      "after SIGHUP an edit inside the new release did not reload (the watch stayed on the old one)")
+  end)
+
+  it("reloads when a ConfigMap-style ..data link is swapped inside the directory", function()
+    -- Kubernetes: apps/app.lua -> ..data/app.lua, ..data -> ..v1; an update
+    -- writes ..v2 and renames a new ..data link over the old one.
+    dir = server.tmpdir()
+    local apps = dir .. "/apps"
+    sh(("mkdir -p %s/..v1 %s/..v2"):format(apps, apps))
+    server.write_file(apps .. "/..v1/app.lua", answer("/v", "1"))
+    server.write_file(apps .. "/..v2/app.lua", answer("/v", "2"))
+    sh(("cd %s && ln -s ..v1 ..data && ln -s ..data/app.lua app.lua"):format(apps))
+    srv = server.start { dir = dir, apps_dir = apps, args = { "--reload-debounce", "0.05" } }
+    assert.equal("1", body("/v"))
+    sh(("cd %s && ln -s ..v2 ..data_tmp && mv -T ..data_tmp ..data"):format(apps))
+    assert.is_true(wait_body("/v", "2"), "the ConfigMap-style swap was not picked up")
+  end)
+end)

@@ -4,6 +4,7 @@
 local server = require "server"
 local raw = require "raw"
 local socket = require "socket"
+local sanitizer = require "sanitizer"
 
 local ROOT = os.getenv("SLUICE_ROOT") or "."
 local BIN = os.getenv("SLUICE_BIN") or (ROOT .. "/sluice")
@@ -12,6 +13,7 @@ local APP = [[
 local sluice = require "sluice"
 local app = sluice.app()
 app:get("/hello", function(req) return "hello" end)
+app:get("/spin", function(req) while true do end end)
 app:stream("/events", function(req, s) s:subscribe("main") end)
 app:post("/pub", function(req)
   local _, n = sluice.publish("main", { event = "note", data = req.body })
@@ -65,12 +67,17 @@ local function exit_code(p, timeout)
   return nil
 end
 
+-- Kills what is left and removes the directory, unless the server
+-- reported a sanitizer error (make asan): then its log is kept and the
+-- spec fails.
 local function cleanup(p)
   if not p then return end
   if p.pid and alive(p.pid) then
     os.execute(("kill -KILL %d 2>/dev/null"):format(p.pid))
     exit_code(p, 2)
   end
+  local report = sanitizer.check_server(p.pid, read_file(p.log_path), p.log_path)
+  if report then error(report) end
   os.execute("rm -rf " .. p.dir)
 end
 
@@ -163,6 +170,35 @@ local function shutdown_with(sig)
     assert.is_nil(read_file(p.pid_path), "the pid file was left behind")
   end)
 end
+
+describe("SIGTERM while the event loop is stuck", function()
+  local p
+  after_each(function() cleanup(p); p = nil end)
+
+  -- A handler that never returns, with the CPU budget off: the loop never
+  -- turns again, so a SIGTERM handled by the loop alone was never seen.
+  for _, sig in ipairs { "TERM", "INT" } do
+    it(("ends the process within --shutdown-grace plus a margin (SIG%s)"):format(sig), function()
+      p = start { "--lua-cpu-budget", "0", "--shutdown-grace", "1" }
+      local c = assert(raw.connect(p.port))
+      assert(c:send(raw.request("GET", "/spin")))
+      socket.sleep(0.3)   -- the handler is spinning now
+      local t0 = socket.gettime()
+      os.execute(("kill -%s %d"):format(sig, p.pid))
+      local code = exit_code(p, 6)
+      local took = socket.gettime() - t0
+      assert.is_truthy(code, "the process ignored SIG" .. sig .. " for 6 s (grace 1 s); log:\n" ..
+                       (read_file(p.log_path) or ""))
+      -- grace 1 s + 1 s margin; generous for a loaded machine
+      assert.is_true(took < 3.5, ("exit took %.1f s"):format(took))
+      assert.is_true(took > 1.5, ("exit after %.1f s: the grace period was not given"):format(took))
+      assert.are_not.equal(0, code, "a forced exit must not look like a clean one")
+      assert.matches("shutdown did not finish within %-%-shutdown%-grace", read_file(p.log_path) or "")
+      assert.is_nil(read_file(p.pid_path), "the pid file was left behind")
+      c:close()
+    end)
+  end
+end)
 
 describe("graceful shutdown", function()
   describe("SIGTERM", function() shutdown_with("TERM") end)

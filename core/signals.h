@@ -1,0 +1,29 @@
+/* Process signals, received by one thread instead of the event loop, so
+ * that SIGTERM ends the process even when the loop is stuck. The first step
+ * of the "process vs worker" seam: the process owns signals, workers get
+ * them through their loop. */
+#ifndef SLUICE_SIGNALS_H
+#define SLUICE_SIGNALS_H
+
+/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; threads created
+ * afterwards inherit it. Call first in main, before any loop or thread. */
+int signals_block(void);
+
+/* Starts the thread that waits for those signals and feeds each to the
+ * loop that has an ev_signal watcher for it (ev_feed_signal). After SIGTERM
+ * or SIGINT it also arms a hard deadline: if the process is still running
+ * grace + SIGNALS_EXIT_MARGIN seconds later, it logs one line, removes
+ * pid_file (may be NULL) and exits with status 1 at once. */
+int signals_start(double grace, const char *pid_file);
+
+/* Call once the loop's signal watchers are started, in the loop's thread:
+ * blocks the signals again (starting a watcher may have unblocked them) and
+ * feeds the loop the signals that arrived before it had watchers. */
+void signals_loop_ready(void);
+
+/* Stops the thread (the process is exiting normally). */
+void signals_stop(void);
+
+#define SIGNALS_EXIT_MARGIN 1.0
+
+#endif
