@@ -52,6 +52,8 @@ static struct frame *last_chunk_frame(void)
 
 static void set_events(struct conn *c, int events)
 {
+    if (c->input_closed)   /* EOF stays readable: polling it would spin */
+        events &= ~EV_READ;
     if ((c->io.events & (EV_READ | EV_WRITE)) == events)
         return;
     ev_io_stop(c->w->loop, &c->io);
@@ -585,10 +587,24 @@ static void on_readable(struct conn *c)
         conn_free(c);
         return;
     }
-    if (n == 0) {   /* the client went away (or half-closed: treat alike) */
-        if (c->stream)
+    if (n == 0) {
+        if (c->stream) {   /* a subscriber that hung up */
             reset_on_close(c);
-        conn_free(c);
+            conn_free(c);
+            return;
+        }
+        /* The client sent all it will (maybe a half-close, as `printf |
+         * nc` does): everything it sent has been parsed by now, so write
+         * the answers still queued, then close. */
+        c->input_closed = true;
+        if (c->out.bytes == 0 || c->state == CONN_DEAD) {
+            conn_free(c);
+            return;
+        }
+        c->state = CONN_CLOSING;   /* a partial request is never answered */
+        deadline_cancel(&c->timeout);   /* --send-timeout still bounds a client not reading */
+        set_events(c, c->writing ? EV_WRITE : 0);
+        schedule_flush(c);
         return;
     }
     if (c->state == CONN_READING)

@@ -55,6 +55,7 @@ struct conn {
     char *backlog;                /* pipelined input parked while answers drain */
     uint32_t backlog_len;
     bool served;                  /* has answered a request before */
+    bool input_closed;            /* read EOF: answer what was read, then close */
     bool keep_alive;
     bool sent_continue;
     /* Streams only. */
