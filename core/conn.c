@@ -17,6 +17,7 @@
 #include "worker.h"
 
 static void on_io(struct ev_loop *loop, ev_io *io, int revents);
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
 
 /* Frames every stream shares; they live as long as the process. */
 static struct frame *shared_chunk(const char *sse_text)
@@ -117,6 +118,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
     http_parser_init(c->parser, &w->limits);
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = c;
+    ev_timer_init(&c->heartbeat, on_heartbeat, 0, 0);
+    c->heartbeat.data = c;
     ev_io_start(w->loop, &c->io);
     deadline_arm(&w->header_timeouts, &c->timeout);
 }
@@ -129,6 +132,7 @@ void conn_free(struct conn *c)
         lua_api_stream_closed(w->vm, c);
     channels_unsubscribe_conn(w->channels, c);
     ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->heartbeat);
     deadline_cancel(&c->timeout);
     deadline_cancel(&c->stall);
     free(c->backlog);
@@ -326,11 +330,13 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
     c->state = CONN_STREAMING;
     c->stream = true;
     c->w->stats.streams_opened++;
-    conn_stream_send(c, first);
-    if (heartbeat > 0)
-        deadline_arm(worker_heartbeat_list(c->w, heartbeat), &c->timeout);
-    else
-        deadline_cancel(&c->timeout);
+    deadline_cancel(&c->timeout);
+    conn_stream_send(c, first);   /* sets last_write: the interval starts now */
+    if (heartbeat > 0 && c->state == CONN_STREAMING) {
+        c->heartbeat_s = heartbeat;
+        ev_timer_set(&c->heartbeat, heartbeat, 0);
+        ev_timer_start(c->w->loop, &c->heartbeat);
+    }
     return c->state == CONN_STREAMING;
 }
 
@@ -396,7 +402,7 @@ static bool stream_send(struct conn *c, struct frame *f, bool replay)
         if (c->state != CONN_STREAMING)
             return false;
     }
-    c->wrote_since_heartbeat = true;
+    c->last_write = ev_now(c->w->loop);   /* all an event costs the heartbeat */
     enqueue(c, f, off, len);
     return c->state == CONN_STREAMING;
 }
@@ -423,7 +429,7 @@ void conn_stream_end(struct conn *c)
     /* Subscriptions go when the connection is freed: this may run in the
      * middle of a fan-out (a view transform closing a stream), and the
      * state check in stream_send already keeps events out. */
-    deadline_cancel(&c->timeout);
+    ev_timer_stop(c->w->loop, &c->heartbeat);
     if (c->state == CONN_STREAMING)
         c->state = CONN_CLOSING;
     schedule_flush(c);
@@ -441,12 +447,28 @@ void conn_stream_goodbye(struct conn *c, long retry_ms)
     conn_stream_end(c);
 }
 
-void conn_heartbeat(struct conn *c)
+/* ev.pod's "be smart about timeouts" (technique 2): events only note the
+ * time; when the timer fires, a stream silent for the interval gets a
+ * comment, and one that wrote since waits out the rest of the interval
+ * from its last write. So no stream is silent for much longer than the
+ * interval, and an event costs one store. */
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    (void)revents;
+    struct conn *c = t->data;
     if (c->state != CONN_STREAMING)
         return;
+    ev_tstamp now = ev_now(loop);
+    ev_tstamp left = c->last_write + c->heartbeat_s - now;
+    /* Early by a sliver rather than a timer for a sliver. */
+    if (left > c->heartbeat_s / 64) {
+        /* (At most an interval: the loop's clock may have stepped back.) */
+        ev_timer_set(t, left < c->heartbeat_s ? left : c->heartbeat_s, 0);
+        ev_timer_start(loop, t);
+        return;
+    }
     /* A heartbeat behind queued output would tell the proxy nothing new. */
-    if (!c->wrote_since_heartbeat && c->out.bytes == 0) {
+    if (c->out.bytes == 0) {
         struct frame *f = heartbeat_frame();
         if (f) {
             if (c->chunked)
@@ -455,7 +477,11 @@ void conn_heartbeat(struct conn *c)
                 enqueue(c, f, f->body_off, f->body_len);
         }
     }
-    c->wrote_since_heartbeat = false;
+    if (c->state != CONN_STREAMING)
+        return;
+    c->last_write = now;
+    ev_timer_set(t, c->heartbeat_s, 0);
+    ev_timer_start(loop, t);
 }
 
 void conn_timed_out(struct conn *c)
