@@ -545,8 +545,10 @@ static struct frame *frame_raw(const struct event_src *src)
                             .data = src->data, .data_len = src->data_len,
                             .retry_ms = -1 };
     struct frame *f = frame_sse(&ev);
-    if (f)
+    if (f) {
         f->flags |= FRAME_EVENT;
+        f->id = src->id;
+    }
     return f;
 }
 
@@ -560,6 +562,8 @@ static struct frame *frame_view(struct channels *cs, const struct event_src *src
     cs->framing = true;
     struct frame *f = cs->framer(cs->framer_ctx, view, src);
     cs->framing = false;
+    if (f)
+        f->id = src->id;   /* a new frame of ours: no one else holds it yet */
     return f;
 }
 
@@ -906,6 +910,39 @@ void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
         release_if_unused(cs, ch);
         s = next;
     }
+}
+
+void channels_describe_conn(const struct conn *c, struct buf *b)
+{
+    size_t n = 0;
+    const struct sub *only = NULL;
+    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
+        const struct sub *t = c->subs;
+        while (t != s && t->chan != s->chan)   /* met before (another view)? */
+            t = t->next_in_conn;
+        if (t == s) {
+            n++;
+            only = s;
+        }
+    }
+    if (n == 1) {
+        buf_puts(b, "\"channel\":");
+        json_string(b, only->chan->name, only->chan->name_len);
+        buf_puts(b, ",");
+    }
+    buf_puts(b, "\"channels\":[");
+    n = 0;
+    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
+        const struct sub *t = c->subs;
+        while (t != s && t->chan != s->chan)
+            t = t->next_in_conn;
+        if (t != s)
+            continue;
+        if (n++)
+            buf_puts(b, ",");
+        json_string(b, s->chan->name, s->chan->name_len);
+    }
+    buf_puts(b, "]");
 }
 
 bool channels_framing(const struct channels *cs)

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,13 +358,23 @@ static void drop_oldest(struct conn *c, size_t keep_bytes)
     if (c->replay_credit > c->out.bytes)   /* dropped replays are not owed */
         c->replay_credit = c->out.bytes;
 
-    char data[96];
-    int n = snprintf(data, sizeof data,
-                     "{\"reason\":\"slow-consumer\",\"dropped\":%u}", c->gap_dropped);
+    /* Like the other reset events: which channels, and the id to resume
+     * from (the last event the client gets before the gap) to fetch what
+     * was dropped from history. */
+    struct buf data = { 0 };
+    buf_puts(&data, "{");
+    channels_describe_conn(c, &data);
+    buf_printf(&data, ",\"reason\":\"slow-consumer\",\"dropped\":%u,\"last_event_id\":",
+               c->gap_dropped);
+    if (c->out.last_event_id)
+        buf_printf(&data, "\"%" PRIu64 "\"}", c->out.last_event_id);
+    else
+        buf_puts(&data, "null}");
     const char *name = c->reset_event ? c->reset_event : "sluice-reset";
     struct sse_event ev = { .event = name, .event_len = strlen(name),
-                            .data = data, .data_len = (size_t)n, .retry_ms = -1 };
-    struct frame *f = frame_sse(&ev);
+                            .data = data.data, .data_len = data.len, .retry_ms = -1 };
+    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    buf_free(&data);
     if (!f || !outbuf_push_front(&c->out, f, c->chunked ? 0 : f->body_off,
                                  c->chunked ? f->len : f->body_len)) {
         frame_unref(f);
