@@ -61,6 +61,7 @@ struct channel {
     struct hist_entry *ring;
     uint32_t head, count, cap;
     uint32_t heap_pos;            /* in channels.oldest, or NOT_IN_HEAP */
+    size_t cost;                  /* the record's own bytes, in history_bytes */
     size_t history_len;
     double history_ttl;
     /* Every event of this channel with an id >= complete_from is in the
@@ -81,18 +82,22 @@ struct history_rule {
  * records, so a client resuming on one later is told exactly whether it
  * missed something. Past this many, the oldest record is forgotten and a
  * worker-wide watermark stands in for it (conservative: it may cause a
- * reset that an exact record would not). */
+ * reset that an exact record would not). With --max-history-bytes they
+ * also count in it, and may take at most half of it. */
 #define MAX_IDLE_CHANNELS 65536
 
 struct channels {
     struct worker *w;
     struct channel *by_name;
     TAILQ_HEAD(, channel) idle;
-    size_t nidle;
+    size_t nidle, idle_bytes;
     uint64_t boot_id;             /* ids of this process are > boot_id */
     uint64_t last_id;
     uint64_t forgotten_upto;      /* ids a freed channel may have dropped */
     size_t nsubs, nevents;
+    /* Events and channel records: a channel costs memory of its own (its
+     * struct, ring, heap slot, view arrays), which one-event channels
+     * would otherwise multiply past the bound unseen. */
     size_t history_bytes, max_history_bytes;   /* max 0: no bound */
     /* Channels with history, as a min-heap on their oldest event's id:
      * the top is where the oldest event of all is, which the global bound
@@ -111,6 +116,34 @@ struct channels {
 /* ---- history ---------------------------------------------------------- */
 
 #define NOT_IN_HEAP UINT32_MAX
+
+/* What malloc adds to a block (header, rounding), and a channel's share of
+ * uthash's bucket table: estimates, so the bound holds for RSS too. */
+#define ALLOC_OVERHEAD 16
+#define HASH_SHARE 16
+
+static size_t channel_cost(const struct channel *ch)
+{
+    size_t n = sizeof *ch + ch->name_len + 1 + ALLOC_OVERHEAD + HASH_SHARE;
+    if (ch->ring)
+        n += sizeof *ch->ring * ch->cap + ALLOC_OVERHEAD;
+    if (ch->heap_pos != NOT_IN_HEAP)
+        n += sizeof(struct channel *);
+    if (ch->views)
+        n += sizeof *ch->views * ch->nviews + ALLOC_OVERHEAD;
+    for (uint32_t i = 0; i < ch->nviews; i++)
+        n += (sizeof(struct conn *) + sizeof(struct sub *)) * ch->views[i].cap +
+             2 * ALLOC_OVERHEAD;
+    return n;
+}
+
+/* After anything that changes what ch holds besides its events. */
+static void recount(struct channels *cs, struct channel *ch)
+{
+    size_t cost = channel_cost(ch);
+    cs->history_bytes = cs->history_bytes - ch->cost + cost;
+    ch->cost = cost;
+}
 
 static struct hist_entry *ring_at(struct channel *ch, uint32_t i)
 {
@@ -220,29 +253,45 @@ static void evict_oldest(struct channels *cs, struct channel *ch)
     ch->head = (ch->head + 1) % ch->cap;
     ch->count--;
     cs->nevents--;
-    if (ch->count)
+    if (ch->count) {
         heap_down(cs, ch->heap_pos);   /* its oldest is younger now */
-    else
+    } else {
         heap_remove(cs, ch);
+        recount(cs, ch);
+    }
 }
 
 /* A ring stays at most 4x larger than what it holds, so memory follows
  * the history bound down too. */
-static void shrink_ring(struct channel *ch)
+static void shrink_ring(struct channels *cs, struct channel *ch)
 {
-    if (ch->count && ch->cap > 8 && ch->count < ch->cap / 4)
-        (void)ring_resize(ch, ch->cap / 2);   /* a failed shrink costs nothing */
+    if (ch->count && ch->cap > 8 && ch->count < ch->cap / 4 &&
+        ring_resize(ch, ch->cap / 2))   /* a failed shrink costs nothing */
+        recount(cs, ch);
 }
 
-/* The global bound: drop the oldest events of all until under it. A
- * channel emptied here stays until the sweeper releases it. */
-static void trim_history(struct channels *cs)
+static void release_if_unused(struct channels *cs, struct channel *ch);
+static void forget_oldest_idle(struct channels *cs);
+
+/* The global bound: drop the oldest events of all; a channel emptied
+ * here is released at once (except keep, which the caller still uses and
+ * releases itself). Idle records may take up to half the bound: past it,
+ * or with no event left to drop, the oldest are forgotten. */
+static void trim_history(struct channels *cs, struct channel *keep)
 {
-    while (cs->max_history_bytes && cs->history_bytes > cs->max_history_bytes &&
-           cs->oldest_len) {
+    while (cs->max_history_bytes && cs->history_bytes > cs->max_history_bytes) {
+        if (!cs->sweeping && !TAILQ_EMPTY(&cs->idle) &&
+            (cs->idle_bytes > cs->max_history_bytes / 2 || !cs->oldest_len)) {
+            forget_oldest_idle(cs);
+            continue;
+        }
+        if (!cs->oldest_len)
+            break;   /* only records of subscribed channels are left */
         struct channel *ch = cs->oldest[0];
         evict_oldest(cs, ch);
-        shrink_ring(ch);
+        shrink_ring(cs, ch);
+        if (ch != keep)
+            release_if_unused(cs, ch);
     }
 }
 
@@ -251,7 +300,7 @@ static void evict_expired(struct channels *cs, struct channel *ch, ev_tstamp now
     while (ch->count && (ch->count > ch->history_len ||
                          ring_at(ch, 0)->at + ch->history_ttl <= now))
         evict_oldest(cs, ch);
-    shrink_ring(ch);
+    shrink_ring(cs, ch);
 }
 
 static bool ring_reserve(struct channel *ch)
@@ -294,6 +343,7 @@ static void set_busy(struct channels *cs, struct channel *ch)
     TAILQ_REMOVE(&cs->idle, ch, idle_link);
     ch->idle = false;
     cs->nidle--;
+    cs->idle_bytes -= ch->cost;
 }
 
 static struct channel *find(struct channels *cs, const char *name, size_t len)
@@ -327,6 +377,7 @@ static void destroy(struct channels *cs, struct channel *ch)
     while (ch->count)
         evict_oldest(cs, ch);
     HASH_DEL(cs->by_name, ch);
+    cs->history_bytes -= ch->cost;
     free_views(ch);
     free(ch->ring);
     free(ch);
@@ -346,19 +397,25 @@ static struct channel *get(struct channels *cs, const char *name, size_t len)
     ch->complete_from = first_unknown(cs);
     apply_rule(cs, ch);
     HASH_ADD_KEYPTR(hh, cs->by_name, ch->name, ch->name_len, ch);
+    recount(cs, ch);
     return ch;
+}
+
+/* The watermark stands in for the record from now on. */
+static void forget_oldest_idle(struct channels *cs)
+{
+    struct channel *oldest = TAILQ_FIRST(&cs->idle);
+    if (oldest->complete_from - 1 > cs->forgotten_upto)
+        cs->forgotten_upto = oldest->complete_from - 1;
+    destroy(cs, oldest);
 }
 
 /* Forgets the oldest idle records past the limit (not while the sweeper
  * iterates: the one it would visit next may be among them). */
 static void trim_idle(struct channels *cs)
 {
-    while (!cs->sweeping && cs->nidle > MAX_IDLE_CHANNELS) {
-        struct channel *oldest = TAILQ_FIRST(&cs->idle);
-        if (oldest->complete_from - 1 > cs->forgotten_upto)
-            cs->forgotten_upto = oldest->complete_from - 1;
-        destroy(cs, oldest);
-    }
+    while (!cs->sweeping && cs->nidle > MAX_IDLE_CHANNELS)
+        forget_oldest_idle(cs);
 }
 
 static void release_if_unused(struct channels *cs, struct channel *ch)
@@ -369,6 +426,7 @@ static void release_if_unused(struct channels *cs, struct channel *ch)
     free(ch->ring);
     ch->ring = NULL;
     ch->cap = ch->head = 0;
+    recount(cs, ch);
     /* Nothing was ever dropped: a new record would know as much. */
     if (ch->complete_from <= first_unknown(cs)) {   /* (the sweeper may free the channel it is on) */
         destroy(cs, ch);
@@ -377,6 +435,7 @@ static void release_if_unused(struct channels *cs, struct channel *ch)
     ch->idle = true;
     TAILQ_INSERT_TAIL(&cs->idle, ch, idle_link);
     cs->nidle++;
+    cs->idle_bytes += ch->cost;
     trim_idle(cs);
 }
 
@@ -486,8 +545,10 @@ static struct frame *frame_raw(const struct event_src *src)
                             .data = src->data, .data_len = src->data_len,
                             .retry_ms = -1 };
     struct frame *f = frame_sse(&ev);
-    if (f)
+    if (f) {
         f->flags |= FRAME_EVENT;
+        f->id = src->id;
+    }
     return f;
 }
 
@@ -501,6 +562,8 @@ static struct frame *frame_view(struct channels *cs, const struct event_src *src
     cs->framing = true;
     struct frame *f = cs->framer(cs->framer_ctx, view, src);
     cs->framing = false;
+    if (f)
+        f->id = src->id;   /* a new frame of ours: no one else holds it yet */
     return f;
 }
 
@@ -624,8 +687,9 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
             heap_set(cs, cs->oldest_len++, ch);
             heap_up(cs, ch->heap_pos);
         }
+        recount(cs, ch);   /* ring and heap slot */
         evict_expired(cs, ch, e.at);
-        trim_history(cs);
+        trim_history(cs, ch);
     } else {
         ch->complete_from = e.src->id + 1;   /* nothing kept to resume from */
         entry_free(&e);
@@ -684,6 +748,7 @@ static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int
     cs->nsubs++;
     s->next_in_conn = c->subs;
     c->subs = s;
+    recount(cs, ch);
     return true;
 fail:
     if (cv->nsubs == 0) {   /* a view made for this one: publish must not frame it */
@@ -691,6 +756,7 @@ fail:
         free(cv->subs);
         ch->views[vi] = ch->views[--ch->nviews];
     }
+    recount(cs, ch);
     return false;
 }
 
@@ -809,11 +875,14 @@ int channels_subscribe(struct channels *cs, struct conn *c,
             conn_stream_replay(c, f);
         pos[best]++;
     }
-    trim_history(cs);   /* replays may have framed more (and pos[] is done) */
-    for (int i = 0; i < m; i++)
+    int rc = 0;
+    for (int i = 0; i < m && rc == 0; i++)
         if (!add_sub(cs, c, chans[i], views[i]))
-            return -1;
-    return 0;
+            rc = -1;
+    /* Replays may have framed more. Only now: a subscribed channel is not
+     * released by the trim, and chans[] is used no more. */
+    trim_history(cs, NULL);
+    return rc;
 }
 
 void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
@@ -837,9 +906,43 @@ void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
             ch->views[vi] = ch->views[--ch->nviews];
         }
         free(s);
+        recount(cs, ch);
         release_if_unused(cs, ch);
         s = next;
     }
+}
+
+void channels_describe_conn(const struct conn *c, struct buf *b)
+{
+    size_t n = 0;
+    const struct sub *only = NULL;
+    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
+        const struct sub *t = c->subs;
+        while (t != s && t->chan != s->chan)   /* met before (another view)? */
+            t = t->next_in_conn;
+        if (t == s) {
+            n++;
+            only = s;
+        }
+    }
+    if (n == 1) {
+        buf_puts(b, "\"channel\":");
+        json_string(b, only->chan->name, only->chan->name_len);
+        buf_puts(b, ",");
+    }
+    buf_puts(b, "\"channels\":[");
+    n = 0;
+    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
+        const struct sub *t = c->subs;
+        while (t != s && t->chan != s->chan)
+            t = t->next_in_conn;
+        if (t != s)
+            continue;
+        if (n++)
+            buf_puts(b, ",");
+        json_string(b, s->chan->name, s->chan->name_len);
+    }
+    buf_puts(b, "]");
 }
 
 bool channels_framing(const struct channels *cs)

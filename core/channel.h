@@ -69,6 +69,13 @@ int channels_subscribe(struct channels *cs, struct conn *c,
 
 void channels_unsubscribe_conn(struct channels *cs, struct conn *c);
 
+struct buf;
+
+/* Appends the JSON members naming the channels c subscribes to, each
+ * once: "channel":"a","channels":["a"] for one, "channels":[...] for
+ * several. */
+void channels_describe_conn(const struct conn *c, struct buf *b);
+
 /* True while a script's view transform runs: publishing or subscribing
  * then would change the lists being walked. */
 bool channels_framing(const struct channels *cs);

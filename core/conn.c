@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "worker.h"
 
 static void on_io(struct ev_loop *loop, ev_io *io, int revents);
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
 
 /* Frames every stream shares; they live as long as the process. */
 static struct frame *shared_chunk(const char *sse_text)
@@ -52,6 +54,8 @@ static struct frame *last_chunk_frame(void)
 
 static void set_events(struct conn *c, int events)
 {
+    if (c->input_closed)   /* EOF stays readable: polling it would spin */
+        events &= ~EV_READ;
     if ((c->io.events & (EV_READ | EV_WRITE)) == events)
         return;
     ev_io_stop(c->w->loop, &c->io);
@@ -115,6 +119,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
     http_parser_init(c->parser, &w->limits);
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = c;
+    ev_timer_init(&c->heartbeat, on_heartbeat, 0, 0);
+    c->heartbeat.data = c;
     ev_io_start(w->loop, &c->io);
     deadline_arm(&w->header_timeouts, &c->timeout);
 }
@@ -127,6 +133,7 @@ void conn_free(struct conn *c)
         lua_api_stream_closed(w->vm, c);
     channels_unsubscribe_conn(w->channels, c);
     ev_io_stop(w->loop, &c->io);
+    ev_timer_stop(w->loop, &c->heartbeat);
     deadline_cancel(&c->timeout);
     deadline_cancel(&c->stall);
     free(c->backlog);
@@ -324,11 +331,13 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
     c->state = CONN_STREAMING;
     c->stream = true;
     c->w->stats.streams_opened++;
-    conn_stream_send(c, first);
-    if (heartbeat > 0)
-        deadline_arm(worker_heartbeat_list(c->w, heartbeat), &c->timeout);
-    else
-        deadline_cancel(&c->timeout);
+    deadline_cancel(&c->timeout);
+    conn_stream_send(c, first);   /* sets last_write: the interval starts now */
+    if (heartbeat > 0 && c->state == CONN_STREAMING) {
+        c->heartbeat_s = heartbeat;
+        ev_timer_set(&c->heartbeat, heartbeat, 0);
+        ev_timer_start(c->w->loop, &c->heartbeat);
+    }
     return c->state == CONN_STREAMING;
 }
 
@@ -349,13 +358,23 @@ static void drop_oldest(struct conn *c, size_t keep_bytes)
     if (c->replay_credit > c->out.bytes)   /* dropped replays are not owed */
         c->replay_credit = c->out.bytes;
 
-    char data[96];
-    int n = snprintf(data, sizeof data,
-                     "{\"reason\":\"slow-consumer\",\"dropped\":%u}", c->gap_dropped);
+    /* Like the other reset events: which channels, and the id to resume
+     * from (the last event the client gets before the gap) to fetch what
+     * was dropped from history. */
+    struct buf data = { 0 };
+    buf_puts(&data, "{");
+    channels_describe_conn(c, &data);
+    buf_printf(&data, ",\"reason\":\"slow-consumer\",\"dropped\":%u,\"last_event_id\":",
+               c->gap_dropped);
+    if (c->out.last_event_id)
+        buf_printf(&data, "\"%" PRIu64 "\"}", c->out.last_event_id);
+    else
+        buf_puts(&data, "null}");
     const char *name = c->reset_event ? c->reset_event : "sluice-reset";
     struct sse_event ev = { .event = name, .event_len = strlen(name),
-                            .data = data, .data_len = (size_t)n, .retry_ms = -1 };
-    struct frame *f = frame_sse(&ev);
+                            .data = data.data, .data_len = data.len, .retry_ms = -1 };
+    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    buf_free(&data);
     if (!f || !outbuf_push_front(&c->out, f, c->chunked ? 0 : f->body_off,
                                  c->chunked ? f->len : f->body_len)) {
         frame_unref(f);
@@ -394,7 +413,7 @@ static bool stream_send(struct conn *c, struct frame *f, bool replay)
         if (c->state != CONN_STREAMING)
             return false;
     }
-    c->wrote_since_heartbeat = true;
+    c->last_write = ev_now(c->w->loop);   /* all an event costs the heartbeat */
     enqueue(c, f, off, len);
     return c->state == CONN_STREAMING;
 }
@@ -421,7 +440,7 @@ void conn_stream_end(struct conn *c)
     /* Subscriptions go when the connection is freed: this may run in the
      * middle of a fan-out (a view transform closing a stream), and the
      * state check in stream_send already keeps events out. */
-    deadline_cancel(&c->timeout);
+    ev_timer_stop(c->w->loop, &c->heartbeat);
     if (c->state == CONN_STREAMING)
         c->state = CONN_CLOSING;
     schedule_flush(c);
@@ -439,12 +458,28 @@ void conn_stream_goodbye(struct conn *c, long retry_ms)
     conn_stream_end(c);
 }
 
-void conn_heartbeat(struct conn *c)
+/* ev.pod's "be smart about timeouts" (technique 2): events only note the
+ * time; when the timer fires, a stream silent for the interval gets a
+ * comment, and one that wrote since waits out the rest of the interval
+ * from its last write. So no stream is silent for much longer than the
+ * interval, and an event costs one store. */
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    (void)revents;
+    struct conn *c = t->data;
     if (c->state != CONN_STREAMING)
         return;
+    ev_tstamp now = ev_now(loop);
+    ev_tstamp left = c->last_write + c->heartbeat_s - now;
+    /* Early by a sliver rather than a timer for a sliver. */
+    if (left > c->heartbeat_s / 64) {
+        /* (At most an interval: the loop's clock may have stepped back.) */
+        ev_timer_set(t, left < c->heartbeat_s ? left : c->heartbeat_s, 0);
+        ev_timer_start(loop, t);
+        return;
+    }
     /* A heartbeat behind queued output would tell the proxy nothing new. */
-    if (!c->wrote_since_heartbeat && c->out.bytes == 0) {
+    if (c->out.bytes == 0) {
         struct frame *f = heartbeat_frame();
         if (f) {
             if (c->chunked)
@@ -453,7 +488,11 @@ void conn_heartbeat(struct conn *c)
                 enqueue(c, f, f->body_off, f->body_len);
         }
     }
-    c->wrote_since_heartbeat = false;
+    if (c->state != CONN_STREAMING)
+        return;
+    c->last_write = now;
+    ev_timer_set(t, c->heartbeat_s, 0);
+    ev_timer_start(loop, t);
 }
 
 void conn_timed_out(struct conn *c)
@@ -585,10 +624,24 @@ static void on_readable(struct conn *c)
         conn_free(c);
         return;
     }
-    if (n == 0) {   /* the client went away (or half-closed: treat alike) */
-        if (c->stream)
+    if (n == 0) {
+        if (c->stream) {   /* a subscriber that hung up */
             reset_on_close(c);
-        conn_free(c);
+            conn_free(c);
+            return;
+        }
+        /* The client sent all it will (maybe a half-close, as `printf |
+         * nc` does): everything it sent has been parsed by now, so write
+         * the answers still queued, then close. */
+        c->input_closed = true;
+        if (c->out.bytes == 0 || c->state == CONN_DEAD) {
+            conn_free(c);
+            return;
+        }
+        c->state = CONN_CLOSING;   /* a partial request is never answered */
+        deadline_cancel(&c->timeout);   /* --send-timeout still bounds a client not reading */
+        set_events(c, c->writing ? EV_WRITE : 0);
+        schedule_flush(c);
         return;
     }
     if (c->state == CONN_READING)

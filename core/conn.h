@@ -37,9 +37,9 @@ struct conn {
     bool in_flush_queue;
     bool writing;                 /* waiting for EV_WRITE */
     bool chunked;                 /* HTTP/1.1 stream: events are chunks */
-    bool wrote_since_heartbeat;
     bool stall_armed;             /* stall deadline set (it lives further down) */
     uint8_t slow_policy;
+    ev_tstamp last_write;         /* loop time the stream last queued output */
     struct outbuf out;
     TAILQ_ENTRY(conn) flush_link;
     size_t replay_credit;         /* resume bytes not yet written */
@@ -50,17 +50,22 @@ struct conn {
     uint32_t slot;
     struct peer_addr peer;
     struct http_parser *parser;   /* freed once a stream opens */
-    struct deadline timeout;      /* header, keep-alive or heartbeat */
+    struct deadline timeout;      /* header or keep-alive */
     struct deadline stall;        /* output waiting on a client not reading */
     char *backlog;                /* pipelined input parked while answers drain */
     uint32_t backlog_len;
     bool served;                  /* has answered a request before */
+    bool input_closed;            /* read EOF: answer what was read, then close */
     bool keep_alive;
     bool sent_continue;
     /* Streams only. */
     bool stream;
     bool lua_watch;               /* Lua asked to hear when it closes */
     struct sub *subs;
+    /* Its own timer, not a shared fixed-interval list: the next heartbeat
+     * is due one interval after the last write, which differs per stream. */
+    ev_timer heartbeat;
+    double heartbeat_s;           /* 0: none */
     char *reset_event;            /* name of the missed-events event */
     struct frame *gap_marker;     /* queued gap notice, while unsent */
     uint32_t gap_dropped;         /* events that notice accounts for */
@@ -120,7 +125,6 @@ static inline void conn_prefetch_queue(const struct conn *c)
 
 /* Deadline expiries, routed here by the worker. */
 void conn_timed_out(struct conn *c);    /* header or keep-alive timeout */
-void conn_heartbeat(struct conn *c);    /* a stream's heartbeat is due */
 void conn_stalled(struct conn *c);      /* no write progress for --send-timeout */
 
 #endif

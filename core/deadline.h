@@ -1,7 +1,8 @@
 /* Fixed-interval deadline lists: one ev_timer for many connections. Every
  * entry of a list has the same interval, so appending keeps it sorted and
  * arming, re-arming and cancelling are O(1) (libev's "timer list" idiom).
- * Used for header timeouts, keep-alive idle timeouts and heartbeats. */
+ * Used for header timeouts, keep-alive idle timeouts and send stalls
+ * (heartbeats are due a per-stream time after its last write: see conn.c). */
 #ifndef SLUICE_DEADLINE_H
 #define SLUICE_DEADLINE_H
 

@@ -21,6 +21,7 @@ struct frame *frame_new(size_t len)
     f->body_off = 0;
     f->body_len = (uint32_t)len;
     f->flags = 0;
+    f->id = 0;
     return f;
 }
 

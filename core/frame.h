@@ -16,6 +16,7 @@ struct frame {
     uint32_t body_off;   /* the payload inside HTTP chunk framing */
     uint32_t body_len;
     uint32_t flags;
+    uint64_t id;         /* the event's id (FRAME_EVENT from a channel), else 0 */
     char data[];
 };
 

@@ -92,6 +92,8 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
         size_t left = (size_t)wrote;
         while (left && ob->count) {
             struct slice *s = at(ob, 0);
+            if (s->frame->id)   /* the client has it, or will before anything else */
+                ob->last_event_id = s->frame->id;
             if (left < s->len) {
                 s->off += (uint32_t)left;
                 s->len -= (uint32_t)left;

@@ -25,6 +25,7 @@ struct outbuf {
     uint32_t cap;        /* power of two */
     bool head_started;   /* the first slice is partly written */
     size_t bytes;        /* bytes still to write */
+    uint64_t last_event_id;   /* of the last event written or started, 0: none */
 };
 
 /* Asks the CPU to fetch the slot the next push will fill. */

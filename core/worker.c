@@ -41,36 +41,6 @@ static void on_stall(struct deadline *d, void *ctx)
     conn_stalled((struct conn *)((char *)d - offsetof(struct conn, stall)));
 }
 
-static void on_heartbeat(struct deadline *d, void *ctx)
-{
-    struct deadline_list *l = ctx;
-    struct conn *c = (struct conn *)((char *)d - offsetof(struct conn, timeout));
-    conn_heartbeat(c);
-    if (c->state == CONN_STREAMING)
-        deadline_arm(l, d);
-}
-
-struct deadline_list *worker_heartbeat_list(struct worker *w, double seconds)
-{
-    for (int i = 0; i < w->nheartbeats; i++)
-        if (w->heartbeats[i].interval == seconds)
-            return &w->heartbeats[i];
-    /* Intervals are few in practice; past the table, share the closest. */
-    if (w->nheartbeats == MAX_HEARTBEAT_LISTS) {
-        struct deadline_list *best = &w->heartbeats[0];
-        for (int i = 1; i < w->nheartbeats; i++) {
-            double d = w->heartbeats[i].interval - seconds;
-            double b = best->interval - seconds;
-            if ((d < 0 ? -d : d) < (b < 0 ? -b : b))
-                best = &w->heartbeats[i];
-        }
-        return best;
-    }
-    struct deadline_list *l = &w->heartbeats[w->nheartbeats++];
-    deadline_list_init(l, w->loop, seconds, on_heartbeat, l);
-    return l;
-}
-
 /* ---- connection slots ------------------------------------------------- */
 
 bool worker_register_conn(struct worker *w, struct conn *c)
@@ -426,8 +396,6 @@ void worker_free(struct worker *w)
     deadline_list_stop(&w->header_timeouts);
     deadline_list_stop(&w->keepalive_timeouts);
     deadline_list_stop(&w->send_timeouts);
-    for (int i = 0; i < w->nheartbeats; i++)
-        deadline_list_stop(&w->heartbeats[i]);
     if (w->listen_fd >= 0 && close(w->listen_fd) < 0)
         log_warn("close listener: %s", strerror(errno));
     if (w->spare_fd >= 0 && close(w->spare_fd) < 0)

@@ -17,8 +17,6 @@ struct luavm;
 struct channels;
 struct reloader;
 
-#define MAX_HEARTBEAT_LISTS 16
-
 struct worker_stats {
     uint64_t accepted;
     uint64_t refused_busy;     /* over --max-conns: 503 */
@@ -55,8 +53,6 @@ struct worker {
     struct deadline_list header_timeouts;
     struct deadline_list keepalive_timeouts;
     struct deadline_list send_timeouts;
-    struct deadline_list heartbeats[MAX_HEARTBEAT_LISTS];
-    int nheartbeats;
 
     struct luavm *vm;
     struct channels *channels;
@@ -70,9 +66,6 @@ struct worker {
 int worker_init(struct worker *w, const struct config *cfg);
 int worker_run(struct worker *w);
 void worker_free(struct worker *w);
-
-/* The heartbeat list for an interval, created on first use. */
-struct deadline_list *worker_heartbeat_list(struct worker *w, double seconds);
 
 /* Lua-visible handles: slot and generation packed into one exact double. */
 bool worker_register_conn(struct worker *w, struct conn *c);

@@ -41,6 +41,13 @@ app:post("/mix", function(req)
   return 200, last
 end)
 
+-- one one-byte event on each of n distinct channels (prefix-1 .. prefix-n)
+app:post("/distinct/:prefix", function(req)
+  local n = tonumber(req.query.n)
+  for i = 1, n do sluice.publish(req.params.prefix .. "-" .. i, { data = "x" }) end
+  return 200, "published"
+end)
+
 app:get("/stats", function() return sluice.stats() end)
 
 return app
@@ -146,6 +153,28 @@ describe("history bounded across channels", function()
   end)
 
   local memory_it = multi.sanitized() and pending or it
+  memory_it("counts what each channel costs: many one-event channels keep RSS within the bound", function()
+    -- 200,000 one-byte events, each on a channel of its own: the channel
+    -- records (struct, name, ring, heap slot) cost far more than the
+    -- events, and must be inside the bound too (they once grew the server
+    -- by ~600 bytes a channel while history_bytes counted ~80)
+    local before = multi.rss_kib(srv.pid)
+    for round = 1, 4 do
+      local r = multi.request(srv.port, "POST", ("/distinct/d%d?n=50000"):format(round))
+      assert.equal(200, r.status, r.body)
+      local st = multi.get_json(srv.port, "/stats")
+      assert.is_true(st.history_bytes <= CAP, ("history holds %d bytes"):format(st.history_bytes))
+    end
+    local after = multi.rss_kib(srv.pid)
+    local st = multi.get_json(srv.port, "/stats")
+    print(("\n[history_bound] RSS %d KiB -> %d KiB after 200,000 one-byte events on distinct channels; history %d bytes, %d events, %d channels")
+      :format(before, after, st.history_bytes, st.history_events, st.channels))
+    assert.is_true(after - before < 12 * 1024,
+      ("RSS grew %d KiB (bound: 12 MiB; the history bound is %g KiB)"):format(after - before, CAP / 1024))
+    -- a channel that lost its history and has no subscriber is forgotten
+    assert.is_true(st.channels < 5000, ("%d channel records kept"):format(st.channels))
+  end)
+
   memory_it("keeps RSS flat however many channels are published to", function()
     flood(srv, "warm", 2000, 4000, 1024)   -- reach the bound once
     local before = multi.rss_kib(srv.pid)

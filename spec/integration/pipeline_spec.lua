@@ -139,6 +139,27 @@ describe("pipelining", function()
     c:close()
   end)
 
+  it("answers every pipelined request when the client half-closes right after sending", function()
+    -- 2,000 requests, far more answers than --max-queued-bytes holds, then
+    -- shutdown(SHUT_WR): every request read must still be answered, and
+    -- only then does the server close.
+    local N = 2000
+    local c = assert(raw.connect(srv.port))
+    local reqs = {}
+    for i = 1, N do reqs[i] = raw.request("GET", "/n/" .. i) end
+    assert(c:send(table.concat(reqs), 10))
+    c.sock:shutdown("send")
+    for i = 1, N do
+      local r, err = c:read_response { timeout = 5 }
+      assert(r, ("answer %d of %d missing: %s"):format(i, N, tostring(err)))
+      assert.equal(200, r.status)
+      assert.equal("n=" .. i, r.body)
+    end
+    assert.is_true(c:wait_closed(5), "connection left open after the last answer")
+    assert.equal("", c.buf)
+    c:close()
+  end)
+
   it("answers requests before a stream, then streams", function()
     local c = assert(raw.connect(srv.port))
     assert(c:send(raw.request("GET", "/n/1") .. raw.request("GET", "/events")))

@@ -5,6 +5,7 @@
 -- the same channel that reads gets every event in order.
 local multi = require "multi"
 local socket = require "socket"
+local cjson = require "cjson"
 
 local CAP = 65536
 local EVENTS = 10000
@@ -23,6 +24,12 @@ app:stream("/drop/:ch", function(req, s)
   s:slow_consumer("drop-oldest")
   if req.query.reset then s:reset_event(req.query.reset) end
   s:subscribe(req.params.ch)
+end)
+
+app:stream("/drop2/:a/:b", function(req, s)
+  s:slow_consumer("drop-oldest")
+  s:subscribe(req.params.a)
+  s:subscribe(req.params.b)
 end)
 
 -- A run: a timer publishes n events of size bytes, data "<seq> xxx...",
@@ -263,16 +270,18 @@ describe("slow consumers", function()
     it("tells the slow subscriber, when it reads, that events were dropped, and keeps it open", function()
       assert.is_truthy(slow, "needs the first test")
       got, resets, dropped_sum = {}, {}, 0
+      local last_id
       local deadline = socket.gettime() + 20
       while socket.gettime() < deadline do
         local ev = slow:next(math.max(0, deadline - socket.gettime()))
         if not ev then break end
         if ev.event == "sluice-reset" then
           local d = multi.json(ev.data)
-          resets[#resets + 1] = { at = #got, data = d }
+          resets[#resets + 1] = { at = #got, data = d, prev_id = last_id }
           dropped_sum = dropped_sum + (tonumber(d.dropped) or 0)
         else
           got[#got + 1] = seq_of(ev)
+          last_id = ev.id
           if got[#got] == EVENTS then break end
         end
       end
@@ -281,6 +290,10 @@ describe("slow consumers", function()
       for _, r in ipairs(resets) do
         assert.equal("slow-consumer", r.data.reason)
         assert.is_true(tonumber(r.data.dropped) > 0, "dropped count " .. tostring(r.data.dropped))
+        -- like the other reset events: the channel, and where to resume from
+        assert.equal("slow.drop", r.data.channel)
+        assert.same({ "slow.drop" }, r.data.channels)
+        assert.equal(r.prev_id, r.data.last_event_id, "last_event_id is not the last event delivered")
       end
       assert.equal(EVENTS, got[#got], "the newest event was not delivered")
       for i = 2, #got do
@@ -328,6 +341,38 @@ describe("slow consumers", function()
           assert.equal(got[i] - got[i - 1] - 1, tonumber(r.data.dropped),
             ("the reset between seq %d and %d"):format(got[i - 1], got[i]))
         end
+      end
+    end)
+
+    it("names every channel of a stream on two, and the last event it delivered, in the gap notice", function()
+      local N = 3000
+      local s = open_slow("/drop2/slow.two.a/slow.two.b")
+      start_run("slow.two.a", N)
+      assert.is_true(multi.wait_for(function()
+        return multi.get_json(srv.port, "/run/slow.two.a").published == N
+      end, 30), "the run did not finish")
+      local resets, last_id, seen = {}, nil, 0
+      local deadline = socket.gettime() + 20
+      while socket.gettime() < deadline do
+        local ev = s:next(math.max(0, deadline - socket.gettime()))
+        if not ev then break end
+        if ev.event == "sluice-reset" then
+          resets[#resets + 1] = { data = multi.json(ev.data), prev_id = last_id }
+        else
+          seen, last_id = seen + 1, ev.id
+          if seq_of(ev) == N then break end
+        end
+      end
+      s:close()
+      assert.is_true(#resets > 0, "no gap notice")
+      assert.is_true(seen < N, "nothing was dropped")
+      for _, r in ipairs(resets) do
+        local chans = r.data.channels or {}
+        table.sort(chans)
+        assert.same({ "slow.two.a", "slow.two.b" }, chans, "the notice " .. cjson.encode(r.data))
+        assert.equal("slow-consumer", r.data.reason)
+        assert.is_truthy(r.prev_id, "a notice before any event")
+        assert.equal(r.prev_id, r.data.last_event_id, "last_event_id is not the last event delivered")
       end
     end)
 
