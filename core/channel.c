@@ -11,29 +11,28 @@
 
 #include "buf.h"
 #include "clock.h"
-#include "conn.h"
 #include "frame.h"
 #include "log.h"
 #include "numfmt.h"
 #include "sse.h"
-#include "worker.h"
+#include "stream.h"
 
 struct sub {
-    struct sub *next_in_conn;
-    struct conn *conn;
+    struct sub *next_in_stream;
+    struct sse_stream *stream;
     struct channel *chan;
     int view;
     uint32_t index;               /* in its chan_view's arrays */
 };
 
-/* A channel's subscribers on one view. Publish walks conns[] front to
- * back, so the next connections can be prefetched: with thousands of
+/* A channel's subscribers on one view. Publish walks streams[] front to
+ * back, so the next streams can be prefetched: with thousands of
  * subscribers each one is a cache miss, and a linked list would expose
- * every one of them in turn. subs[i] is the record behind conns[i]. */
+ * every one of them in turn. subs[i] is the record behind streams[i]. */
 struct chan_view {
     int view;
     uint32_t nsubs, cap;
-    struct conn **conns;
+    struct sse_stream **streams;
     struct sub **subs;
 };
 
@@ -87,7 +86,9 @@ struct history_rule {
 #define MAX_IDLE_CHANNELS 65536
 
 struct channels {
-    struct worker *w;
+    struct ev_loop *loop;         /* for the sweeper */
+    double (*clock)(void);        /* monotonic seconds; a test may set its own */
+    uint64_t published, delivered;   /* events, and times one was queued */
     struct channel *by_name;
     TAILQ_HEAD(, channel) idle;
     size_t nidle, idle_bytes;
@@ -132,7 +133,7 @@ static size_t channel_cost(const struct channel *ch)
     if (ch->views)
         n += sizeof *ch->views * ch->nviews + ALLOC_OVERHEAD;
     for (uint32_t i = 0; i < ch->nviews; i++)
-        n += (sizeof(struct conn *) + sizeof(struct sub *)) * ch->views[i].cap +
+        n += (sizeof(struct sse_stream *) + sizeof(struct sub *)) * ch->views[i].cap +
              2 * ALLOC_OVERHEAD;
     return n;
 }
@@ -363,7 +364,7 @@ static uint64_t first_unknown(const struct channels *cs)
 static void free_views(struct channel *ch)
 {
     for (uint32_t i = 0; i < ch->nviews; i++) {
-        free(ch->views[i].conns);
+        free(ch->views[i].streams);
         free(ch->views[i].subs);
     }
     free(ch->views);
@@ -445,7 +446,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct channels *cs = t->data;
     struct channel *ch, *tmp;
-    ev_tstamp now = clock_mono();
+    ev_tstamp now = cs->clock();
     cs->sweeping = true;
     HASH_ITER(hh, cs->by_name, ch, tmp) {
         if (ch->idle)
@@ -457,13 +458,20 @@ static void on_sweep(struct ev_loop *loop, ev_timer *t, int revents)
     trim_idle(cs);
 }
 
-struct channels *channels_new(struct worker *w, size_t history_len,
+/* clock_mono is inline: this gives the default clock an address. */
+static double mono_clock(void)
+{
+    return clock_mono();
+}
+
+struct channels *channels_new(struct ev_loop *loop, size_t history_len,
                               double history_ttl, size_t history_bytes)
 {
     struct channels *cs = calloc(1, sizeof *cs);
     if (!cs)
         return NULL;
-    cs->w = w;
+    cs->loop = loop;
+    cs->clock = mono_clock;
     cs->max_history_bytes = history_bytes;
     TAILQ_INIT(&cs->idle);
     if (channels_configure(cs, "", history_len, history_ttl) < 0) {
@@ -479,8 +487,8 @@ struct channels *channels_new(struct worker *w, size_t history_len,
     cs->last_id = cs->boot_id;
     ev_timer_init(&cs->sweeper, on_sweep, 1.0, 1.0);
     cs->sweeper.data = cs;
-    ev_timer_start(w->loop, &cs->sweeper);
-    ev_unref(w->loop);   /* the sweeper alone must not keep the loop alive */
+    ev_timer_start(loop, &cs->sweeper);
+    ev_unref(loop);   /* the sweeper alone must not keep the loop alive */
     return cs;
 }
 
@@ -488,8 +496,8 @@ void channels_free(struct channels *cs)
 {
     if (!cs)
         return;
-    ev_ref(cs->w->loop);
-    ev_timer_stop(cs->w->loop, &cs->sweeper);
+    ev_ref(cs->loop);
+    ev_timer_stop(cs->loop, &cs->sweeper);
     struct channel *ch, *tmp;
     HASH_ITER(hh, cs->by_name, ch, tmp)
         destroy(cs, ch);
@@ -649,28 +657,28 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
     }
     e.bytes = sizeof e + src_size(event, event_len, data_len);
     cs->last_id++;
-    e.at = clock_mono();
+    e.at = cs->clock();
     out->id = e.src->id;
     out->reached = 0;
-    cs->w->stats.published++;
+    cs->published++;
 
     for (uint32_t v = 0; v < ch->nviews; v++) {
         struct chan_view *cv = &ch->views[v];
         struct frame *f = entry_frame(cs, &e, cv->view);
         if (!f)
             continue;
-        struct conn **conns = cv->conns;
+        struct sse_stream **streams = cv->streams;
         uint32_t n = cv->nsubs;
         for (uint32_t i = 0; i < n; i++) {
             if (i + PREFETCH_AHEAD < n)
-                conn_prefetch(conns[i + PREFETCH_AHEAD]);
+                stream_prefetch(streams[i + PREFETCH_AHEAD]);
             if (i + PREFETCH_AHEAD / 2 < n)
-                conn_prefetch_queue(conns[i + PREFETCH_AHEAD / 2]);
-            if (conn_stream_send(conns[i], f))
+                stream_prefetch_queue(streams[i + PREFETCH_AHEAD / 2]);
+            if (stream_send(streams[i], f))
                 out->reached++;
         }
     }
-    cs->w->stats.delivered += out->reached;
+    cs->delivered += out->reached;
 
     /* An event larger than the whole bound is not kept: keeping it would
      * first push every other channel's history out. */
@@ -715,7 +723,7 @@ static int view_index(struct channel *ch, int view, bool create)
     return (int)ch->nviews++;
 }
 
-static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int view)
+static bool add_sub(struct channels *cs, struct sse_stream *st, struct channel *ch, int view)
 {
     int vi = view_index(ch, view, true);
     if (vi < 0)
@@ -724,10 +732,10 @@ static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int
     struct sub *s = NULL;
     if (cv->nsubs == cv->cap) {
         uint32_t cap = cv->cap ? cv->cap * 2 : 4;
-        struct conn **conns = realloc(cv->conns, sizeof *conns * cap);
-        if (!conns)
+        struct sse_stream **streams = realloc(cv->streams, sizeof *streams * cap);
+        if (!streams)
             goto fail;
-        cv->conns = conns;
+        cv->streams = streams;
         struct sub **subs = realloc(cv->subs, sizeof *subs * cap);
         if (!subs)
             goto fail;
@@ -737,22 +745,22 @@ static bool add_sub(struct channels *cs, struct conn *c, struct channel *ch, int
     s = calloc(1, sizeof *s);
     if (!s)
         goto fail;
-    s->conn = c;
+    s->stream = st;
     s->chan = ch;
     s->view = view;
     s->index = cv->nsubs;
-    cv->conns[cv->nsubs] = c;
+    cv->streams[cv->nsubs] = st;
     cv->subs[cv->nsubs] = s;
     cv->nsubs++;
     ch->nsubs++;
     cs->nsubs++;
-    s->next_in_conn = c->subs;
-    c->subs = s;
+    s->next_in_stream = st->subs;
+    st->subs = s;
     recount(cs, ch);
     return true;
 fail:
     if (cv->nsubs == 0) {   /* a view made for this one: publish must not frame it */
-        free(cv->conns);
+        free(cv->streams);
         free(cv->subs);
         ch->views[vi] = ch->views[--ch->nviews];
     }
@@ -775,7 +783,7 @@ static void json_string(struct buf *b, const char *s, size_t n)
     buf_put(b, "\"", 1);
 }
 
-static void send_reset(struct conn *c, const struct channel *ch, const char *reason,
+static void send_reset(struct sse_stream *s, const struct channel *ch, const char *reason,
                        const char *last_raw)
 {
     struct buf data = { 0 };
@@ -784,16 +792,16 @@ static void send_reset(struct conn *c, const struct channel *ch, const char *rea
     buf_printf(&data, ",\"reason\":\"%s\",\"last_event_id\":", reason);
     json_string(&data, last_raw, strlen(last_raw));
     buf_puts(&data, "}");
-    const char *name = c->reset_event ? c->reset_event : "sluice-reset";
+    const char *name = stream_reset_event(s);
     struct sse_event ev = { .event = name, .event_len = strlen(name),
                             .data = data.data, .data_len = data.len, .retry_ms = -1 };
     struct frame *f = data.failed ? NULL : frame_sse(&ev);
     buf_free(&data);
     if (!f) {
-        conn_abort(c);
+        stream_abort(s);
         return;
     }
-    conn_stream_send(c, f);
+    stream_send(s, f);
     frame_unref(f);
 }
 
@@ -813,14 +821,14 @@ static uint32_t first_after(struct channel *ch, uint64_t last_id)
 
 #define MAX_SUBSCRIBE 64
 
-int channels_subscribe(struct channels *cs, struct conn *c,
+int channels_subscribe(struct channels *cs, struct sse_stream *st,
                        const struct subscription_req *reqs, int n,
                        const char *last_raw, uint64_t last_id)
 {
     bool has_last = last_raw != NULL;
     if (n > MAX_SUBSCRIBE)
         return -1;
-    ev_tstamp now = clock_mono();
+    ev_tstamp now = cs->clock();
     struct channel *chans[MAX_SUBSCRIBE];
     uint32_t pos[MAX_SUBSCRIBE];
     int views[MAX_SUBSCRIBE];
@@ -832,7 +840,7 @@ int channels_subscribe(struct channels *cs, struct conn *c,
         bool dup = false;
         for (int j = 0; j < m; j++)
             dup |= chans[j] == ch && views[j] == reqs[i].view;
-        for (struct sub *s = c->subs; s && !dup; s = s->next_in_conn)
+        for (struct sub *s = st->subs; s && !dup; s = s->next_in_stream)
             dup = s->chan == ch && s->view == reqs[i].view;   /* subscribed before */
         if (dup)
             continue;
@@ -843,9 +851,9 @@ int channels_subscribe(struct channels *cs, struct conn *c,
             evict_expired(cs, ch, now);   /* one instant: a channel met twice
                                            * (two views) cannot shift pos[] */
             if (last_id <= cs->boot_id || last_id > cs->last_id)
-                send_reset(c, ch, "unknown-id", last_raw);
+                send_reset(st, ch, "unknown-id", last_raw);
             else if (last_id + 1 < ch->complete_from)
-                send_reset(c, ch, "history-expired", last_raw);
+                send_reset(st, ch, "history-expired", last_raw);
             else
                 pos[m] = first_after(ch, last_id);
         }
@@ -865,19 +873,19 @@ int channels_subscribe(struct channels *cs, struct conn *c,
                 }
             }
         }
-        if (best < 0 || c->state != CONN_STREAMING)
+        if (best < 0 || !stream_is_open(st))
             break;
         struct hist_entry *e = ring_at(chans[best], pos[best]);
         size_t before = e->bytes;
         struct frame *f = entry_frame(cs, e, views[best]);
         cs->history_bytes += e->bytes - before;
         if (f)
-            conn_stream_replay(c, f);
+            stream_replay(st, f);
         pos[best]++;
     }
     int rc = 0;
     for (int i = 0; i < m && rc == 0; i++)
-        if (!add_sub(cs, c, chans[i], views[i]))
+        if (!add_sub(cs, st, chans[i], views[i]))
             rc = -1;
     /* Replays may have framed more. Only now: a subscribed channel is not
      * released by the trim, and chans[] is used no more. */
@@ -885,23 +893,23 @@ int channels_subscribe(struct channels *cs, struct conn *c,
     return rc;
 }
 
-void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
+void channels_unsubscribe(struct channels *cs, struct sse_stream *st)
 {
-    struct sub *s = c->subs;
-    c->subs = NULL;
+    struct sub *s = st->subs;
+    st->subs = NULL;
     while (s) {
-        struct sub *next = s->next_in_conn;
+        struct sub *next = s->next_in_stream;
         struct channel *ch = s->chan;
         int vi = view_index(ch, s->view, false);
         struct chan_view *cv = &ch->views[vi];
         uint32_t last = --cv->nsubs;   /* the last one fills the hole */
-        cv->conns[s->index] = cv->conns[last];
+        cv->streams[s->index] = cv->streams[last];
         cv->subs[s->index] = cv->subs[last];
         cv->subs[s->index]->index = s->index;
         ch->nsubs--;
         cs->nsubs--;
         if (cv->nsubs == 0) {   /* keep the view list short: publish walks it */
-            free(cv->conns);
+            free(cv->streams);
             free(cv->subs);
             ch->views[vi] = ch->views[--ch->nviews];
         }
@@ -912,14 +920,14 @@ void channels_unsubscribe_conn(struct channels *cs, struct conn *c)
     }
 }
 
-void channels_describe_conn(const struct conn *c, struct buf *b)
+void channels_describe_stream(const struct sse_stream *st, struct buf *b)
 {
     size_t n = 0;
     const struct sub *only = NULL;
-    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
-        const struct sub *t = c->subs;
+    for (const struct sub *s = st->subs; s; s = s->next_in_stream) {
+        const struct sub *t = st->subs;
         while (t != s && t->chan != s->chan)   /* met before (another view)? */
-            t = t->next_in_conn;
+            t = t->next_in_stream;
         if (t == s) {
             n++;
             only = s;
@@ -932,10 +940,10 @@ void channels_describe_conn(const struct conn *c, struct buf *b)
     }
     buf_puts(b, "\"channels\":[");
     n = 0;
-    for (const struct sub *s = c->subs; s; s = s->next_in_conn) {
-        const struct sub *t = c->subs;
+    for (const struct sub *s = st->subs; s; s = s->next_in_stream) {
+        const struct sub *t = st->subs;
         while (t != s && t->chan != s->chan)
-            t = t->next_in_conn;
+            t = t->next_in_stream;
         if (t != s)
             continue;
         if (n++)
@@ -953,6 +961,18 @@ bool channels_framing(const struct channels *cs)
 uint64_t channels_last_id(const struct channels *cs)
 {
     return cs->last_id;
+}
+
+void channels_traffic(const struct channels *cs, uint64_t *published,
+                      uint64_t *delivered)
+{
+    *published = cs->published;
+    *delivered = cs->delivered;
+}
+
+void channels_set_clock(struct channels *cs, double (*clock)(void))
+{
+    cs->clock = clock;
 }
 
 void channels_counts(const struct channels *cs, size_t *channels,

@@ -8,9 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct conn;
 struct frame;
-struct worker;
+struct sse_stream;
 
 /* An event as published, kept so it can be framed for a view that had no
  * subscriber when it was published (a resuming client's). */
@@ -30,8 +29,9 @@ typedef struct frame *(*view_framer)(void *ctx, int view,
 struct channels;
 
 /* history_bytes bounds the history of all channels together: past it the
- * oldest events (by id, whatever their channel) are dropped first. */
-struct channels *channels_new(struct worker *w, size_t history_len,
+ * oldest events (by id, whatever their channel) are dropped first. loop
+ * runs the sweeper that drops expired history of quiet channels. */
+struct channels *channels_new(struct ev_loop *loop, size_t history_len,
                               double history_ttl, size_t history_bytes);
 void channels_free(struct channels *cs);
 void channels_set_framer(struct channels *cs, view_framer fn, void *ctx);
@@ -63,18 +63,18 @@ struct subscription_req {
  * number of ours), first replays what it missed on every channel, merged
  * in id order; a channel whose history no longer covers it gets the reset
  * event instead. */
-int channels_subscribe(struct channels *cs, struct conn *c,
+int channels_subscribe(struct channels *cs, struct sse_stream *s,
                        const struct subscription_req *reqs, int n,
                        const char *last_raw, uint64_t last_id);
 
-void channels_unsubscribe_conn(struct channels *cs, struct conn *c);
+void channels_unsubscribe(struct channels *cs, struct sse_stream *s);
 
 struct buf;
 
-/* Appends the JSON members naming the channels c subscribes to, each
+/* Appends the JSON members naming the channels s subscribes to, each
  * once: "channel":"a","channels":["a"] for one, "channels":[...] for
- * several. */
-void channels_describe_conn(const struct conn *c, struct buf *b);
+ * several. (A stream_env's describe_subs.) */
+void channels_describe_stream(const struct sse_stream *s, struct buf *b);
 
 /* True while a script's view transform runs: publishing or subscribing
  * then would change the lists being walked. */
@@ -87,6 +87,15 @@ uint64_t channels_last_id(const struct channels *cs);
  * bytes they hold. */
 void channels_counts(const struct channels *cs, size_t *channels,
                      size_t *subs, size_t *events, size_t *history_bytes);
+
+/* Events published, and deliveries (times an event was queued on a
+ * stream), since the start. */
+void channels_traffic(const struct channels *cs, uint64_t *published,
+                      uint64_t *delivered);
+
+/* The clock history ages are measured with (monotonic seconds; default
+ * clock_mono): for tests. */
+void channels_set_clock(struct channels *cs, double (*clock)(void));
 
 /* Subscribers of a channel (0 if it does not exist). */
 uint32_t channels_subscribers(struct channels *cs, const char *name,

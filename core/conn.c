@@ -18,39 +18,6 @@
 #include "worker.h"
 
 static void on_io(struct ev_loop *loop, ev_io *io, int revents);
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
-
-/* Frames every stream shares; they live as long as the process. */
-static struct frame *shared_chunk(const char *sse_text)
-{
-    char *body;
-    size_t n = strlen(sse_text);
-    struct frame *f = frame_new_chunk(n, &body);
-    if (!f)
-        return NULL;
-    memcpy(body, sse_text, n);
-    frame_make_static(f);
-    return f;
-}
-
-static struct frame *heartbeat_frame(void)
-{
-    static struct frame *f;
-    if (!f)
-        f = shared_chunk(":\n\n");
-    return f;
-}
-
-static struct frame *last_chunk_frame(void)
-{
-    static struct frame *f;
-    if (!f) {
-        f = frame_copy("0\r\n\r\n", 5);
-        if (f)
-            frame_make_static(f);
-    }
-    return f;
-}
 
 static void set_events(struct conn *c, int events)
 {
@@ -62,6 +29,14 @@ static void set_events(struct conn *c, int events)
     ev_io_set(&c->io, c->fd, events);
     if (events)
         ev_io_start(c->w->loop, &c->io);
+}
+
+/* The one place state changes: the stream takes events exactly while the
+ * connection streams. */
+static void set_state(struct conn *c, enum conn_state state)
+{
+    c->state = state;
+    c->st.open = state == CONN_STREAMING;
 }
 
 static void schedule_flush(struct conn *c)
@@ -119,8 +94,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
     http_parser_init(c->parser, &w->limits);
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = c;
-    ev_timer_init(&c->heartbeat, on_heartbeat, 0, 0);
-    c->heartbeat.data = c;
+    stream_init(&c->st, &w->streams);
     ev_io_start(w->loop, &c->io);
     deadline_arm(&w->header_timeouts, &c->timeout);
 }
@@ -128,24 +102,21 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
 void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
-    c->state = CONN_DEAD;   /* on_close handlers may still hold its handle */
+    set_state(c, CONN_DEAD);   /* on_close handlers may still hold its handle */
     if (c->lua_watch)
         lua_api_stream_closed(w->vm, c);
-    channels_unsubscribe_conn(w->channels, c);
+    channels_unsubscribe(w->channels, &c->st);
     ev_io_stop(w->loop, &c->io);
-    ev_timer_stop(w->loop, &c->heartbeat);
     deadline_cancel(&c->timeout);
     deadline_cancel(&c->stall);
     free(c->backlog);
     if (c->in_flush_queue)
         TAILQ_REMOVE(&w->flush_queue, c, flush_link);
-    outbuf_clear(&c->out);
+    stream_release(&c->st);
     if (c->parser) {
         http_parser_free(c->parser);
         free(c->parser);
     }
-    free(c->reset_event);
-    frame_unref(c->gap_marker);
     if (close(c->fd) < 0)
         log_debug("close: %s", strerror(errno));
     worker_conn_released(w, c);
@@ -156,25 +127,18 @@ void conn_abort(struct conn *c)
 {
     if (c->state == CONN_DEAD)
         return;
-    c->state = CONN_DEAD;
+    set_state(c, CONN_DEAD);
     schedule_flush(c);
-}
-
-/* Bytes written since the last call, taken off the replay credit. */
-static void spend_replay_credit(struct conn *c, size_t before)
-{
-    size_t written = before > c->out.bytes ? before - c->out.bytes : 0;
-    c->replay_credit = written >= c->replay_credit ? 0 : c->replay_credit - written;
 }
 
 /* Writes what the socket takes; keeps the stall deadline: armed while
  * output waits on the client, re-armed whenever it makes progress. */
 static enum outbuf_status write_some(struct conn *c)
 {
-    size_t before = c->out.bytes;
-    enum outbuf_status st = outbuf_write(&c->out, c->fd);
-    spend_replay_credit(c, before);
-    if (st == OUTBUF_AGAIN && (c->out.bytes < before || !c->stall_armed)) {
+    size_t before = c->st.out.bytes;
+    enum outbuf_status st = outbuf_write(&c->st.out, c->fd);
+    stream_wrote(&c->st, before);
+    if (st == OUTBUF_AGAIN && (c->st.out.bytes < before || !c->stall_armed)) {
         deadline_arm(&c->w->send_timeouts, &c->stall);
         c->stall_armed = true;
     } else if (st == OUTBUF_DRAINED && c->stall_armed) {
@@ -247,7 +211,7 @@ void conn_on_flush(struct conn *c)
 
 static void enqueue(struct conn *c, struct frame *f, uint32_t off, uint32_t len)
 {
-    if (!outbuf_push(&c->out, f, off, len)) {
+    if (!outbuf_push(&c->st.out, f, off, len)) {
         log_warn("out of memory queueing output; closing connection");
         conn_abort(c);
         return;
@@ -271,10 +235,10 @@ static void finish_request(struct conn *c)
 {
     c->served = true;
     if (c->keep_alive && !c->w->stopping) {
-        c->state = CONN_READING;
+        set_state(c, CONN_READING);
         deadline_arm(&c->w->keepalive_timeouts, &c->timeout);
     } else {
-        c->state = CONN_CLOSING;
+        set_state(c, CONN_CLOSING);
         deadline_cancel(&c->timeout);
     }
 }
@@ -328,171 +292,41 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
     enqueue_bytes(c, head, head_len);
     if (c->state == CONN_DEAD)
         return false;
-    c->state = CONN_STREAMING;
+    set_state(c, CONN_STREAMING);
     c->stream = true;
     c->w->stats.streams_opened++;
     deadline_cancel(&c->timeout);
-    conn_stream_send(c, first);   /* sets last_write: the interval starts now */
-    if (heartbeat > 0 && c->state == CONN_STREAMING) {
-        c->heartbeat_s = heartbeat;
-        ev_timer_set(&c->heartbeat, heartbeat, 0);
-        ev_timer_start(c->w->loop, &c->heartbeat);
-    }
+    stream_start(&c->st, first, heartbeat);
     return c->state == CONN_STREAMING;
 }
 
-/* Drops the oldest queued events and puts one notice where they were, so
- * the client learns of the gap before any event after it. A notice still
- * queued from an earlier drop is replaced by one with the sum, never
- * counted as a dropped event itself. */
-static void drop_oldest(struct conn *c, size_t keep_bytes)
-{
-    const struct slice *front = outbuf_first_unstarted(&c->out);
-    if (front && c->gap_marker && front->frame == c->gap_marker)
-        outbuf_remove_first_unstarted(&c->out);
-    else
-        c->gap_dropped = 0;   /* the previous notice went out */
-    frame_unref(c->gap_marker);
-    c->gap_marker = NULL;
-    c->gap_dropped += outbuf_drop_oldest(&c->out, keep_bytes);
-    if (c->replay_credit > c->out.bytes)   /* dropped replays are not owed */
-        c->replay_credit = c->out.bytes;
+/* ---- what the stream asks of its transport (stream.h) ---------------- */
 
-    /* Like the other reset events: which channels, and the id to resume
-     * from (the last event the client gets before the gap) to fetch what
-     * was dropped from history. */
-    struct buf data = { 0 };
-    buf_puts(&data, "{");
-    channels_describe_conn(c, &data);
-    buf_printf(&data, ",\"reason\":\"slow-consumer\",\"dropped\":%u,\"last_event_id\":",
-               c->gap_dropped);
-    if (c->out.last_event_id)
-        buf_printf(&data, "\"%" PRIu64 "\"}", c->out.last_event_id);
-    else
-        buf_puts(&data, "null}");
-    const char *name = c->reset_event ? c->reset_event : "sluice-reset";
-    struct sse_event ev = { .event = name, .event_len = strlen(name),
-                            .data = data.data, .data_len = data.len, .retry_ms = -1 };
-    struct frame *f = data.failed ? NULL : frame_sse(&ev);
-    buf_free(&data);
-    if (!f || !outbuf_push_front(&c->out, f, c->chunked ? 0 : f->body_off,
-                                 c->chunked ? f->len : f->body_len)) {
-        frame_unref(f);
-        conn_abort(c);
-        return;
-    }
-    c->gap_marker = f;   /* keeps the reference frame_sse gave us */
+static struct conn *conn_of(struct sse_stream *s)
+{
+    return (struct conn *)((char *)s - offsetof(struct conn, st));
 }
 
-static bool stream_send(struct conn *c, struct frame *f, bool replay)
+void stream_owner_flush(struct sse_stream *s)
 {
-    if (c->state != CONN_STREAMING || !f)
-        return false;
-    uint32_t off = c->chunked ? 0 : f->body_off;
-    uint32_t len = c->chunked ? f->len : f->body_len;
-    if (replay)
-        c->replay_credit += len;
-    size_t cap = c->w->cfg->max_queued + c->replay_credit;
-    /* Output queued this loop turn is not a backlog yet: write it before
-     * judging. An empty queue takes any one event, so an event larger than
-     * the cap is still deliverable; memory stays bounded by cap + one. */
-    if (c->out.bytes && c->out.bytes + len > cap)
-        write_now(c);
-    if (c->state != CONN_STREAMING)
-        return false;
-    if (c->out.bytes && c->out.bytes + len > cap) {
-        if (c->slow_policy == SLOW_CLOSE) {
-            /* Ids and history let it reconnect and resume without loss. */
-            c->w->stats.slow_closed++;
-            log_debug("slow consumer closed (%zu bytes queued)", c->out.bytes);
-            conn_abort(c);
-            return false;
-        }
-        c->w->stats.slow_gapped++;
-        drop_oldest(c, cap / 2);
-        if (c->state != CONN_STREAMING)
-            return false;
-    }
-    c->last_write = ev_now(c->w->loop);   /* all an event costs the heartbeat */
-    enqueue(c, f, off, len);
-    return c->state == CONN_STREAMING;
+    schedule_flush(conn_of(s));
 }
 
-bool conn_stream_send(struct conn *c, struct frame *f)
+void stream_owner_write_now(struct sse_stream *s)
 {
-    return stream_send(c, f, false);
+    write_now(conn_of(s));
 }
 
-bool conn_stream_replay(struct conn *c, struct frame *f)
+void stream_owner_abort(struct sse_stream *s)
 {
-    return stream_send(c, f, true);
+    conn_abort(conn_of(s));
 }
 
-void conn_stream_end(struct conn *c)
+void stream_owner_ended(struct sse_stream *s)
 {
-    if (c->state != CONN_STREAMING)
-        return;
-    if (c->chunked) {
-        struct frame *f = last_chunk_frame();
-        if (f)
-            enqueue(c, f, 0, f->len);
-    }
-    /* Subscriptions go when the connection is freed: this may run in the
-     * middle of a fan-out (a view transform closing a stream), and the
-     * state check in stream_send already keeps events out. */
-    ev_timer_stop(c->w->loop, &c->heartbeat);
-    if (c->state == CONN_STREAMING)
-        c->state = CONN_CLOSING;
+    struct conn *c = conn_of(s);
+    set_state(c, CONN_CLOSING);
     schedule_flush(c);
-}
-
-void conn_stream_goodbye(struct conn *c, long retry_ms)
-{
-    struct sse_event ev = { .retry_ms = retry_ms, .comment = "server shutting down",
-                            .comment_len = 20 };
-    struct frame *f = frame_sse(&ev);
-    if (f) {
-        conn_stream_send(c, f);
-        frame_unref(f);
-    }
-    conn_stream_end(c);
-}
-
-/* ev.pod's "be smart about timeouts" (technique 2): events only note the
- * time; when the timer fires, a stream silent for the interval gets a
- * comment, and one that wrote since waits out the rest of the interval
- * from its last write. So no stream is silent for much longer than the
- * interval, and an event costs one store. */
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)revents;
-    struct conn *c = t->data;
-    if (c->state != CONN_STREAMING)
-        return;
-    ev_tstamp now = ev_now(loop);
-    ev_tstamp left = c->last_write + c->heartbeat_s - now;
-    /* Early by a sliver rather than a timer for a sliver. */
-    if (left > c->heartbeat_s / 64) {
-        /* (At most an interval: the loop's clock may have stepped back.) */
-        ev_timer_set(t, left < c->heartbeat_s ? left : c->heartbeat_s, 0);
-        ev_timer_start(loop, t);
-        return;
-    }
-    /* A heartbeat behind queued output would tell the proxy nothing new. */
-    if (c->out.bytes == 0) {
-        struct frame *f = heartbeat_frame();
-        if (f) {
-            if (c->chunked)
-                enqueue(c, f, 0, f->len);
-            else
-                enqueue(c, f, f->body_off, f->body_len);
-        }
-    }
-    if (c->state != CONN_STREAMING)
-        return;
-    c->last_write = now;
-    ev_timer_set(t, c->heartbeat_s, 0);
-    ev_timer_start(loop, t);
 }
 
 void conn_timed_out(struct conn *c)
@@ -501,7 +335,7 @@ void conn_timed_out(struct conn *c)
         return;
     bool partial = c->parser && c->parser->started;
     if (c->served && !partial) {
-        c->state = CONN_DEAD;   /* an idle keep-alive connection: just close */
+        set_state(c, CONN_DEAD);   /* an idle keep-alive connection: just close */
         schedule_flush(c);
         return;
     }
@@ -513,7 +347,7 @@ static void dispatch(struct conn *c)
 {
     struct worker *w = c->w;
     w->stats.requests++;
-    c->state = CONN_DISPATCHING;
+    set_state(c, CONN_DISPATCHING);
     c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
     deadline_cancel(&c->timeout);
     uint32_t n;
@@ -573,7 +407,7 @@ static void feed(struct conn *c, const char *data, size_t len)
         http_parser_next(p);
         /* Answers the client is not reading pile up: park the rest of the
          * input (at most one read's worth) until they drain. */
-        if (len && c->out.bytes > c->w->cfg->max_queued) {
+        if (len && c->st.out.bytes > c->w->cfg->max_queued) {
             park_input(c, data, len);
             return;
         }
@@ -603,7 +437,7 @@ static void on_readable(struct conn *c)
     struct worker *w = c->w;
     /* Pipelined requests whose answers the client is not reading: stop
      * reading until the answers drain, so memory stays bounded. */
-    if (c->state == CONN_READING && c->out.bytes > w->cfg->max_queued) {
+    if (c->state == CONN_READING && c->st.out.bytes > w->cfg->max_queued) {
         set_events(c, EV_WRITE);
         return;
     }
@@ -634,11 +468,11 @@ static void on_readable(struct conn *c)
          * nc` does): everything it sent has been parsed by now, so write
          * the answers still queued, then close. */
         c->input_closed = true;
-        if (c->out.bytes == 0 || c->state == CONN_DEAD) {
+        if (c->st.out.bytes == 0 || c->state == CONN_DEAD) {
             conn_free(c);
             return;
         }
-        c->state = CONN_CLOSING;   /* a partial request is never answered */
+        set_state(c, CONN_CLOSING);   /* a partial request is never answered */
         deadline_cancel(&c->timeout);   /* --send-timeout still bounds a client not reading */
         set_events(c, c->writing ? EV_WRITE : 0);
         schedule_flush(c);

@@ -11,9 +11,9 @@
 #include "deadline.h"
 #include "http.h"
 #include "outbuf.h"
+#include "stream.h"
 
 struct worker;
-struct sub;
 
 enum conn_state {
     CONN_READING,      /* waiting for or parsing a request */
@@ -23,27 +23,25 @@ enum conn_state {
     CONN_DEAD,         /* close at the end of this loop turn */
 };
 
-enum slow_policy { SLOW_CLOSE, SLOW_DROP_OLDEST };
-
 struct peer_addr {
     uint8_t family;        /* AF_INET or AF_INET6 */
     uint8_t addr[16];
 };
 
 struct conn {
-    /* What a fan-out touches for every subscriber comes first, so that it
-     * shares as few cache lines as possible. */
+    /* What a fan-out touches for every subscriber comes first: the
+     * transport's part of it, then the stream's (see stream_prefetch). */
     enum conn_state state;
     bool in_flush_queue;
     bool writing;                 /* waiting for EV_WRITE */
-    bool chunked;                 /* HTTP/1.1 stream: events are chunks */
     bool stall_armed;             /* stall deadline set (it lives further down) */
-    uint8_t slow_policy;
-    ev_tstamp last_write;         /* loop time the stream last queued output */
-    struct outbuf out;
+    bool stream;                  /* has opened a stream */
+    bool lua_watch;               /* Lua asked to hear when it closes */
     TAILQ_ENTRY(conn) flush_link;
-    size_t replay_credit;         /* resume bytes not yet written */
     struct worker *w;
+    /* Its output queue and, once a stream opens, the subscriber; open
+     * exactly while state is CONN_STREAMING. */
+    struct sse_stream st;
 
     ev_io io;
     int fd;
@@ -58,17 +56,6 @@ struct conn {
     bool input_closed;            /* read EOF: answer what was read, then close */
     bool keep_alive;
     bool sent_continue;
-    /* Streams only. */
-    bool stream;
-    bool lua_watch;               /* Lua asked to hear when it closes */
-    struct sub *subs;
-    /* Its own timer, not a shared fixed-interval list: the next heartbeat
-     * is due one interval after the last write, which differs per stream. */
-    ev_timer heartbeat;
-    double heartbeat_s;           /* 0: none */
-    char *reset_event;            /* name of the missed-events event */
-    struct frame *gap_marker;     /* queued gap notice, while unsent */
-    uint32_t gap_dropped;         /* events that notice accounts for */
 };
 
 struct sockaddr;
@@ -90,38 +77,10 @@ void conn_respond_error(struct conn *c, int status, const char *extra_headers);
 bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
                       struct frame *first, double heartbeat);
 
-/* Queues one framed event on a stream, applying the slow-consumer policy.
- * False if the stream is gone or was closed by the policy. */
-bool conn_stream_send(struct conn *c, struct frame *f);
-
-/* Queues an event replayed from history on resume. History holds these
- * frames anyway, so a replay may exceed the queue cap: the cap then grows
- * by what is replayed until the client has read it. */
-bool conn_stream_replay(struct conn *c, struct frame *f);
-
-/* Ends a stream cleanly after what is queued (terminating chunk). */
-void conn_stream_end(struct conn *c);
-
-/* Ends a stream with a reconnect hint (shutdown). */
-void conn_stream_goodbye(struct conn *c, long retry_ms);
-
 /* Closes at the end of this loop turn; safe in the middle of a fan-out. */
 void conn_abort(struct conn *c);
 
 bool conn_is_stream(const struct conn *c);
-
-/* For a fan-out: fetch what queueing an event on c touches (the hot part
- * of struct conn), then, once that has arrived, the output slot. */
-static inline void conn_prefetch(const struct conn *c)
-{
-    __builtin_prefetch(c, 1);
-    __builtin_prefetch((const char *)c + 64, 1);
-}
-
-static inline void conn_prefetch_queue(const struct conn *c)
-{
-    outbuf_prefetch_tail(&c->out);
-}
 
 /* Deadline expiries, routed here by the worker. */
 void conn_timed_out(struct conn *c);    /* header or keep-alive timeout */

@@ -197,7 +197,7 @@ static int l_open(lua_State *L)
         return 1;
     }
     put_headers(L, NULL, 2, true);
-    c->chunked = c->parser && !http_is_1_0(c->parser);
+    c->st.chunked = c->parser && !http_is_1_0(c->parser);
     bool head_only = c->parser && http_is_head(c->parser);
     struct buf b = { 0 };
     buf_puts(&b, "HTTP/1.1 200 OK\r\n"
@@ -208,7 +208,7 @@ static int l_open(lua_State *L)
     if (head_only)
         buf_puts(&b, "Content-Length: 0\r\n");
     else
-        buf_puts(&b, c->chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
+        buf_puts(&b, c->st.chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
     buf_puts(&b, "\r\n");
     if (b.failed) {
         buf_free(&b);
@@ -220,10 +220,10 @@ static int l_open(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    c->slow_policy = policy[0] == 'c' ? SLOW_CLOSE : SLOW_DROP_OLDEST;
+    c->st.slow_policy = policy[0] == 'c' ? SLOW_CLOSE : SLOW_DROP_OLDEST;
     if (reset) {
-        free(c->reset_event);
-        c->reset_event = strndup(reset, rlen);
+        free(c->st.reset_event);
+        c->st.reset_event = strndup(reset, rlen);
     }
     /* Something to send at once: proxies hold the headers until the first
      * body bytes, and the browser's open event waits for them too. */
@@ -273,7 +273,7 @@ static int l_send(lua_State *L)
     if (f) {
         if (ev.data || ev.event || ev.id)
             f->flags |= FRAME_EVENT;
-        queued = conn_stream_send(c, f);
+        queued = stream_send(&c->st, f);
         frame_unref(f);
     }
     luavm_uncharged_end(vm_of(L), &charge);
@@ -288,7 +288,7 @@ static int l_close(lua_State *L)
 {
     struct conn *c = conn_arg(L, 1);
     if (c && c->state == CONN_STREAMING)
-        conn_stream_end(c);
+        stream_end(&c->st);
     return 0;
 }
 
@@ -375,7 +375,7 @@ static int l_subscribe(lua_State *L)
     /* Out of range is "not one of ours", and must not reach the cast. */
     if (!(last >= 0 && last < 9007199254740992.0))
         last = 0;
-    int rc = channels_subscribe(vm->w->channels, c, reqs, n, last_raw, (uint64_t)last);
+    int rc = channels_subscribe(vm->w->channels, &c->st, reqs, n, last_raw, (uint64_t)last);
     if (rc < 0)
         return luaL_error(L, "out of memory subscribing");
     lua_pushboolean(L, c->state == CONN_STREAMING);
@@ -576,17 +576,19 @@ static int l_stats(lua_State *L)
     struct luavm *vm = vm_of(L);
     struct worker *w = vm->w;
     size_t nch, nsubs, nev, hbytes;
+    uint64_t published, delivered;
     channels_counts(w->channels, &nch, &nsubs, &nev, &hbytes);
+    channels_traffic(w->channels, &published, &delivered);
     lua_createtable(L, 0, 16);
     set_int(L, "connections", w->nconns);
     set_int(L, "accepted", (double)w->stats.accepted);
     set_int(L, "refused_busy", (double)w->stats.refused_busy);
     set_int(L, "requests", (double)w->stats.requests);
     set_int(L, "streams_opened", (double)w->stats.streams_opened);
-    set_int(L, "slow_closed", (double)w->stats.slow_closed);
-    set_int(L, "slow_gapped", (double)w->stats.slow_gapped);
-    set_int(L, "published", (double)w->stats.published);
-    set_int(L, "delivered", (double)w->stats.delivered);
+    set_int(L, "slow_closed", (double)w->streams.slow_closed);
+    set_int(L, "slow_gapped", (double)w->streams.slow_gapped);
+    set_int(L, "published", (double)published);
+    set_int(L, "delivered", (double)delivered);
     set_int(L, "channels", (double)nch);
     set_int(L, "subscriptions", (double)nsubs);
     set_int(L, "history_events", (double)nev);

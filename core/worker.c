@@ -295,7 +295,7 @@ void worker_stop(struct worker *w)
         if (!c)
             continue;
         if (c->state == CONN_STREAMING)
-            conn_stream_goodbye(c, w->cfg->retry_ms);
+            stream_goodbye(&c->st, w->cfg->retry_ms);
         else if (c->state == CONN_READING && !(c->parser && c->parser->started))
             conn_abort(c);
     }
@@ -336,7 +336,9 @@ int worker_init(struct worker *w, const struct config *cfg)
     deadline_list_init(&w->keepalive_timeouts, w->loop, cfg->keepalive_timeout, on_deadline, w);
     deadline_list_init(&w->send_timeouts, w->loop, cfg->send_timeout, on_stall, w);
 
-    w->channels = channels_new(w, cfg->history_len, cfg->history_ttl, cfg->history_bytes);
+    w->streams = (struct stream_env){ .loop = w->loop, .max_queued = cfg->max_queued,
+                                      .describe_subs = channels_describe_stream };
+    w->channels = channels_new(w->loop, cfg->history_len, cfg->history_ttl, cfg->history_bytes);
     w->vm = luavm_new(w, cfg->lua_dir, cfg->lua_mem, cfg->lua_cpu_ms);
     if (!w->channels || !w->vm) {
         log_error("out of memory starting the worker");

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "deadline.h"
 #include "http.h"
+#include "stream.h"
 
 struct conn;
 struct luavm;
@@ -22,11 +23,7 @@ struct worker_stats {
     uint64_t refused_busy;     /* over --max-conns: 503 */
     uint64_t requests;
     uint64_t streams_opened;
-    uint64_t slow_closed;      /* slow consumers closed */
-    uint64_t slow_gapped;      /* slow consumers that dropped events */
     uint64_t lua_errors;
-    uint64_t published;
-    uint64_t delivered;
 };
 
 struct worker {
@@ -58,7 +55,8 @@ struct worker {
     struct channels *channels;
     struct reloader *reloader;
 
-    struct worker_stats stats;
+    struct worker_stats stats;   /* and streams', and channels' own counts */
+    struct stream_env streams;
     int stopping;
     char readbuf[65536];
 };

@@ -1,0 +1,246 @@
+#include "stream.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "frame.h"
+#include "log.h"
+#include "sse.h"
+
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* Frames every stream shares; they live as long as the process. */
+static struct frame *shared_chunk(const char *sse_text)
+{
+    char *body;
+    size_t n = strlen(sse_text);
+    struct frame *f = frame_new_chunk(n, &body);
+    if (!f)
+        return NULL;
+    memcpy(body, sse_text, n);
+    frame_make_static(f);
+    return f;
+}
+
+static struct frame *heartbeat_frame(void)
+{
+    static struct frame *f;
+    if (!f)
+        f = shared_chunk(":\n\n");
+    return f;
+}
+
+static struct frame *last_chunk_frame(void)
+{
+    static struct frame *f;
+    if (!f) {
+        f = frame_copy("0\r\n\r\n", 5);
+        if (f)
+            frame_make_static(f);
+    }
+    return f;
+}
+
+void stream_init(struct sse_stream *s, struct stream_env *env)
+{
+    s->env = env;
+    ev_timer_init(&s->heartbeat, on_heartbeat, 0, 0);
+    s->heartbeat.data = s;
+}
+
+void stream_release(struct sse_stream *s)
+{
+    ev_timer_stop(s->env->loop, &s->heartbeat);
+    outbuf_clear(&s->out);
+    free(s->reset_event);
+    s->reset_event = NULL;
+    frame_unref(s->gap_marker);
+    s->gap_marker = NULL;
+}
+
+void stream_abort(struct sse_stream *s)
+{
+    stream_owner_abort(s);
+}
+
+void stream_wrote(struct sse_stream *s, size_t before)
+{
+    size_t written = before > s->out.bytes ? before - s->out.bytes : 0;
+    s->replay_credit = written >= s->replay_credit ? 0 : s->replay_credit - written;
+}
+
+/* The whole chunk on an HTTP/1.1 stream, the event's text alone else. */
+static void enqueue(struct sse_stream *s, struct frame *f)
+{
+    uint32_t off = s->chunked ? 0 : f->body_off;
+    uint32_t len = s->chunked ? f->len : f->body_len;
+    if (!outbuf_push(&s->out, f, off, len)) {
+        log_warn("out of memory queueing output; closing connection");
+        stream_owner_abort(s);
+        return;
+    }
+    stream_owner_flush(s);
+}
+
+/* Drops the oldest queued events and puts one notice where they were, so
+ * the client learns of the gap before any event after it. A notice still
+ * queued from an earlier drop is replaced by one with the sum, never
+ * counted as a dropped event itself. */
+static void drop_oldest(struct sse_stream *s, size_t keep_bytes)
+{
+    const struct slice *front = outbuf_first_unstarted(&s->out);
+    if (front && s->gap_marker && front->frame == s->gap_marker)
+        outbuf_remove_first_unstarted(&s->out);
+    else
+        s->gap_dropped = 0;   /* the previous notice went out */
+    frame_unref(s->gap_marker);
+    s->gap_marker = NULL;
+    s->gap_dropped += outbuf_drop_oldest(&s->out, keep_bytes);
+    if (s->replay_credit > s->out.bytes)   /* dropped replays are not owed */
+        s->replay_credit = s->out.bytes;
+
+    /* Like the other reset events: which channels, and the id to resume
+     * from (the last event the client gets before the gap) to fetch what
+     * was dropped from history. */
+    struct buf data = { 0 };
+    buf_puts(&data, "{");
+    if (s->env->describe_subs) {
+        s->env->describe_subs(s, &data);
+        buf_puts(&data, ",");
+    }
+    buf_printf(&data, "\"reason\":\"slow-consumer\",\"dropped\":%u,\"last_event_id\":",
+               s->gap_dropped);
+    if (s->out.last_event_id)
+        buf_printf(&data, "\"%" PRIu64 "\"}", s->out.last_event_id);
+    else
+        buf_puts(&data, "null}");
+    const char *name = stream_reset_event(s);
+    struct sse_event ev = { .event = name, .event_len = strlen(name),
+                            .data = data.data, .data_len = data.len, .retry_ms = -1 };
+    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    buf_free(&data);
+    if (!f || !outbuf_push_front(&s->out, f, s->chunked ? 0 : f->body_off,
+                                 s->chunked ? f->len : f->body_len)) {
+        frame_unref(f);
+        stream_owner_abort(s);
+        return;
+    }
+    s->gap_marker = f;   /* keeps the reference frame_sse gave us */
+}
+
+static bool send(struct sse_stream *s, struct frame *f, bool replay)
+{
+    if (!s->open || !f)
+        return false;
+    uint32_t len = s->chunked ? f->len : f->body_len;
+    if (replay)
+        s->replay_credit += len;
+    size_t cap = s->env->max_queued + s->replay_credit;
+    /* Output queued this loop turn is not a backlog yet: write it before
+     * judging. An empty queue takes any one event, so an event larger than
+     * the cap is still deliverable; memory stays bounded by cap + one. */
+    if (s->out.bytes && s->out.bytes + len > cap)
+        stream_owner_write_now(s);
+    if (!s->open)
+        return false;
+    if (s->out.bytes && s->out.bytes + len > cap) {
+        if (s->slow_policy == SLOW_CLOSE) {
+            /* Ids and history let it reconnect and resume without loss. */
+            s->env->slow_closed++;
+            log_debug("slow consumer closed (%zu bytes queued)", s->out.bytes);
+            stream_owner_abort(s);
+            return false;
+        }
+        s->env->slow_gapped++;
+        drop_oldest(s, cap / 2);
+        if (!s->open)
+            return false;
+    }
+    s->last_write = ev_now(s->env->loop);   /* all an event costs the heartbeat */
+    enqueue(s, f);
+    return s->open;
+}
+
+bool stream_send(struct sse_stream *s, struct frame *f)
+{
+    return send(s, f, false);
+}
+
+bool stream_replay(struct sse_stream *s, struct frame *f)
+{
+    return send(s, f, true);
+}
+
+void stream_start(struct sse_stream *s, struct frame *first, double heartbeat)
+{
+    stream_send(s, first);   /* sets last_write: the interval starts now */
+    if (heartbeat > 0 && s->open) {
+        s->heartbeat_s = heartbeat;
+        ev_timer_set(&s->heartbeat, heartbeat, 0);
+        ev_timer_start(s->env->loop, &s->heartbeat);
+    }
+}
+
+void stream_end(struct sse_stream *s)
+{
+    if (!s->open)
+        return;
+    if (s->chunked) {
+        struct frame *f = last_chunk_frame();
+        if (f)
+            enqueue(s, f);
+    }
+    /* Subscriptions go when the owner frees the stream: this may run in
+     * the middle of a fan-out (a view transform closing a stream), and
+     * the open check in send already keeps events out. */
+    ev_timer_stop(s->env->loop, &s->heartbeat);
+    if (s->open)
+        stream_owner_ended(s);
+}
+
+void stream_goodbye(struct sse_stream *s, long retry_ms)
+{
+    struct sse_event ev = { .retry_ms = retry_ms, .comment = "server shutting down",
+                            .comment_len = 20 };
+    struct frame *f = frame_sse(&ev);
+    if (f) {
+        stream_send(s, f);
+        frame_unref(f);
+    }
+    stream_end(s);
+}
+
+/* ev.pod's "be smart about timeouts" (technique 2): events only note the
+ * time; when the timer fires, a stream silent for the interval gets a
+ * comment, and one that wrote since waits out the rest of the interval
+ * from its last write. So no stream is silent for much longer than the
+ * interval, and an event costs one store. */
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct sse_stream *s = t->data;
+    if (!s->open)
+        return;
+    ev_tstamp now = ev_now(loop);
+    ev_tstamp left = s->last_write + s->heartbeat_s - now;
+    /* Early by a sliver rather than a timer for a sliver. */
+    if (left > s->heartbeat_s / 64) {
+        /* (At most an interval: the loop's clock may have stepped back.) */
+        ev_timer_set(t, left < s->heartbeat_s ? left : s->heartbeat_s, 0);
+        ev_timer_start(loop, t);
+        return;
+    }
+    /* A heartbeat behind queued output would tell the proxy nothing new. */
+    if (s->out.bytes == 0) {
+        struct frame *f = heartbeat_frame();
+        if (f)
+            enqueue(s, f);
+    }
+    if (!s->open)
+        return;
+    s->last_write = now;
+    ev_timer_set(t, s->heartbeat_s, 0);
+    ev_timer_start(loop, t);
+}
