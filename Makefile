@@ -57,7 +57,38 @@ run: deps
 
 test: deps
 	$(MAKE) sluice
+	$(MAKE) ctest
 	./spec/run
+
+# C unit tests, one binary per seam: channel.c against a recording fake
+# stream (linked in place of stream.c, so the server's hot path keeps its
+# direct calls), and stream.c between real channels and a fake transport.
+# The last line sums them up as "ctest: N passed, N failed".
+CTEST_LIB := core/frame.c core/sse.c core/buf.c core/log.c
+CTESTS := $(BUILD)/tests/channel_test $(BUILD)/tests/stream_test
+
+.PHONY: ctest
+ctest: $(CTESTS)
+	@pass=0; fail=0; for t in $(CTESTS); do \
+	  $$t > $$t.out 2>&1; rc=$$?; cat $$t.out; \
+	  line=$$(grep -E '^[a-z_]+: [0-9]+ passed, [0-9]+ failed$$' $$t.out | tail -n 1); \
+	  if [ -z "$$line" ]; then echo "$$t: exit $$rc, no summary"; fail=$$((fail + 1)); continue; fi; \
+	  pass=$$((pass + $$(echo "$$line" | awk '{print $$2}'))); \
+	  fail=$$((fail + $$(echo "$$line" | awk '{print $$4}'))); \
+	  [ $$rc -eq 0 ] || [ $$(echo "$$line" | awk '{print $$4}') -gt 0 ] || fail=$$((fail + 1)); \
+	done; \
+	echo "ctest: $$pass passed, $$fail failed"; [ $$fail -eq 0 ]
+
+$(BUILD)/tests/channel_test: tests/c/channel_test.c tests/c/fake_stream.c core/channel.c $(CTEST_LIB) \
+                             $(wildcard core/*.h tests/c/*.h) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Icore -o $@ $(filter %.c,$^) $(LDFLAGS) -lev -lm
+
+$(BUILD)/tests/stream_test: tests/c/stream_test.c core/stream.c core/outbuf.c core/channel.c $(CTEST_LIB) \
+                            $(wildcard core/*.h tests/c/*.h) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Icore -o $@ $(filter %.c,$^) $(LDFLAGS) -lev -lm
+
+$(BUILD)/tests:
+	mkdir -p $@
 
 check: sluice
 	./sluice --check $(APPS)
