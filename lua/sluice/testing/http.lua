@@ -368,6 +368,8 @@ end
 function Stream:fill(timeout)
   if self.ended then return false end
   local deadline = now() + (timeout or 5)
+  -- body bytes may have come in with the head
+  if self:pump() then return true end
   repeat
     self.conn:fill(math.max(0, deadline - now()))
     if self:pump() then return true end
