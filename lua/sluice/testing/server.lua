@@ -103,10 +103,20 @@ local live = {}          -- servers started and not stopped
 local hook               -- subscriptions, once per spec file
 local in_test            -- the servers live when the running test started
 
-local function print_log(srv, why)
+-- The log of a server a failed test used: what it wrote during the test
+-- when it was already running before (a server shared by a describe
+-- block), else all of it.
+local function print_log(srv, why, from)
   local text = srv.final_log or srv:log()
-  io.stderr:write(("\n---- sluice log (%s, port %s, %s) ----\n%s%s---- end of sluice log ----\n")
-    :format(why, tostring(srv.port), srv.log_path, text, text:sub(-1) == "\n" and "" or "\n"))
+  local part = ""
+  if from and from > 0 and from < #text then
+    text = text:sub(from + 1)
+    part = ", from this test on"
+  elseif from and from > 0 then
+    part = ", nothing logged during this test; the whole log"
+  end
+  io.stderr:write(("\n---- sluice log (%s; port %s%s) ----\n%s%s---- end of sluice log ----\n")
+    :format(why, tostring(srv.port), part, text, text:sub(-1) == "\n" and "" or "\n"))
 end
 
 local function attach_busted()
@@ -119,7 +129,7 @@ local function attach_busted()
   local subs = {}
   subs[#subs + 1] = { { "test", "start" }, subscribe({ "test", "start" }, function()
     in_test = {}
-    for srv in pairs(live) do in_test[srv] = true end
+    for srv in pairs(live) do in_test[srv] = #srv:log() end
     return nil, true
   end) }
   subs[#subs + 1] = { { "test", "end" }, subscribe({ "test", "end" }, function(element, _, status)
@@ -127,7 +137,7 @@ local function attach_busted()
     in_test = nil
     if status == "success" or status == "pending" then return nil, true end
     local name = element and element.name or "?"
-    for srv in pairs(used) do print_log(srv, ("test failed: %s"):format(name)) end
+    for srv, from in pairs(used) do print_log(srv, ("test failed: %s"):format(name), from) end
     for srv in pairs(used) do
       -- started by this test and left running because it failed
       if srv.started_in_test and not srv.stopped then pcall(srv.stop, srv) end
@@ -141,6 +151,8 @@ local function attach_busted()
   end) }
   hook = true
 end
+-- At load, so that a test that starts a server has its start seen.
+attach_busted()
 
 -- ---- starting and stopping -----------------------------------------------------
 
@@ -165,7 +177,6 @@ end
 --   start_timeout (10 s), stop_timeout (15 s before KILL)
 function M.start(opts)
   opts = opts or {}
-  attach_busted()
   local dir = opts.dir or M.tmpdir()
   local apps = opts.apps_dir
   if not apps then
@@ -195,7 +206,7 @@ function M.start(opts)
                               stop_timeout = opts.stop_timeout or 15,
                               started_in_test = in_test ~= nil }, Server)
   live[self] = true
-  if in_test then in_test[self] = true end
+  if in_test then in_test[self] = 0 end
   -- The server logs the port it bound; wait for it (bounded).
   local deadline = now() + (opts.start_timeout or 10)
   while now() < deadline do
