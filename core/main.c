@@ -22,6 +22,7 @@ static void usage(FILE *out, const struct config *d)
 {
     fprintf(out,
 "usage: sluice [options]            serve the apps\n"
+"       sluice test [DIR]           run an app project's specs with the test kit\n"
 "       sluice --check DIR          load and validate the apps in DIR, then exit\n"
 "       sluice reload --pid-file F  ask a running server to reload its apps\n"
 "\n"
@@ -171,12 +172,40 @@ static int check_apps(struct config *cfg, const char *dir)
     return 0;
 }
 
+/* `sluice test [DIR] [busted options]`: runs an app project's specs with
+ * the test kit, through bin/sluice-test beside this binary, which is told
+ * (SLUICE_BIN) to start this very binary. Returns only on failure. */
+static int run_app_tests(char **argv)
+{
+    char exe[PATH_MAX], script[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        fprintf(stderr, "sluice test: cannot find this binary: %s\n", strerror(errno));
+        return 2;
+    }
+    exe[n] = '\0';
+    if (setenv("SLUICE_BIN", exe, 1) < 0) {
+        fprintf(stderr, "sluice test: setenv: %s\n", strerror(errno));
+        return 2;
+    }
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0';
+    snprintf(script, sizeof script, "%s/bin/sluice-test", exe);
+    argv[1] = script;               /* argv[0] stays; the script ignores it */
+    execv(script, argv + 1);
+    fprintf(stderr, "sluice test: cannot run %s: %s\n", script, strerror(errno));
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     struct config cfg, defaults;
     config_defaults(&cfg);
     defaults = cfg;
     const char *check_dir = NULL;
+    if (argc > 1 && strcmp(argv[1], "test") == 0)
+        return run_app_tests(argv);
     bool reload_cmd = argc > 1 && strcmp(argv[1], "reload") == 0;
     if (reload_cmd) {
         argv[1] = argv[0];

@@ -1,6 +1,7 @@
 -- A small HTTP/1.1 and EventSource client over luasocket, for specs. Every
 -- read has a deadline, so a spec never hangs.
 local socket = require "socket"
+local sse = require "sluice.testing.sse"
 
 local client = {}
 
@@ -75,9 +76,11 @@ function client.stream(port, path, headers, opts)
   for k, v in pairs(headers or {}) do req = req .. k .. ": " .. v .. "\r\n" end
   assert(c:send(req .. "\r\n"))
   local status, h = client.read_head(c)
+  local parser = sse.parser()
   local s = setmetatable({ sock = c, status = status, headers = h or {}, buf = "",
                            chunked = h and (h["transfer-encoding"] or ""):find("chunked") ~= nil,
-                           raw = "", comments = {}, retry = nil, last_id = "", ended = false }, Stream)
+                           raw = "", parser = parser, comments = parser.comments, retry = nil,
+                           last_id = "", ended = false }, Stream)
   return s
 end
 
@@ -115,37 +118,15 @@ function Stream:fill(timeout)
   return true
 end
 
--- Parses whole events out of the buffer per the WHATWG rules.
+-- Parses whole events out of the buffer: the test kit's parser, which
+-- follows the WHATWG EventSource rules (sluice.testing.sse). ev.id is the
+-- event's own id line (nil when it had none), ev.last_id the last id seen.
 local function parse_events(self)
-  local events = {}
-  while true do
-    -- an event ends with a blank line; lines end with CRLF, LF or CR
-    local s, e = self.buf:find("\r?\n\r?\n")
-    local cr_s, cr_e = self.buf:find("\r\r")
-    if cr_s and (not s or cr_s < s) then s, e = cr_s, cr_e end
-    if not s then break end
-    local block = self.buf:sub(1, s - 1)
-    self.buf = self.buf:sub(e + 1)
-    local ev = { data = nil, event = "message" }
-    local data = {}
-    local has_data = false
-    for line in (block .. "\n"):gmatch("(.-)\r?\n") do
-      if line:sub(1, 1) == ":" then
-        self.comments[#self.comments + 1] = line
-      else
-        local field, value = line:match("^([^:]*):? ?(.*)$")
-        if field == "data" then data[#data + 1] = value; has_data = true
-        elseif field == "event" then ev.event = value
-        elseif field == "id" then self.last_id = value; ev.id = value
-        elseif field == "retry" then self.retry = tonumber(value) end
-      end
-    end
-    if has_data then
-      ev.data = table.concat(data, "\n")
-      ev.last_id = self.last_id
-      events[#events + 1] = ev
-    end
-  end
+  local events = self.parser:feed(self.buf)
+  self.buf = ""
+  for _, ev in ipairs(events) do ev.last_id = ev.last_event_id end
+  self.last_id = self.parser.last_event_id
+  self.retry = self.parser.retry
   return events
 end
 
