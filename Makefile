@@ -74,11 +74,14 @@ sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
 
 # The specs against a ThreadSanitizer build (the process, signal and
-# worker threads). TSan has no log_path that spec/run sets, so reports go to
-# its own directory; spec/run fails a spec whose server log has a report,
-# and the check after it fails the run for any report at all. TSAN_SPECS
-# picks the specs (default: all). spec/tsan.supp names what is allowed.
-TSAN_SPECS ?=
+# worker threads). spec/run sets no log_path for TSan, so its reports go to
+# a directory of their own; spec/run fails a spec whose server log has a
+# report, and the check after it fails the run for any report at all.
+# spec/tsan.supp names what is allowed. TSAN_SPECS: busted arguments. Left
+# out by default: a script stopped by its CPU budget, because TSan holds a
+# timer's signal until the thread enters instrumented code, which a script
+# spinning in LuaJIT never does (the budget never fires under TSan).
+TSAN_SPECS ?= --filter-out=CPU.budget --filter-out=never.returns
 tsan: deps
 	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
 	        LDFLAGS="-fsanitize=thread" sluice-tsan

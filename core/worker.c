@@ -247,6 +247,8 @@ void worker_request_drain(struct worker *w)
 
 void worker_tell(struct worker *w, enum worker_cmd cmd)
 {
+    if (!w->loop)   /* joined (or never started): nobody to tell */
+        return;
     mailbox_post(&w->inbox, (int)cmd, NULL);
 }
 

@@ -88,7 +88,9 @@ enum worker_cmd {
 int worker_start(struct worker *w, struct process *proc, unsigned id,
                  const struct config *cfg, int listen_fd);
 
-/* Any thread: posts a command to the worker's mailbox. */
+/* The process's thread: posts a command to the worker's mailbox (the post
+ * itself is thread-safe; that the worker is not being joined meanwhile is
+ * what needs the process's thread). A joined worker is skipped. */
 void worker_tell(struct worker *w, enum worker_cmd cmd);
 
 /* The process's thread, after process_worker_exited: waits for the thread
