@@ -46,10 +46,11 @@ void log_at(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     size_t n = format_line(line, sizeof line, level, fmt, ap);
     va_end(ap);
-    /* One write per line keeps lines whole when several processes share a
-     * log; a failed log write has nowhere better to be reported. */
-    if (fwrite(line, 1, n, stderr) != n)
-        clearerr(stderr);
+    /* One write(2) per line keeps lines whole when several threads or
+     * processes share the log, without a lock; a failed log write has
+     * nowhere better to be reported. */
+    if (write(STDERR_FILENO, line, n) < 0)
+        return;
 }
 
 void log_now(enum log_level level, const char *fmt, ...)
@@ -61,8 +62,7 @@ void log_now(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     size_t n = format_line(line, sizeof line, level, fmt, ap);
     va_end(ap);
-    /* Straight to the descriptor: stderr is unbuffered, so nothing queued
-     * in stdio is overtaken, and no stdio lock is taken. */
+    /* Straight to the descriptor, as log_at: no stdio lock is taken. */
     if (write(STDERR_FILENO, line, n) < 0)
         return;
 }

@@ -1,4 +1,5 @@
-/* Log lines on stderr: one line per event, a level, a UTC time stamp. */
+/* Log lines on stderr: one line per event, a level, a UTC time stamp.
+ * Thread-safe: each line is one write(2). */
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
 
@@ -13,8 +14,8 @@ __attribute__((format(printf, 2, 3)))
 #endif
 void log_at(enum log_level level, const char *fmt, ...);
 
-/* Like log_at, but with one write(2) and no stdio lock: for a thread that
- * must log while another may be stuck inside stdio. */
+/* Like log_at with a smaller stack buffer: for the signal thread's last
+ * words, when another thread may be stuck anywhere. */
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
 #endif

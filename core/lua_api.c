@@ -526,15 +526,16 @@ void lua_api_stop_timers(struct luavm *vm)
 
 /* ---- misc ------------------------------------------------------------- */
 
-/* core.drain(): begins the graceful shutdown SIGTERM begins, from the loop
- * (not from inside the script call that asked: the request being answered
- * is queued first, and no connection is closed under a running handler). */
+/* core.drain(): asks the process for the graceful shutdown SIGTERM begins,
+ * from the loop (not from inside the script call that asked: the request
+ * being answered is queued first, and no connection is closed under a
+ * running handler); the process then tells every worker to drain. */
 static _Thread_local ev_timer drain_timer;
 
 static void on_drain(struct ev_loop *loop, ev_timer *ev, int revents)
 {
     (void)loop; (void)revents;
-    worker_stop(ev->data);
+    worker_request_drain(ev->data);
 }
 
 static int l_drain(lua_State *L)

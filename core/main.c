@@ -1,4 +1,4 @@
-/* sluice: command line, process set-up, and the worker's life. */
+/* sluice: the command line; then the process (core/process.h) runs. */
 #include <errno.h>
 #include <dirent.h>
 #include <getopt.h>
@@ -15,8 +15,8 @@
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
+#include "process.h"
 #include "signals.h"
-#include "worker.h"
 
 static void usage(FILE *out, const struct config *d)
 {
@@ -316,37 +316,20 @@ int main(int argc, char **argv)
     if (cfg.max_conns == 0)
         cfg.max_conns = fds > 128 ? fds - 64 : 64;
 
-    if (cfg.pid_file) {
-        FILE *f = fopen(cfg.pid_file, "w");
-        bool written = f && fprintf(f, "%ld\n", (long)getpid()) >= 0;
-        if (f && fclose(f) != 0)
-            written = false;
-        if (!written) {
-            log_error("cannot write pid file %s: %s", cfg.pid_file, strerror(errno));
-            return 1;
-        }
-    }
-
-    struct worker *w = malloc(sizeof *w);
-    if (!w) {
-        log_error("out of memory");
-        return 1;
-    }
-    /* From here SIGTERM works even if the loop never turns again: loading
+    /* From here SIGTERM works even if no loop ever turns again: loading
      * the apps or a handler may be stuck (see core/signals.h). */
-    if (signals_start(cfg.shutdown_grace, cfg.pid_file) < 0)
+    if (signals_start(cfg.shutdown_grace, cfg.pid_file) < 0) {
+        free(lua_dir);
         return 1;
-    int rc = 1;
-    if (worker_init(w, &cfg) == 0) {
-        signals_loop_ready();
-        rc = worker_run(w);
     }
-    worker_free(w);
+    struct process proc;
+    int rc = 1;
+    if (process_init(&proc, &cfg, 1) == 0)
+        rc = process_run(&proc);
+    /* Before the loop goes: the signal thread feeds it. */
     signals_stop();
-    free(w);
+    process_free(&proc);
     free(lua_dir);
-    if (cfg.pid_file && unlink(cfg.pid_file) < 0)
-        log_debug("unlink %s: %s", cfg.pid_file, strerror(errno));
     log_info("sluice stopped");
     return rc;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -12,8 +13,6 @@
 #include <ev.h>
 
 #include "log.h"
-#include "lua_api.h"
-#include "worker.h"
 
 /* What happens inside the apps directory (or the directory it links to). */
 #define DIR_EVENTS (IN_CLOSE_WRITE | IN_MODIFY | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | \
@@ -23,7 +22,9 @@
 #define PARENT_EVENTS (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
 
 struct reloader {
-    struct worker *w;
+    struct ev_loop *loop;
+    void (*reload)(void *ctx);
+    void *ctx;
     const char *dir;       /* --apps as given: may be a symbolic link */
     char *parent;          /* the directory that holds dir's name */
     char *base;            /* dir's last component */
@@ -65,9 +66,9 @@ static void watch_target(struct reloader *r)
 
 void reloader_reload(struct reloader *r)
 {
-    ev_timer_stop(r->w->loop, &r->debounce);
+    ev_timer_stop(r->loop, &r->debounce);
     watch_target(r);
-    lua_api_reload(r->w->vm);
+    r->reload(r->ctx);
 }
 
 static void on_debounced(struct ev_loop *loop, ev_timer *t, int revents)
@@ -168,12 +169,15 @@ static bool split_path(const char *dir, char **parent, char **base)
     return true;
 }
 
-struct reloader *reloader_new(struct worker *w, const char *dir, double debounce)
+struct reloader *reloader_new(struct ev_loop *loop, const char *dir, double debounce,
+                              void (*reload)(void *ctx), void *ctx)
 {
     struct reloader *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->w = w;
+    r->loop = loop;
+    r->reload = reload;
+    r->ctx = ctx;
     r->dir = dir;
     r->quiet = debounce;
     r->wd_dir = r->wd_parent = -1;
@@ -199,7 +203,7 @@ struct reloader *reloader_new(struct worker *w, const char *dir, double debounce
     }
     ev_io_init(&r->io, on_inotify, r->fd, EV_READ);
     r->io.data = r;
-    ev_io_start(w->loop, &r->io);
+    ev_io_start(loop, &r->io);
     ev_timer_init(&r->debounce, on_debounced, debounce, 0);
     r->debounce.data = r;
     return r;
@@ -209,8 +213,8 @@ void reloader_stop(struct reloader *r)
 {
     if (!r)
         return;
-    ev_io_stop(r->w->loop, &r->io);
-    ev_timer_stop(r->w->loop, &r->debounce);
+    ev_io_stop(r->loop, &r->io);
+    ev_timer_stop(r->loop, &r->debounce);
 }
 
 void reloader_free(struct reloader *r)

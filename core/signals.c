@@ -116,7 +116,7 @@ int signals_start(double grace, const char *pid_file)
     grace_seconds = grace;
     pid_path = pid_file;
     /* The thread takes no other signal: the CPU budget's timer signal is
-     * aimed at the loop's thread, and nothing else may land here. */
+     * aimed at a worker's thread, and nothing else may land here. */
     sigset_t all, old;
     sigfillset(&all);
     int rc = pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -130,6 +130,9 @@ int signals_start(double grace, const char *pid_file)
         log_error("cannot start the signal thread: %s", strerror(rc));
         return -1;
     }
+    rc = pthread_setname_np(thread, "signals");
+    if (rc != 0)
+        log_debug("naming the signal thread: %s", strerror(rc));
     started = true;
     return 0;
 }

@@ -1,11 +1,9 @@
 #include "worker.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +17,8 @@
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
-#include "reload.h"
+#include "process.h"
+#include "signals.h"
 
 /* How long one flush slice may write before the loop looks for input. */
 #define FLUSH_SLICE_SECONDS 0.00025
@@ -169,72 +168,6 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
     }
 }
 
-static int listen_on(const char *spec, int backlog)
-{
-    char host[256];
-    const char *colon = strrchr(spec, ':');
-    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host) {
-        log_error("--listen wants HOST:PORT, got \"%s\"", spec);
-        return -1;
-    }
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
-    char *h = host;
-    if (h[0] == '[' && h[strlen(h) - 1] == ']') {   /* [::1]:8080 */
-        h[strlen(h) - 1] = '\0';
-        h++;
-    }
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
-    struct addrinfo *res;
-    int rc = getaddrinfo(h, colon + 1, &hints, &res);
-    if (rc != 0) {
-        log_error("--listen %s: %s", spec, gai_strerror(rc));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    /* Accepted sockets inherit TCP_NODELAY from the listener (Linux): one
-     * system call here instead of one per connection. */
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
-        log_error("cannot listen on %s: %s", spec, strerror(errno));
-        if (fd >= 0 && close(fd) < 0)
-            log_warn("close: %s", strerror(errno));
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    /* Accept once the first bytes are in (or after ~1 s of silence): the
-     * request is then ready to read, and a connect that says nothing costs
-     * no slot, timer or wake-up meanwhile. An optimisation only. */
-    if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &one, sizeof one) < 0)
-        log_warn("TCP_DEFER_ACCEPT: %s", strerror(errno));
-    return fd;
-}
-
-/* The address really bound: with port 0 the kernel picks one, and tests
- * read it from this log line. */
-static const char *bound_address(int fd)
-{
-    static char text[80];
-    struct sockaddr_in6 sa;
-    socklen_t len = sizeof sa;
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
-        return "?";
-    if (sa.sin6_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        snprintf(text, sizeof text, "%s:%u", host, ntohs(in->sin_port));
-    } else {
-        inet_ntop(AF_INET6, &sa.sin6_addr, host, sizeof host);
-        snprintf(text, sizeof text, "[%s]:%u", host, ntohs(sa.sin6_port));
-    }
-    return text;
-}
-
 /* ---- the loop --------------------------------------------------------- */
 
 /* Keeps the loop from sleeping while output is still queued. */
@@ -279,7 +212,8 @@ static void on_shutdown_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
-void worker_stop(struct worker *w)
+/* WORKER_DRAIN, in the worker's thread. */
+static void drain(struct worker *w)
 {
     if (w->stopping)
         return;
@@ -287,7 +221,6 @@ void worker_stop(struct worker *w)
     log_info("shutting down: %u connections to close", w->nconns);
     ev_io_stop(w->loop, &w->listener);
     lua_api_stop_timers(w->vm);
-    reloader_stop(w->reloader);
     /* Close every connection cleanly: streams get a reconnect hint and
      * the terminating chunk, idle keep-alive connections just close. */
     for (uint32_t i = 0; i < w->nslots; i++) {
@@ -304,33 +237,40 @@ void worker_stop(struct worker *w)
     ev_feed_event(w->loop, &w->flusher, EV_PREPARE);
 }
 
-static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
+void worker_request_drain(struct worker *w)
 {
-    (void)loop;
-    (void)revents;
-    struct worker *w = s->data;
-    if (s->signum == SIGHUP) {
-        log_info("SIGHUP: reloading apps");
-        if (w->reloader)
-            reloader_reload(w->reloader);   /* also re-resolves a linked --apps */
-        else
-            lua_api_reload(w->vm);
+    if (w->drain_asked || w->stopping)
         return;
-    }
-    worker_stop(w);
+    w->drain_asked = true;
+    process_request_drain(w->proc);
 }
 
-int worker_init(struct worker *w, const struct config *cfg)
+void worker_tell(struct worker *w, enum worker_cmd cmd)
 {
-    memset(w, 0, sizeof *w);
-    w->cfg = cfg;
-    w->listen_fd = w->spare_fd = -1;
-    w->limits = (struct http_limits){ cfg->max_head, cfg->max_headers, cfg->max_body };
-    w->loop = ev_default_loop(EVFLAG_AUTO);
-    if (!w->loop) {
-        log_error("cannot create the event loop");
-        return -1;
+    if (!w->loop)   /* joined (or never started): nobody to tell */
+        return;
+    mailbox_post(&w->inbox, (int)cmd, NULL);
+}
+
+static void on_command(void *ctx, struct mailbox_msg msg)
+{
+    struct worker *w = ctx;
+    switch ((enum worker_cmd)msg.cmd) {
+    case WORKER_RELOAD:
+        lua_api_reload(w->vm);
+        break;
+    case WORKER_DRAIN:
+        drain(w);
+        break;
     }
+}
+
+/* In the worker's thread: everything that must belong to it. The Lua
+ * state above all: the CPU budget's timer signals the thread that creates
+ * it, and the current state is a thread-local. */
+static int setup(struct worker *w)
+{
+    const struct config *cfg = w->cfg;
     TAILQ_INIT(&w->flush_queue);
     deadline_list_init(&w->header_timeouts, w->loop, cfg->header_timeout, on_deadline, w);
     deadline_list_init(&w->keepalive_timeouts, w->loop, cfg->keepalive_timeout, on_deadline, w);
@@ -350,9 +290,6 @@ int worker_init(struct worker *w, const struct config *cfg)
     if (problems > 0)
         log_warn("%d problem(s) loading apps; serving the rest", problems);
 
-    w->listen_fd = listen_on(cfg->listen, cfg->backlog);
-    if (w->listen_fd < 0)
-        return -1;
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (w->spare_fd < 0)
         log_warn("cannot reserve a spare descriptor: %s", strerror(errno));
@@ -363,48 +300,116 @@ int worker_init(struct worker *w, const struct config *cfg)
     w->flusher.data = w;
     ev_prepare_start(w->loop, &w->flusher);
     ev_idle_init(&w->flush_pending, on_flush_pending);
-
-    ev_signal_init(&w->sig_int, on_signal, SIGINT);
-    ev_signal_init(&w->sig_term, on_signal, SIGTERM);
-    ev_signal_init(&w->sig_hup, on_signal, SIGHUP);
-    w->sig_int.data = w->sig_term.data = w->sig_hup.data = w;
-    ev_signal_start(w->loop, &w->sig_int);
-    ev_signal_start(w->loop, &w->sig_term);
-    ev_signal_start(w->loop, &w->sig_hup);
-
-    if (cfg->watch)
-        w->reloader = reloader_new(w, cfg->apps_dir, cfg->reload_debounce);
-    log_info("sluice listening on %s, apps from %s", bound_address(w->listen_fd),
-             cfg->apps_dir);
     return 0;
 }
 
-int worker_run(struct worker *w)
-{
-    ev_run(w->loop, 0);
-    return 0;
-}
-
-void worker_free(struct worker *w)
+/* In the worker's thread, whether setup finished or not. */
+static void teardown(struct worker *w)
 {
     for (uint32_t i = 0; i < w->nslots; i++)
         if (w->slots[i])
             conn_free(w->slots[i]);
     if (w->vm)
         lua_api_stop_timers(w->vm);
-    reloader_free(w->reloader);
     luavm_free(w->vm);
+    w->vm = NULL;
     channels_free(w->channels);
+    w->channels = NULL;
     deadline_list_stop(&w->header_timeouts);
     deadline_list_stop(&w->keepalive_timeouts);
     deadline_list_stop(&w->send_timeouts);
-    if (w->listen_fd >= 0 && close(w->listen_fd) < 0)
-        log_warn("close listener: %s", strerror(errno));
+    ev_io_stop(w->loop, &w->listener);
+    ev_prepare_stop(w->loop, &w->flusher);
+    ev_idle_stop(w->loop, &w->flush_pending);
+    ev_timer_stop(w->loop, &w->shutdown_timer);
     if (w->spare_fd >= 0 && close(w->spare_fd) < 0)
         log_warn("close: %s", strerror(errno));
+    w->spare_fd = -1;
     free(w->slots);
     free(w->slot_gen);
     free(w->free_slots);
-    if (w->loop)
+    w->slots = NULL;
+    w->slot_gen = w->free_slots = NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    /* The process's signals go to the signal thread only; the CPU budget's
+     * SIGVTALRM must reach this thread, whatever it inherited. */
+    sigset_t vtalrm;
+    sigemptyset(&vtalrm);
+    sigaddset(&vtalrm, SIGVTALRM);
+    int rc = pthread_sigmask(SIG_UNBLOCK, &vtalrm, NULL);
+    if (rc != 0)
+        log_warn("pthread_sigmask: %s", strerror(rc));
+    if (signals_block() < 0)
+        log_warn("worker %u: SIGTERM may reach it instead of the signal thread", w->id);
+    if (setup(w) == 0) {
+        process_worker_ready(w->proc, w);
+        ev_run(w->loop, 0);
+    } else {
+        w->failed = true;
+    }
+    teardown(w);
+    /* The last thing this thread does with w: the process may join now. */
+    process_worker_exited(w->proc, w);
+    return NULL;
+}
+
+int worker_start(struct worker *w, struct process *proc, unsigned id,
+                 const struct config *cfg, int listen_fd)
+{
+    memset(w, 0, sizeof *w);
+    w->cfg = cfg;
+    w->proc = proc;
+    w->id = id;
+    w->listen_fd = listen_fd;
+    w->spare_fd = -1;
+    w->limits = (struct http_limits){ cfg->max_head, cfg->max_headers, cfg->max_body };
+    /* Created here and its mailbox started here, before the thread exists,
+     * so that the process may post to it at once. */
+    w->loop = ev_loop_new(EVFLAG_AUTO);
+    if (!w->loop) {
+        log_error("cannot create the event loop of worker %u", id);
+        return -1;
+    }
+    if (mailbox_init(&w->inbox, w->loop, on_command, w) < 0) {
+        log_error("out of memory starting worker %u", id);
         ev_loop_destroy(w->loop);
+        w->loop = NULL;
+        return -1;
+    }
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    if (rc != 0) {
+        log_error("cannot start the thread of worker %u: %s", id, strerror(rc));
+        mailbox_free(&w->inbox);
+        ev_loop_destroy(w->loop);
+        w->loop = NULL;
+        return -1;
+    }
+    w->thread_started = true;
+    /* Seen in top -H, ps -L and /proc/PID/task/TID/comm. */
+    char name[16];
+    snprintf(name, sizeof name, "worker %u", id);
+    rc = pthread_setname_np(w->thread, name);
+    if (rc != 0)
+        log_debug("naming worker %u's thread: %s", id, strerror(rc));
+    return 0;
+}
+
+int worker_join(struct worker *w)
+{
+    if (!w->thread_started)
+        return 0;
+    w->thread_started = false;
+    int rc = pthread_join(w->thread, NULL);
+    if (rc != 0) {
+        log_error("joining worker %u: %s", w->id, strerror(rc));
+        return -1;
+    }
+    mailbox_free(&w->inbox);
+    ev_loop_destroy(w->loop);
+    w->loop = NULL;
+    return 0;
 }

@@ -1,9 +1,12 @@
-/* One event loop, one Lua state and one listener: everything a worker owns.
- * Nothing in here is shared with another worker. */
+/* One thread, one event loop (ev_loop_new), one Lua state and the
+ * connections it accepted: everything a worker owns. Nothing in here is
+ * shared with another worker or the process, except the mailbox through
+ * which the process tells it what to do (core/process.h). */
 #ifndef SLUICE_WORKER_H
 #define SLUICE_WORKER_H
 
 #include <ev.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
@@ -11,12 +14,13 @@
 #include "config.h"
 #include "deadline.h"
 #include "http.h"
+#include "mailbox.h"
 #include "stream.h"
 
 struct conn;
 struct luavm;
 struct channels;
-struct reloader;
+struct process;
 
 struct worker_stats {
     uint64_t accepted;
@@ -27,16 +31,22 @@ struct worker_stats {
 };
 
 struct worker {
-    struct ev_loop *loop;
+    struct ev_loop *loop;      /* this worker's own: ev_loop_new */
     const struct config *cfg;
     struct http_limits limits;
+    struct process *proc;
+    unsigned id;
+    pthread_t thread;
+    bool thread_started;
+    bool failed;               /* could not start: set before it exits */
+    bool drain_asked;          /* a script asked the process to drain */
+    struct mailbox inbox;      /* commands from the process */
 
-    int listen_fd;
+    int listen_fd;             /* the process's: shared, not closed here */
     int spare_fd;              /* given up on EMFILE to shed one client */
     ev_io listener;
     ev_prepare flusher;        /* writes queued output, a slice per loop turn */
     ev_idle flush_pending;     /* active while output remains queued */
-    ev_signal sig_int, sig_term, sig_hup;
     ev_timer shutdown_timer;
 
     TAILQ_HEAD(, conn) flush_queue;
@@ -53,7 +63,6 @@ struct worker {
 
     struct luavm *vm;
     struct channels *channels;
-    struct reloader *reloader;
 
     struct worker_stats stats;   /* and streams', and channels' own counts */
     struct stream_env streams;
@@ -61,9 +70,30 @@ struct worker {
     char readbuf[65536];
 };
 
-int worker_init(struct worker *w, const struct config *cfg);
-int worker_run(struct worker *w);
-void worker_free(struct worker *w);
+/* What the process tells a worker (struct mailbox_msg.cmd). */
+enum worker_cmd {
+    WORKER_RELOAD,   /* reload changed app scripts (lua_api_reload) */
+    WORKER_DRAIN,    /* stop accepting, say goodbye to streams, end the loop
+                        once the connections are gone or --shutdown-grace */
+};
+
+/* The process's thread, for each of N workers in turn: creates the
+ * worker's loop and mailbox, then its thread, which creates the Lua state
+ * (the CPU budget's timer aims at the thread that creates it), loads the
+ * apps, watches listen_fd, tells process_worker_ready and runs the loop.
+ * Whether it started or not, the thread ends by freeing what it made and
+ * telling process_worker_exited. -1 if the thread could not be created. */
+int worker_start(struct worker *w, struct process *proc, unsigned id,
+                 const struct config *cfg, int listen_fd);
+
+/* The process's thread: posts a command to the worker's mailbox (the post
+ * itself is thread-safe; that the worker is not being joined meanwhile is
+ * what needs the process's thread). A joined worker is skipped. */
+void worker_tell(struct worker *w, enum worker_cmd cmd);
+
+/* The process's thread, after process_worker_exited: waits for the thread
+ * to return, then frees the loop and mailbox. 0, or -1 (logged). */
+int worker_join(struct worker *w);
 
 /* Lua-visible handles: slot and generation packed into one exact double. */
 bool worker_register_conn(struct worker *w, struct conn *c);
@@ -71,6 +101,8 @@ void worker_conn_released(struct worker *w, struct conn *c);
 double worker_handle(const struct worker *w, const struct conn *c);
 struct conn *worker_conn(struct worker *w, double handle);
 
-void worker_stop(struct worker *w);
+/* The worker's thread (os.exit in a script): asks the process to drain
+ * every worker, as SIGTERM does; the process then exits 0. */
+void worker_request_drain(struct worker *w);
 
 #endif

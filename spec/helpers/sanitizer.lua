@@ -1,5 +1,6 @@
--- Finds AddressSanitizer, LeakSanitizer and UBSan reports of servers the
--- specs ran, so that `make asan` fails when the server reports anything.
+-- Finds AddressSanitizer, LeakSanitizer, UBSan and ThreadSanitizer reports
+-- of servers the specs ran, so that `make asan` and `make tsan` fail when
+-- the server reports anything.
 --
 -- Reports reach us two ways:
 --   * spec/run points the sanitizers' log_path into a directory
@@ -18,7 +19,7 @@ local sanitizer = {}
 -- What only a sanitizer writes. Plain substrings, searched without patterns.
 sanitizer.MARKERS = {
   "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: AddressSanitizer",
-  "runtime error:", "SUMMARY: ",
+  "WARNING: ThreadSanitizer", "FATAL: ThreadSanitizer", "runtime error:", "SUMMARY: ",
 }
 
 local function read(path)

@@ -50,3 +50,30 @@ describe("starting with an unusable apps directory", function()
     dir = server.tmpdir()   -- stop() removed it
   end)
 end)
+
+-- The process and the worker are apart: the main thread runs the process
+-- (signals, reload watcher, listening socket), the worker serves on a
+-- thread of its own with its own loop, and the signal thread waits for
+-- signals. Seen the way an operator sees it: the threads' names.
+describe("the threads of a running server", function()
+  it("are the process (main), the signal thread and one worker", function()
+    local srv = server.start { apps = { ["a.lua"] = [[
+local app = require("sluice").app()
+app:get("/hello", function() return "hello" end)
+return app
+]] } }
+    local names = {}
+    for tid in server.sh(("ls /proc/%d/task"):format(srv.pid)):gmatch("%d+") do
+      local comm = server.read_file(("/proc/%d/task/%s/comm"):format(srv.pid, tid))
+      if comm then names[#names + 1] = comm:gsub("%s+$", "") end
+    end
+    table.sort(names)
+    local list = table.concat(names, ", ")
+    srv:stop()
+    local count = {}
+    for _, n in ipairs(names) do count[n] = (count[n] or 0) + 1 end
+    assert.equal(1, count["worker 0"], "no worker thread: " .. list)
+    assert.equal(1, count["signals"], "no signal thread: " .. list)
+    assert.is_nil(count["worker 1"], "more than one worker: " .. list)
+  end)
+end)

@@ -1,0 +1,54 @@
+/* The process: what there is one of, however many workers serve. It owns
+ * the main thread and its default loop, the signals (fed to that loop by
+ * the signal thread, core/signals.h), the reload watcher, the pid file and
+ * the listening socket (open before any worker starts), and it starts,
+ * tells and joins the workers. It talks to a worker only through the
+ * worker's mailbox, and a worker to it only through the process's own
+ * (process_worker_* below), so no state is shared but those queues. */
+#ifndef SLUICE_PROCESS_H
+#define SLUICE_PROCESS_H
+
+#include <ev.h>
+#include <stdbool.h>
+
+#include "config.h"
+#include "mailbox.h"
+
+struct worker;
+struct reloader;
+
+struct process {
+    struct ev_loop *loop;          /* ev_default_loop, main thread */
+    const struct config *cfg;
+    int listen_fd;
+    bool pid_written;
+    ev_signal sig_int, sig_term, sig_hup;
+    struct mailbox inbox;          /* from the workers */
+    struct reloader *reloader;     /* NULL with --no-watch or no inotify */
+    struct worker *workers;
+    unsigned nworkers, nready, nexited;
+    bool draining;                 /* every worker has been told to drain */
+    bool failed;                   /* a worker could not start: exit 1 */
+};
+
+/* Writes the pid file, opens the listening socket and sets up the main
+ * loop's signal watchers and the reload watcher; starts no worker yet.
+ * 0, or -1 (logged; process_free still to be called). */
+int process_init(struct process *p, const struct config *cfg, unsigned nworkers);
+
+/* Starts the workers, each on its own thread with its own loop, runs the
+ * main loop until every worker has exited, joins them. The exit status:
+ * 0 after a drain, 1 if a worker could not start. */
+int process_run(struct process *p);
+
+/* Closes the socket and removes the pid file. */
+void process_free(struct process *p);
+
+/* From a worker's thread (thread-safe, asynchronous): */
+void process_worker_ready(struct process *p, struct worker *w);
+/* The worker's thread is about to return: w is the process's again. */
+void process_worker_exited(struct process *p, struct worker *w);
+/* A script called os.exit: drain every worker, then exit 0, as SIGTERM. */
+void process_request_drain(struct process *p);
+
+#endif
