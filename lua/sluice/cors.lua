@@ -55,7 +55,10 @@
 --
 -- Every call returns a fresh table: callers may add to it.
 
+local text = require "sluice.text"
+
 local type, ipairs, find, match, lower = type, ipairs, string.find, string.match, string.lower
+local trim = text.trim
 
 local M = {}
 local Policy = {}
@@ -217,7 +220,7 @@ function Policy:_headers_ok(acrh)
   if acrh == nil or self.headers_any then return true end
   if type(acrh) ~= "string" then return false end
   for name in acrh:gmatch("[^,]+") do
-    name = lower(name:match("^%s*(.-)%s*$"))
+    name = lower(trim(name))   -- byte scans: "^%s*(.-)%s*$" is quadratic on blanks
     if name ~= "" and not self.header_set[name] then return false end
   end
   return true

@@ -43,7 +43,11 @@
 --   phone        keeps the first 3 and last 4 DIGITS, every other digit
 --                becomes "*", non-digits (+, spaces, dashes, parens) are
 --                kept: "+86 138-1234-5678" -> "+86 1**-****-5678".  With
---                fewer than 8 digits every digit is masked.
+--                fewer than 8 digits every digit is masked.  A digit is any
+--                Unicode decimal digit (category Nd: ASCII, fullwidth
+--                "１３８", Arabic-Indic "٠١٢", extended Arabic-Indic,
+--                Devanagari, Bengali, Thai, ...; see ND_ZEROS); each masked
+--                digit becomes one "*" whatever its length in bytes.
 --   email        first character of the local part, "***", "@", the whole
 --                domain: "john.doe@example.com" -> "j***@example.com".
 --                Not an address -> "[redacted]".
@@ -52,6 +56,9 @@
 --                ID cards: "110105********002X"); keeps only the last 4 when
 --                8 to 13 (an SSN "123-45-6789" -> "***-**-6789": first 6 +
 --                last 4 would reveal it all); masks all when fewer.
+--                Digits as for phone; letters are ASCII and fullwidth Latin.
+-- They fail closed: a value they cannot read (text that is not valid
+-- UTF-8, an object or array) becomes "[redacted]" whole, never passes.
 --   redact       the string "[redacted]" (mask.REDACTED).
 --   hash         lowercase hex HMAC-SHA256(salt, text) through libcrypto;
 --                { "hash", salt = "...", len = n } keeps the first n hex
@@ -236,11 +243,90 @@ local function scratch_copy(s)
   return scratch
 end
 
+-- ASCII classes, byte by byte (the fast path: most values are ASCII).
 local function is_digit(c) return c >= 48 and c <= 57 end
 local function is_alnum(c) return (c >= 48 and c <= 57) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122) end
 
--- Replaces by '*' the characters of s selected by `class` (is_digit or
--- is_alnum), except the first `head` and the last `tail` of them.
+-- What counts as a digit: every Unicode decimal digit (general category
+-- Nd, Unicode 15.0). Each Nd script has its ten digits on consecutive code
+-- points; this is the zero of each: ASCII, Arabic-Indic, extended
+-- Arabic-Indic, NKo, Devanagari, Bengali, Gurmukhi, Gujarati, Oriya,
+-- Tamil, Telugu, Kannada, Malayalam, Sinhala, Thai, Lao, Tibetan, Myanmar,
+-- Khmer, Mongolian, Limbu, New Tai Lue, Tai Tham, Balinese, Sundanese,
+-- Lepcha, Ol Chiki, Vai, Saurashtra, Kayah Li, Javanese, Cham, Meetei
+-- Mayek, fullwidth, and the historic and mathematical ones above U+FFFF.
+local ND_ZEROS = {
+  0x0030, 0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6,
+  0x0C66, 0x0CE6, 0x0D66, 0x0DE6, 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x1090, 0x17E0,
+  0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620,
+  0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066,
+  0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0,
+  0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x11F50, 0x16A60, 0x16AC0, 0x16B50, 0x1D7CE, 0x1D7D8,
+  0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E4F0, 0x1E950, 0x1FBF0,
+}
+M.digit_zeros = ND_ZEROS
+local DIGIT = {}
+for _, z in ipairs(ND_ZEROS) do
+  for d = 0, 9 do DIGIT[z + d] = true end
+end
+
+local function is_digit_cp(cp) return DIGIT[cp] == true end
+-- national_id: digits as above, ASCII letters and fullwidth Latin letters.
+local function is_alnum_cp(cp)
+  return DIGIT[cp] == true or (cp >= 65 and cp <= 90) or (cp >= 97 and cp <= 122)
+      or (cp >= 0xFF21 and cp <= 0xFF3A) or (cp >= 0xFF41 and cp <= 0xFF5A)
+end
+
+-- Walks s as UTF-8. With a class: returns starts (byte offset of each
+-- character, plus #s + 1 after the last), sel (class(code point) of each),
+-- the number of characters and how many of them class selects. Without:
+-- returns true. nil when s is not UTF-8 (RFC 3629: no overlong forms, no
+-- surrogates, nothing above U+10FFFF, no stray or missing continuation
+-- bytes): a masker that cannot tell the characters apart cannot mask them.
+local function utf8_scan(s, class)
+  local n, i, k, total = #s, 1, 0, 0
+  local starts, sel = class and {} or nil, class and {} or nil
+  while i <= n do
+    local c, cp, len = byte(s, i), nil, nil
+    if c < 0x80 then
+      cp, len = c, 1
+    elseif c >= 0xC2 and c <= 0xDF then
+      local c2 = byte(s, i + 1)
+      if not c2 or c2 < 0x80 or c2 > 0xBF then return nil end
+      cp, len = (c - 0xC0) * 64 + (c2 - 0x80), 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      local c2, c3 = byte(s, i + 1, i + 2)
+      if not c3 or c2 < 0x80 or c2 > 0xBF or c3 < 0x80 or c3 > 0xBF then return nil end
+      cp, len = (c - 0xE0) * 4096 + (c2 - 0x80) * 64 + (c3 - 0x80), 3
+      if cp < 0x800 or (cp >= 0xD800 and cp <= 0xDFFF) then return nil end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      local c2, c3, c4 = byte(s, i + 1, i + 3)
+      if not c4 or c2 < 0x80 or c2 > 0xBF or c3 < 0x80 or c3 > 0xBF or c4 < 0x80 or c4 > 0xBF then
+        return nil
+      end
+      cp, len = (c - 0xF0) * 262144 + (c2 - 0x80) * 4096 + (c3 - 0x80) * 64 + (c4 - 0x80), 4
+      if cp < 0x10000 or cp > 0x10FFFF then return nil end
+    else
+      return nil
+    end
+    if class then
+      k = k + 1
+      starts[k] = i
+      local yes = class(cp)
+      sel[k] = yes
+      if yes then total = total + 1 end
+    end
+    i = i + len
+  end
+  if not class then return true end
+  starts[k + 1] = n + 1
+  return starts, sel, k, total
+end
+
+local function has_non_ascii(s) return find(s, "[\128-\255]") ~= nil end
+
+-- Replaces by '*' the ASCII characters of s selected by `class` (is_digit
+-- or is_alnum), except the first `head` and the last `tail` of them.
 local function mask_class(s, class, head, tail)
   local len = #s
   local buf = scratch_copy(s)
@@ -266,18 +352,47 @@ local function count_class(s, class)
   return n
 end
 
+-- Masks the characters of s that the class selects (byte_class for ASCII
+-- text, cp_class for code points), keeping the first and last few:
+-- keep(total) -> head, tail. Each masked character, whatever its length in
+-- bytes, becomes one '*'. Text that is not UTF-8 is redacted whole.
+local function mask_chars(s, byte_class, cp_class, keep)
+  if not has_non_ascii(s) then
+    return (mask_class(s, byte_class, keep(count_class(s, byte_class))))
+  end
+  local starts, sel, count, total = utf8_scan(s, cp_class)
+  if not starts then return REDACTED end
+  local head, tail = keep(total)
+  local out, n, k, from = {}, 0, 0, 1
+  for idx = 1, count do
+    if sel[idx] then
+      k = k + 1
+      if k > head and k <= total - tail then
+        out[n + 1], out[n + 2] = sub(s, from, starts[idx] - 1), "*"
+        n = n + 2
+        from = starts[idx + 1]
+      end
+    end
+  end
+  out[n + 1] = sub(s, from)
+  return concat(out, "", 1, n + 1)
+end
+
+local function phone_keep(total)
+  if total >= 8 then return 3, 4 end
+  return 0, 0
+end
+
 local function phone(v)
   local s = text_of(v)
   if not s then return REDACTED end
-  if count_class(s, is_digit) >= 8 then
-    return (mask_class(s, is_digit, 3, 4))
-  end
-  return (mask_class(s, is_digit, 0, 0))
+  return mask_chars(s, is_digit, is_digit_cp, phone_keep)
 end
 
 local function email(v)
   local s = text_of(v)
   if not s then return REDACTED end
+  if has_non_ascii(s) and not utf8_scan(s) then return REDACTED end
   local localpart, domain = match(s, "^(.+)@([^@]+)$")
   if not localpart then return REDACTED end
   local first = match(localpart, "^[%z\1-\127\194-\244][\128-\191]*")
@@ -285,13 +400,16 @@ local function email(v)
   return first .. "***@" .. domain
 end
 
+local function national_id_keep(total)
+  if total >= 14 then return 6, 4 end
+  if total >= 8 then return 0, 4 end
+  return 0, 0
+end
+
 local function national_id(v)
   local s = text_of(v)
   if not s then return REDACTED end
-  local n = count_class(s, is_alnum)
-  local head, tail = 0, 0
-  if n >= 14 then head, tail = 6, 4 elseif n >= 8 then tail = 4 end
-  return (mask_class(s, is_alnum, head, tail))
+  return mask_chars(s, is_alnum, is_alnum_cp, national_id_keep)
 end
 
 local function redact() return REDACTED end

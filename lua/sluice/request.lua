@@ -1,12 +1,23 @@
 -- The request object a handler receives. Headers are looked up without
 -- regard to case; query and cookies are parsed on first use only, so a
 -- route that never reads them never pays for them.
+--
+-- Client input is parsed in linear time: pieces are split on one byte,
+-- then cut at the first "=" (a plain find) and trimmed by byte scans
+-- (sluice.text). No pattern here can backtrack over a long run of blanks.
 local router = require "sluice.router"
+local text = require "sluice.text"
+
+local find, sub, byte = string.find, string.sub, string.byte
+local trim = text.trim
 
 local request = {}
 
+-- "+" is a blank in a query; most keys and values have neither "+" nor
+-- "%", and a plain find is much cheaper than a gsub that changes nothing.
 local function url_decode(s)
-  return router.unescape((s:gsub("+", " ")))
+  if find(s, "+", 1, true) then s = s:gsub("%+", " ") end
+  return router.unescape(s)
 end
 request.url_decode = url_decode
 
@@ -14,7 +25,9 @@ function request.parse_query(qs)
   local q = {}
   if not qs or qs == "" then return q end
   for pair in qs:gmatch("[^&]+") do
-    local k, v = pair:match("^([^=]*)=?(.*)$")
+    local k, v = pair, ""
+    local eq = find(pair, "=", 1, true)
+    if eq then k, v = sub(pair, 1, eq - 1), sub(pair, eq + 1) end
     k = url_decode(k)
     if k ~= "" and q[k] == nil then q[k] = url_decode(v) end   -- first value wins
   end
@@ -24,11 +37,17 @@ end
 function request.parse_cookies(header)
   local c = {}
   if not header then return c end
+  -- name = value; pieces without "=" or with an empty name are skipped;
+  -- blanks around name and value are not part of them; the first wins.
   for pair in header:gmatch("[^;]+") do
-    local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if k and k ~= "" and c[k] == nil then
-      if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
-      c[k] = v
+    local eq = find(pair, "=", 1, true)
+    if eq then
+      local k = trim(pair, 1, eq - 1)
+      if k ~= "" and c[k] == nil then
+        local v = trim(pair, eq + 1)
+        if #v >= 2 and byte(v, 1) == 34 and byte(v, -1) == 34 then v = sub(v, 2, -2) end
+        c[k] = v
+      end
     end
   end
   return c

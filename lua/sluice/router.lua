@@ -5,8 +5,23 @@
 -- order never decides between "/orders/new" and "/orders/:id".
 local router = {}
 
+local find = string.find
+
+-- "%41" -> "A"; every "%" followed by two hex digits, in one linear gsub
+-- over a table of all of them (no call per escape). Most segments have no
+-- "%" at all: a plain find skips the gsub.
+local HEX = {}
+for i = 0, 255 do
+  local h = ("%02x"):format(i)
+  local c = string.char(i)
+  for _, v in ipairs { h, h:upper(), h:sub(1, 1):upper() .. h:sub(2), h:sub(1, 1) .. h:sub(2):upper() } do
+    HEX[v] = c
+  end
+end
+
 local function unescape(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+  if not find(s, "%", 1, true) then return s end
+  return (s:gsub("%%(%x%x)", HEX))
 end
 router.unescape = unescape
 

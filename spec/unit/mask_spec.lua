@@ -39,6 +39,33 @@ describe("sluice.mask", function()
       { "national_id", '"AB1234567"', '"*****4567"' },
       { "national_id", '"1234567"', '"*******"' },
       { "national_id", "123456789", '"*****6789"' },
+      -- digits are Unicode decimal digits (Nd), not only ASCII ones
+      { "phone", '"１３８１２３４５６７８"', '"１３８****５６７８"' },                 -- fullwidth
+      { "phone", '"٠١٢٣٤٥٦٧٨٩"', '"٠١٢***٦٧٨٩"' },                                  -- Arabic-Indic
+      { "phone", '"+٩٦٦ ٥٠١٢٣٤٥٦٧"', '"+٩٦٦ *****٤٥٦٧"' },
+      { "phone", '"۰۹۱۲ ۳۴۵ ۶۷۸۹"', '"۰۹۱* *** ۶۷۸۹"' },                            -- extended Arabic-Indic
+      { "phone", '"+९१ ९८७६५ ४३२१०"', '"+९१ ९**** *३२१०"' },                       -- Devanagari
+      { "phone", '"০১৭১২৩৪৫৬৭৮"', '"০১৭****৫৬৭৮"' },                                -- Bengali
+      { "phone", '"๐๘๑๒๓๔๕๖๗๘"', '"๐๘๑***๕๖๗๘"' },                                  -- Thai
+      { "phone", '"138１２３４5678"', '"138****5678"' },                             -- mixed scripts
+      { "phone", '"５５５１２３４"', '"*******"' },                                   -- fewer than 8: all
+      { "phone", '"𝟏𝟑𝟖𝟏𝟐𝟑𝟒𝟓"', '"𝟏𝟑𝟖*𝟐𝟑𝟒𝟓"' },                                   -- U+1D7CF..: mathematical bold
+      { "national_id", '"１１０１０５１９４９１２３１００２Ｘ"', '"１１０１０５********００２Ｘ"' },
+      { "national_id", '"١٢٣-٤٥-٦٧٨٩"', '"***-**-٦٧٨٩"' },
+      { "national_id", '"ＡＢ１２３４５６７"', '"*****４５６７"' },
+      -- a value a masker cannot read is redacted whole (fail closed)
+      { "phone", '"\255\254 13812345678"', '"[redacted]"' },
+      { "phone", '"1381234\195 5678"', '"[redacted]"' },                               -- truncated sequence
+      { "phone", '"\192\177\192\179\192\184 12345678"', '"[redacted]"' },          -- overlong "138"
+      { "phone", '"\237\160\128 13812345678"', '"[redacted]"' },                     -- surrogate
+      { "phone", '"\244\144\128\128 13812345678"', '"[redacted]"' },                -- above U+10FFFF
+      { "national_id", '"\255110105194912310021"', '"[redacted]"' },
+      { "email", '"\255john@example.com"', '"[redacted]"' },
+      { "email", '"\195\169\169\169x@example.com"', '"[redacted]"' },               -- stray continuations
+      { "email", '"john@\255example.com"', '"[redacted]"' },
+      { "phone", "true", '"true"' },
+      { "phone", "[]", '"[redacted]"' },
+      { "national_id", '[1,2]', '"[redacted]"' },
       { "redact", '"secret"', '"[redacted]"' },
       { "redact", "42", '"[redacted]"' },
       { "redact", "true", '"[redacted]"' },
