@@ -586,23 +586,30 @@ static int tc_send(lua_State *L)
     if (cl->hung_up)
         return luaL_error(L, "sluice.testing: this connection was closed");
     enter(L, a);
-    struct conn *c = server_side(a, cl);
-    if (c && len) {
-        /* Where the server reads next: the end of what it wrote. */
+    /* A read's worth at a time, each written where the server reads
+     * next and read before the next one: the server's answer is written
+     * after what it read, never over bytes it has yet to read. */
+    size_t chunk_max = sizeof a->w.readbuf;
+    for (size_t done = 0; done < len;) {
+        struct conn *c = server_side(a, cl);
+        if (!c)
+            break;   /* closed: the rest is lost, as on a reset */
+        size_t n = len - done < chunk_max ? len - done : chunk_max;
         off_t at = lseek(cl->fd, 0, SEEK_CUR);
-        ssize_t n = at < 0 ? -1 : pwrite(cl->fd, bytes, len, at);
         off_t *skip = realloc(cl->skip, (cl->nskip + 2) * sizeof *skip);
         if (skip)
             cl->skip = skip;
-        if (n != (ssize_t)len || !skip) {
+        if (at < 0 || !skip || pwrite(cl->fd, bytes + done, n, at) != (ssize_t)n) {
             leave(a);
             return luaL_error(L, "sluice.testing: writing the request: %s", strerror(errno));
         }
         cl->skip[cl->nskip++] = at;
-        cl->skip[cl->nskip++] = at + (off_t)len;
-        for (int i = 0; i < 1000 && (c = server_side(a, cl)); i++) {
+        cl->skip[cl->nskip++] = at + (off_t)n;
+        done += n;
+        /* Until it has read the chunk (it pauses while answers queue). */
+        for (int i = 0; i < 100 && (c = server_side(a, cl)); i++) {
             off_t pos = lseek(cl->fd, 0, SEEK_CUR);
-            if (pos < 0 || pos >= at + (off_t)len)
+            if (pos < 0 || pos >= at + (off_t)n)
                 break;
             readable(a, c);
             settle(a);
