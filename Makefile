@@ -57,6 +57,7 @@ run: deps
 
 test: deps
 	$(MAKE) sluice
+	$(MAKE) testcore
 	$(MAKE) ctest
 	./spec/run
 
@@ -89,6 +90,25 @@ $(BUILD)/tests/stream_test: tests/c/stream_test.c core/stream.c core/outbuf.c co
 
 $(BUILD)/tests:
 	mkdir -p $@
+
+# The core of the test kit's in-process mode (testing.app in
+# lua/sluice/testing): the server's own sources, all but main.c and the
+# loop-driven timers, built position-independent into a Lua C module
+# with a harness that drives a worker by hand (tests/testcore/testcore.c).
+# busted's LuaJIT loads it; the Lua API symbols come from that process.
+TESTCORE_SRC := $(filter-out core/main.c core/lua_api_timers.c,$(CORE_SRC)) tests/testcore/testcore.c
+TESTCORE_OBJ := $(TESTCORE_SRC:%.c=$(BUILD)/testing/%.o)
+TESTCORE := $(BUILD)/testing/sluice_testcore.so
+
+.PHONY: testcore
+testcore: $(TESTCORE)
+
+$(TESTCORE): $(TESTCORE_OBJ) $(LLHTTP_OBJ)
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) -lev -lm -lrt -pthread
+
+$(BUILD)/testing/%.o: %.c $(wildcard core/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC $(LUAJIT_CFLAGS) -I$(LLHTTP_INC) -Icore -c -o $@ $<
 
 check: sluice
 	./sluice --check $(APPS)

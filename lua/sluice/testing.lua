@@ -30,11 +30,18 @@
 --     -> variant, reason ("header" | "split" | "default"), bucket
 --   testing.sse.parse(text) -> events, parser   (the EventSource rules)
 --
--- The in-process mode (testing.app{...}: the same router, views and
--- masking without sockets, with a clock the test moves) will offer the
--- same request/stream methods on its app object, so a spec can run one
--- way or the other.
+-- In-process (no sockets, no server process; the server's own code built
+-- into a Lua C module, see sluice.testing.app):
+--   local app = testing.app{ apps = "." or { ["app.lua"] = src }, env = {...},
+--                            options = { heartbeat = 15, history_len = 1000 } }
+--   app:request{...}, app:get, app:post, app:stream(path, opts): as above;
+--     s.channels, s.views (channel -> view name), s:events(), and next()
+--     never waits: events are there when the call that caused them returns
+--   app:publish(channel, { event =, data = }) -> id, reached
+--   app:advance(seconds): timers and token expiry fire at their time
+--   app:now(), app:reload(), app:write_app(name, src), app:log(), app:close()
 local server = require "sluice.testing.server"
+local inprocess = require "sluice.testing.app"
 local tokens = require "sluice.testing.tokens"
 local sse = require "sluice.testing.sse"
 local http = require "sluice.testing.http"
@@ -48,6 +55,11 @@ local M = {
 
 function M.server(opts)
   return server.start(opts)
+end
+
+-- The in-process mode: one app at a time (a new one closes the last).
+function M.app(opts)
+  return inprocess.new(opts)
 end
 
 M.stop_all = server.stop_all

@@ -151,10 +151,18 @@ function Conn:take(n)
   return s
 end
 
+function Conn:send(bytes)
+  return self.sock:send(bytes)
+end
+
 function Conn:close()
   if not self.closed then self.sock:close() end
   self.closed = true
 end
+
+-- A connection is anything with buf, closed and these methods: the
+-- in-process mode (sluice.testing.app) gives its own, without a socket.
+M.Conn = Conn
 
 local function parse_head(head)
   local status = tonumber(head:match("^HTTP/%d%.%d (%d%d%d)"))
@@ -229,26 +237,33 @@ local function response(status, headers, list, body)
   return r
 end
 
+M.response = response
+
 -- One request on a fresh connection (Connection: close).
 function M.request(host, port, opts)
   opts = opts or {}
-  local timeout = opts.timeout or 5
-  local deadline = now() + timeout
-  local c, err = M.connect(host, port, timeout)
+  local c, err = M.connect(host, port, opts.timeout or 5)
   if not c then error(err, 2) end
+  return M.exchange(c, opts, 3)
+end
+
+-- Sends one request (Connection: close) on the connection c and reads the
+-- answer; errors are raised at level.
+function M.exchange(c, opts, level)
+  local deadline = now() + (opts.timeout or 5)
   local o = setmetatable({ headers = {} }, { __index = opts })
   for k, v in pairs(opts.headers or {}) do o.headers[k] = v end
   if not has_header(o.headers, "connection") then o.headers["Connection"] = "close" end
-  local ok, serr = c.sock:send(M.build(o))
+  local ok, serr = c:send(M.build(o))
   local status, headers, list = c:read_head(deadline)
   if not status then
     c:close()
     error(format("%s %s: no response (%s%s)", opts.method or "GET", opts.path or "/", headers,
-                 ok and "" or ", send: " .. tostring(serr)), 2)
+                 ok and "" or ", send: " .. tostring(serr)), level or 2)
   end
   local body, berr = c:read_body(opts.method, status, headers, deadline)
   c:close()
-  if not body then error(format("%s %s: %s", opts.method or "GET", opts.path or "/", berr), 2) end
+  if not body then error(format("%s %s: %s", opts.method or "GET", opts.path or "/", berr), level or 2) end
   return response(status, headers, list, body)
 end
 
@@ -265,7 +280,7 @@ function Stream:open()
   local o = self.opts
   local timeout = o.timeout or 5
   local deadline = now() + timeout
-  local c, err = M.connect(self.host, self.port, timeout)
+  local c, err = self:connect(timeout)
   if not c then error(err, 3) end
   local headers = { Accept = "text/event-stream" }
   for k, v in pairs(o.headers or {}) do headers[k] = v end
@@ -276,7 +291,7 @@ function Stream:open()
     headers["Last-Event-ID"] = o.last_event_id
   end
   self.request_headers = headers
-  assert(c.sock:send(M.build { method = "GET", path = self.path, query = o.query, headers = headers,
+  assert(c:send(M.build { method = "GET", path = self.path, query = o.query, headers = headers,
                                cookies = o.cookies, http10 = o.http10 }))
   local status, h, list = c:read_head(deadline)
   if not status then
@@ -297,6 +312,11 @@ function Stream:open()
     self.ended = true
   end
   return self
+end
+
+-- The connection a stream (re)opens on.
+function Stream:connect(timeout)
+  return M.connect(self.host, self.port, timeout)
 end
 
 function M.stream(host, port, path, opts)
