@@ -65,7 +65,7 @@ test: deps
 # stream (linked in place of stream.c, so the server's hot path keeps its
 # direct calls), and stream.c between real channels and a fake transport.
 # The last line sums them up as "ctest: N passed, N failed".
-CTEST_LIB := core/frame.c core/sse.c core/buf.c core/log.c
+CTEST_LIB := core/bus.c core/frame.c core/sse.c core/buf.c core/log.c
 CTESTS := $(BUILD)/tests/channel_test $(BUILD)/tests/stream_test
 
 .PHONY: ctest

@@ -1,5 +1,7 @@
-/* Channels: subscribers grouped by view, a bounded history ring, fan-out of
- * events framed once per view, and Last-Event-ID resume. */
+/* A worker's channels (its hub): its own subscribers grouped by view,
+ * fan-out of what the bus hands it (core/bus.h: the id order and the
+ * history of the whole process), masked views framed in this worker's Lua
+ * state once per event, and Last-Event-ID resume from the bus's history. */
 #ifndef SLUICE_CHANNEL_H
 #define SLUICE_CHANNEL_H
 
@@ -18,7 +20,7 @@ struct event_src {
     char *name;         /* NULL: no event: line */
     size_t name_len;
     size_t data_len;
-    char data[];
+    const char *data;
 };
 
 /* Frames src for a masked view (view > 0): the script's transform. NULL
@@ -27,8 +29,21 @@ typedef struct frame *(*view_framer)(void *ctx, int view,
                                      const struct event_src *src);
 
 struct channels;
+struct bus;
 
-/* history_bytes bounds the history of all channels together: past it the
+/* The hub of worker wid on a shared bus, created in the worker's thread
+ * (its wake-up runs on loop). delivered: the worker's counter of
+ * deliveries (NULL: its own). */
+struct channels *channels_new_on(struct bus *bus, unsigned wid, struct ev_loop *loop,
+                                 uint64_t *delivered);
+
+/* Delivers what the bus queued for this worker (the wake-up does it). */
+void channels_drain(struct channels *cs);
+
+struct bus *channels_bus(const struct channels *cs);
+
+/* A hub on a bus of its own (one worker; tests and the test kit).
+ * history_bytes bounds the history of all channels together: past it the
  * oldest events (by id, whatever their channel) are dropped first. loop
  * runs the sweeper that drops expired history of quiet channels. */
 struct channels *channels_new(struct ev_loop *loop, size_t history_len,
@@ -44,7 +59,9 @@ int channels_configure(struct channels *cs, const char *prefix,
 
 struct publish_result {
     uint64_t id;
-    uint32_t reached;   /* subscribers the event was queued for */
+    /* Subscribers of the whole process the event was queued for: counted
+     * when it is published, on every worker. */
+    uint32_t reached;
 };
 
 int channels_publish(struct channels *cs, const char *name, size_t name_len,

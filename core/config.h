@@ -29,6 +29,8 @@ struct config {
     double reload_debounce;      /* --reload-debounce (s) */
     bool watch;                  /* --no-watch turns it off */
     const char *pid_file;        /* --pid-file */
+    unsigned workers;            /* --workers: threads serving (0: the CPUs we may use) */
+    bool reuseport;              /* --reuseport: a listening socket per worker */
 };
 
 void config_defaults(struct config *c);

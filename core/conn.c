@@ -1,5 +1,7 @@
 #include "conn.h"
 
+#include "counter.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -50,6 +52,10 @@ static void schedule_flush(struct conn *c)
         TAILQ_INSERT_TAIL(&c->w->flush_queue, c, flush_link);
     else
         TAILQ_INSERT_HEAD(&c->w->flush_queue, c, flush_link);
+    /* Queued from inside the flush pass's own loop turn (a pipelined
+     * request resumed after its answers drained): the loop must turn
+     * again before it sleeps. A started watcher costs nothing here. */
+    ev_idle_start(c->w->loop, &c->w->flush_pending);
 }
 
 bool conn_is_stream(const struct conn *c)
@@ -103,6 +109,8 @@ void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
     set_state(c, CONN_DEAD);   /* on_close handlers may still hold its handle */
+    if (c->stream)
+        gauge_set(&w->stats.streams, gauge_get(&w->stats.streams) - 1);
     if (c->lua_watch)
         lua_api_stream_closed(w->vm, c);
     channels_unsubscribe(w->channels, &c->st);
@@ -294,7 +302,8 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
         return false;
     set_state(c, CONN_STREAMING);
     c->stream = true;
-    c->w->stats.streams_opened++;
+    counter_add(&c->w->stats.streams_opened, 1);
+    gauge_set(&c->w->stats.streams, gauge_get(&c->w->stats.streams) + 1);
     deadline_cancel(&c->timeout);
     stream_start(&c->st, first, heartbeat);
     return c->state == CONN_STREAMING;
@@ -346,7 +355,7 @@ void conn_timed_out(struct conn *c)
 static void dispatch(struct conn *c)
 {
     struct worker *w = c->w;
-    w->stats.requests++;
+    counter_add(&w->stats.requests, 1);
     set_state(c, CONN_DISPATCHING);
     c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
     deadline_cancel(&c->timeout);

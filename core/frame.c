@@ -22,6 +22,8 @@ struct frame *frame_new(size_t len)
     f->body_len = (uint32_t)len;
     f->flags = 0;
     f->id = 0;
+    f->data = f->own_data;
+    f->shared = NULL;
     return f;
 }
 
@@ -52,13 +54,48 @@ struct frame *frame_copy(const void *bytes, size_t len)
 
 void frame_unref(struct frame *f)
 {
-    if (f && --f->refs == 0)
+    if (!f || (f->flags & FRAME_STATIC))
+        return;
+    if (f->flags & FRAME_SHARED) {
+        /* The last holder frees: what others wrote before their unref must
+         * be seen, hence acquire-release. */
+        if (__atomic_sub_fetch(&f->refs, 1, __ATOMIC_ACQ_REL) == 0)
+            free(f);
+        return;
+    }
+    if (--f->refs == 0) {
+        if (f->shared)
+            frame_unref(f->shared);
         free(f);
+    }
 }
 
 void frame_make_static(struct frame *f)
 {
     f->refs = STATIC_REFS;
+    f->flags |= FRAME_STATIC;
+}
+
+void frame_make_shared(struct frame *f)
+{
+    f->flags |= FRAME_SHARED;
+}
+
+struct frame *frame_local(struct frame *shared)
+{
+    struct frame *f = malloc(sizeof *f);
+    if (!f)
+        return NULL;
+    /* Field by field: shared->refs is counted by other threads. */
+    f->refs = 1;
+    f->len = shared->len;
+    f->body_off = shared->body_off;
+    f->body_len = shared->body_len;
+    f->flags = shared->flags & ~(uint32_t)FRAME_SHARED;
+    f->id = shared->id;
+    f->data = shared->data;
+    f->shared = frame_ref(shared);
+    return f;
 }
 
 struct frame *frame_sse(const struct sse_event *ev)

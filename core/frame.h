@@ -9,6 +9,12 @@
 /* An event a slow consumer may lose (with a notice); anything else in a
  * queue (response head, retry hint, reset notices) is never dropped. */
 #define FRAME_EVENT 1u
+/* Lives for the whole process, shared by every thread: never counted. */
+#define FRAME_STATIC 2u
+/* Crosses threads (the bus's raw view of an event): counted atomically.
+ * A worker's streams never hold one directly but a frame_local() header
+ * on it, so a fan-out counts with plain increments only. */
+#define FRAME_SHARED 4u
 
 struct frame {
     uint32_t refs;
@@ -17,7 +23,9 @@ struct frame {
     uint32_t body_len;
     uint32_t flags;
     uint64_t id;         /* the event's id (FRAME_EVENT from a channel), else 0 */
-    char data[];
+    char *data;          /* own_data, or a shared frame's bytes */
+    struct frame *shared;   /* the frame whose bytes these are, else NULL */
+    char own_data[];
 };
 
 /* A frame of len raw bytes (no chunk framing); the caller fills data. */
@@ -33,14 +41,28 @@ struct frame *frame_copy(const void *bytes, size_t len);
 
 static inline struct frame *frame_ref(struct frame *f)
 {
-    f->refs++;
+    if (__builtin_expect(f->flags & (FRAME_STATIC | FRAME_SHARED), 0)) {
+        if (f->flags & FRAME_SHARED)
+            __atomic_add_fetch(&f->refs, 1, __ATOMIC_RELAXED);
+    } else {
+        f->refs++;
+    }
     return f;
 }
 
 void frame_unref(struct frame *f);
 
-/* Frames that live for the whole process (refs never reach zero). */
+/* Frames that live for the whole process: references are not counted, so
+ * every thread may queue them. Call before a second thread can see f. */
 void frame_make_static(struct frame *f);
+
+/* Makes f, which no other thread holds yet, one that may cross threads. */
+void frame_make_shared(struct frame *f);
+
+/* A frame of this thread's own on a shared frame's bytes: it takes one
+ * atomic reference to shared, drops it when its own (plain) count ends.
+ * NULL when out of memory. */
+struct frame *frame_local(struct frame *shared);
 
 struct sse_event;
 

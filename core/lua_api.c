@@ -17,6 +17,7 @@
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
+#include "process.h"
 #include "worker.h"
 
 #define SLUICE_VERSION "0.1.0"
@@ -133,6 +134,12 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "log");
     lua_pushinteger(L, vm->cpu_budget_ms);
     lua_setfield(L, -2, "cpu_budget_ms");
+    /* Which worker this state belongs to, and how many there are: app
+     * timers start in worker 0 only, unless a script asks for every one. */
+    lua_pushinteger(L, vm->w ? (lua_Integer)vm->w->id : 0);
+    lua_setfield(L, -2, "worker_id");
+    lua_pushinteger(L, vm->w && vm->w->proc ? (lua_Integer)vm->w->proc->nworkers : 1);
+    lua_setfield(L, -2, "workers");
     lua_pushnumber(L, (lua_Number)vm->mem_limit);
     lua_setfield(L, -2, "memory_limit");
     lua_pushstring(L, SLUICE_VERSION);

@@ -1,12 +1,16 @@
 /* sluice.core, counters: core.stats() for sluice.stats() and the
- * metrics endpoint. */
+ * metrics endpoint, for the whole process: each worker's counters (one
+ * writer each, read with relaxed loads: counter.h) summed, the bus's
+ * counts, and the connections and streams of each worker. */
 #include "lua_api_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 
 #include "channel.h"
+#include "counter.h"
 #include "luavm.h"
+#include "process.h"
 #include "worker.h"
 
 static void set_int(lua_State *L, const char *k, double v)
@@ -19,25 +23,52 @@ int l_stats(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
     struct worker *w = vm->w;
+    /* The test kit's core has one worker and no process. */
+    struct worker *all = w->proc ? w->proc->workers : w;
+    unsigned n = w->proc ? w->proc->nworkers : 1;
     size_t nch, nsubs, nev, hbytes;
     uint64_t published, delivered;
     channels_counts(w->channels, &nch, &nsubs, &nev, &hbytes);
     channels_traffic(w->channels, &published, &delivered);
-    lua_createtable(L, 0, 16);
-    set_int(L, "connections", w->nconns);
-    set_int(L, "accepted", (double)w->stats.accepted);
-    set_int(L, "refused_busy", (double)w->stats.refused_busy);
-    set_int(L, "requests", (double)w->stats.requests);
-    set_int(L, "streams_opened", (double)w->stats.streams_opened);
-    set_int(L, "slow_closed", (double)w->streams.slow_closed);
-    set_int(L, "slow_gapped", (double)w->streams.slow_gapped);
+    uint64_t accepted = 0, refused = 0, requests = 0, opened = 0, closed = 0, gapped = 0;
+    uint64_t conns = 0, delivered_all = 0;
+    lua_createtable(L, 0, 18);
+    lua_createtable(L, (int)n, 0);
+    for (unsigned i = 0; i < n; i++) {
+        struct worker *x = &all[i];
+        accepted += counter_get(&x->stats.accepted);
+        refused += counter_get(&x->stats.refused_busy);
+        requests += counter_get(&x->stats.requests);
+        opened += counter_get(&x->stats.streams_opened);
+        closed += counter_get(&x->streams.slow_closed);
+        gapped += counter_get(&x->streams.slow_gapped);
+        delivered_all += counter_get(&x->stats.delivered);
+        uint32_t c = gauge_get(&x->stats.connections);
+        conns += c;
+        lua_createtable(L, 0, 2);
+        set_int(L, "connections", c);
+        set_int(L, "streams", gauge_get(&x->stats.streams));
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_setfield(L, -2, "workers");
+    if (!w->proc)
+        delivered_all = delivered;   /* counted by its own hub */
+    set_int(L, "connections", (double)conns);
+    set_int(L, "accepted", (double)accepted);
+    set_int(L, "refused_busy", (double)refused);
+    set_int(L, "requests", (double)requests);
+    set_int(L, "streams_opened", (double)opened);
+    set_int(L, "slow_closed", (double)closed);
+    set_int(L, "slow_gapped", (double)gapped);
     set_int(L, "published", (double)published);
-    set_int(L, "delivered", (double)delivered);
+    set_int(L, "delivered", (double)delivered_all);
     set_int(L, "channels", (double)nch);
     set_int(L, "subscriptions", (double)nsubs);
     set_int(L, "history_events", (double)nev);
     set_int(L, "history_bytes", (double)hbytes);
+    /* This worker's state: each worker has its own, capped on its own. */
     set_int(L, "lua_memory", (double)luavm_memory(vm));
+    set_int(L, "worker", (double)w->id);
     /* As a string: JSON encoders round big numbers. */
     char id[24];
     snprintf(id, sizeof id, "%" PRIu64, channels_last_id(w->channels));

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <getopt.h>
 #include <limits.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,10 @@ static void usage(FILE *out, const struct config *d)
 "  --no-watch                do not reload when files in --apps change\n"
 "  --reload-debounce S       quiet time before a reload (default %g)\n"
 "  --shutdown-grace S        time to flush streams on SIGTERM (default %g)\n"
+"  --workers N               worker threads, each with its own loop and Lua state\n"
+"                            (default: the CPUs this process may run on)\n"
+"  --reuseport               one listening socket per worker (SO_REUSEPORT)\n"
+"                            instead of one shared by all\n"
 "  --pid-file FILE           write the process id here\n"
 "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 "  --version, --help\n",
@@ -92,6 +97,18 @@ static char *default_lua_dir(void)
     if (dir)
         sprintf(dir, "%s/lua", exe);
     return dir;
+}
+
+/* The CPUs this process may run on (taskset, cgroups' cpusets). */
+static unsigned cpus_available(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0) {
+        log_warn("sched_getaffinity: %s; one worker", strerror(errno));
+        return 1;
+    }
+    int n = CPU_COUNT(&set);
+    return n > 0 ? (unsigned)n : 1;
 }
 
 static int raise_fd_limit(void)
@@ -215,7 +232,7 @@ int main(int argc, char **argv)
     enum { O_LISTEN = 256, O_APPS, O_LUA, O_MAXCONNS, O_BACKLOG, O_MAXHEAD,
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
-           O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP };
+           O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP, O_WORKERS, O_REUSEPORT };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -231,7 +248,8 @@ int main(int argc, char **argv)
         { "reload-debounce", 1, 0, O_DEBOUNCE }, { "shutdown-grace", 1, 0, O_GRACE },
         { "pid-file", 1, 0, O_PID }, { "log-level", 1, 0, O_LOG },
         { "check", 1, 0, O_CHECK }, { "version", 0, 0, O_VERSION },
-        { "help", 0, 0, O_HELP }, { 0, 0, 0, 0 },
+        { "help", 0, 0, O_HELP }, { "workers", 1, 0, O_WORKERS },
+        { "reuseport", 0, 0, O_REUSEPORT }, { 0, 0, 0, 0 },
     };
     int o;
     double v;
@@ -271,6 +289,8 @@ int main(int argc, char **argv)
         case O_DEBOUNCE: NUM("--reload-debounce", 0, 60); cfg.reload_debounce = v; break;
         case O_GRACE: NUM("--shutdown-grace", 0, 3600); cfg.shutdown_grace = v; break;
         case O_PID: cfg.pid_file = optarg; break;
+        case O_WORKERS: NUM("--workers", 1, 1024); cfg.workers = (unsigned)v; break;
+        case O_REUSEPORT: cfg.reuseport = true; break;
         case O_LOG:
             if (log_parse_level(optarg, &log_threshold) < 0) {
                 fprintf(stderr, "sluice: --log-level is debug, info, warn or error\n");
@@ -322,9 +342,11 @@ int main(int argc, char **argv)
         free(lua_dir);
         return 1;
     }
+    if (cfg.workers == 0)
+        cfg.workers = cpus_available();
     struct process proc;
     int rc = 1;
-    if (process_init(&proc, &cfg, 1) == 0)
+    if (process_init(&proc, &cfg, cfg.workers) == 0)
         rc = process_run(&proc);
     /* Before the loop goes: the signal thread feeds it. */
     signals_stop();

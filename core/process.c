@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bus.h"
 #include "log.h"
 #include "reload.h"
 #include "signals.h"
@@ -21,7 +22,7 @@ enum process_cmd { PROCESS_WORKER_READY, PROCESS_WORKER_EXITED, PROCESS_DRAIN };
 
 /* ---- the listening socket --------------------------------------------- */
 
-static int listen_on(const char *spec, int backlog)
+static int listen_on(const char *spec, int backlog, bool reuseport)
 {
     char host[256];
     const char *colon = strrchr(spec, ':');
@@ -49,6 +50,7 @@ static int listen_on(const char *spec, int backlog)
     /* Accepted sockets inherit TCP_NODELAY from the listener (Linux): one
      * system call here instead of one per connection. */
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) ||
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0 ||
         bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
         log_error("cannot listen on %s: %s", spec, strerror(errno));
@@ -205,9 +207,34 @@ int process_init(struct process *p, const struct config *cfg, unsigned nworkers)
     }
     p->nworkers = nworkers;
 
-    p->listen_fd = listen_on(cfg->listen, cfg->backlog);
+    p->listen_fd = listen_on(cfg->listen, cfg->backlog, cfg->reuseport && nworkers > 1);
     if (p->listen_fd < 0)
         return -1;
+    if (cfg->reuseport && nworkers > 1) {
+        /* The same address as the first (its port, if the kernel chose). */
+        char addr[80];
+        bound_address(p->listen_fd, addr, sizeof addr);
+        p->extra_fds = calloc(nworkers, sizeof *p->extra_fds);
+        if (!p->extra_fds)
+            return -1;
+        for (unsigned i = 1; i < nworkers; i++) {
+            p->extra_fds[i] = listen_on(addr, cfg->backlog, true);
+            if (p->extra_fds[i] < 0) {
+                for (unsigned j = 1; j < i; j++)
+                    if (close(p->extra_fds[j]) < 0)
+                        log_warn("close listener: %s", strerror(errno));
+                free(p->extra_fds);
+                p->extra_fds = NULL;
+                return -1;
+            }
+        }
+    }
+    p->bus = bus_new(p->loop, nworkers, cfg->history_len, cfg->history_ttl,
+                     cfg->history_bytes);
+    if (!p->bus) {
+        log_error("out of memory starting the process");
+        return -1;
+    }
 
     ev_signal_init(&p->sig_int, on_signal, SIGINT);
     ev_signal_init(&p->sig_term, on_signal, SIGTERM);
@@ -229,10 +256,15 @@ int process_run(struct process *p)
 {
     unsigned started = 0;
     for (; started < p->nworkers; started++)
-        if (worker_start(&p->workers[started], p, started, p->cfg, p->listen_fd) < 0)
+        if (worker_start(&p->workers[started], p, started, p->cfg,
+                         p->extra_fds && started ? p->extra_fds[started] : p->listen_fd,
+                         p->extra_fds && started) < 0)
             break;
     if (started < p->nworkers) {
         p->failed = true;
+        for (unsigned i = started > 0 ? started : 1; p->extra_fds && i < p->nworkers; i++)
+            if (close(p->extra_fds[i]) < 0)
+                log_warn("close listener: %s", strerror(errno));
         /* Those running go the way of a drain; the rest never existed. */
         p->nworkers = started;
         if (started == 0)
@@ -253,6 +285,8 @@ void process_free(struct process *p)
     }
     mailbox_free(&p->inbox);
     free(p->workers);
+    free(p->extra_fds);
+    bus_free(p->bus);   /* every worker is joined: nobody else holds it */
     if (p->listen_fd >= 0 && close(p->listen_fd) < 0)
         log_warn("close listener: %s", strerror(errno));
     if (p->pid_written && unlink(p->cfg->pid_file) < 0)

@@ -10,18 +10,23 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "config.h"
 #include "mailbox.h"
 
 struct worker;
 struct reloader;
+struct bus;
 
 struct process {
     struct ev_loop *loop;          /* ev_default_loop, main thread */
     const struct config *cfg;
     int listen_fd;
+    int *extra_fds;                /* --reuseport: workers 1.. listen on their own */
     bool pid_written;
+    struct bus *bus;               /* the order and history of all events */
+    uint32_t open_conns;           /* of every worker (atomic), for --max-conns */
     ev_signal sig_int, sig_term, sig_hup;
     struct mailbox inbox;          /* from the workers */
     struct reloader *reloader;     /* NULL with --no-watch or no inotify */
@@ -31,8 +36,9 @@ struct process {
     bool failed;                   /* a worker could not start: exit 1 */
 };
 
-/* Writes the pid file, opens the listening socket and sets up the main
- * loop's signal watchers and the reload watcher; starts no worker yet.
+/* Writes the pid file, opens the listening socket(s), creates the bus and
+ * sets up the main loop's signal watchers and the reload watcher; starts
+ * no worker yet.
  * 0, or -1 (logged; process_free still to be called). */
 int process_init(struct process *p, const struct config *cfg, unsigned nworkers);
 

@@ -1,10 +1,12 @@
 #include "stream.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buf.h"
+#include "counter.h"
 #include "frame.h"
 #include "log.h"
 #include "sse.h"
@@ -24,23 +26,29 @@ static struct frame *shared_chunk(const char *sse_text)
     return f;
 }
 
+static struct frame *heartbeat, *last_chunk;
+static pthread_once_t constants_once = PTHREAD_ONCE_INIT;
+
+/* Once per process, whichever worker needs them first: static frames are
+ * then read by every thread and never counted. */
+static void build_constants(void)
+{
+    heartbeat = shared_chunk(":\n\n");
+    last_chunk = frame_copy("0\r\n\r\n", 5);
+    if (last_chunk)
+        frame_make_static(last_chunk);
+}
+
 static struct frame *heartbeat_frame(void)
 {
-    static struct frame *f;
-    if (!f)
-        f = shared_chunk(":\n\n");
-    return f;
+    pthread_once(&constants_once, build_constants);
+    return heartbeat;
 }
 
 static struct frame *last_chunk_frame(void)
 {
-    static struct frame *f;
-    if (!f) {
-        f = frame_copy("0\r\n\r\n", 5);
-        if (f)
-            frame_make_static(f);
-    }
-    return f;
+    pthread_once(&constants_once, build_constants);
+    return last_chunk;
 }
 
 void stream_init(struct sse_stream *s, struct stream_env *env)
@@ -148,12 +156,12 @@ static bool send(struct sse_stream *s, struct frame *f, bool replay)
     if (s->out.bytes && s->out.bytes + len > cap) {
         if (s->slow_policy == SLOW_CLOSE) {
             /* Ids and history let it reconnect and resume without loss. */
-            s->env->slow_closed++;
+            counter_add(&s->env->slow_closed, 1);
             log_debug("slow consumer closed (%zu bytes queued)", s->out.bytes);
             stream_owner_abort(s);
             return false;
         }
-        s->env->slow_gapped++;
+        counter_add(&s->env->slow_gapped, 1);
         drop_oldest(s, cap / 2);
         if (!s->open)
             return false;

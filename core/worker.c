@@ -14,6 +14,7 @@
 #include "channel.h"
 #include "clock.h"
 #include "conn.h"
+#include "counter.h"
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
@@ -70,6 +71,7 @@ bool worker_register_conn(struct worker *w, struct conn *c)
     c->slot = w->free_slots[--w->nfree];
     w->slots[c->slot] = c;
     w->nconns++;
+    gauge_set(&w->stats.connections, w->nconns);
     return true;
 }
 
@@ -80,6 +82,9 @@ void worker_conn_released(struct worker *w, struct conn *c)
     w->slot_gen[c->slot] = (w->slot_gen[c->slot] + 1) & GEN_MASK;
     w->free_slots[w->nfree++] = c->slot;
     w->nconns--;
+    gauge_set(&w->stats.connections, w->nconns);
+    if (w->open_conns)
+        __atomic_sub_fetch(w->open_conns, 1, __ATOMIC_RELAXED);
 }
 
 double worker_handle(const struct worker *w, const struct conn *c)
@@ -108,7 +113,7 @@ static void refuse_busy(struct worker *w, int fd)
         "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 28\r\n"
         "Connection: close\r\n\r\n"
         "503 too many connections\r\n\r\n";
-    w->stats.refused_busy++;
+    counter_add(&w->stats.refused_busy, 1);
     /* Best effort: a fresh socket buffer takes these bytes whole. */
     if (write(fd, busy, sizeof busy - 1) < 0)
         log_debug("503 write: %s", strerror(errno));
@@ -159,12 +164,20 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
             log_warn("accept: %s", strerror(errno));
             return;
         }
-        w->stats.accepted++;
-        if (w->nconns >= (uint32_t)w->cfg->max_conns || w->stopping) {
+        counter_add(&w->stats.accepted, 1);
+        /* --max-conns is for the whole process: a slot is reserved before
+         * the connection exists, so workers accepting at once cannot pass
+         * the limit together. */
+        uint32_t open = __atomic_add_fetch(w->open_conns, 1, __ATOMIC_RELAXED);
+        if (open > (uint32_t)w->cfg->max_conns || w->stopping) {
+            __atomic_sub_fetch(w->open_conns, 1, __ATOMIC_RELAXED);
             refuse_busy(w, fd);
             continue;
         }
+        uint32_t before = w->nconns;
         conn_accept(w, fd, (struct sockaddr *)&peer);
+        if (w->nconns == before)   /* not accepted after all */
+            __atomic_sub_fetch(w->open_conns, 1, __ATOMIC_RELAXED);
     }
 }
 
@@ -278,7 +291,7 @@ static int setup(struct worker *w)
 
     w->streams = (struct stream_env){ .loop = w->loop, .max_queued = cfg->max_queued,
                                       .describe_subs = channels_describe_stream };
-    w->channels = channels_new(w->loop, cfg->history_len, cfg->history_ttl, cfg->history_bytes);
+    w->channels = channels_new_on(w->proc->bus, w->id, w->loop, &w->stats.delivered);
     w->vm = luavm_new(w, cfg->lua_dir, cfg->lua_mem, cfg->lua_cpu_ms);
     if (!w->channels || !w->vm) {
         log_error("out of memory starting the worker");
@@ -322,6 +335,9 @@ static void teardown(struct worker *w)
     ev_prepare_stop(w->loop, &w->flusher);
     ev_idle_stop(w->loop, &w->flush_pending);
     ev_timer_stop(w->loop, &w->shutdown_timer);
+    if (w->own_listen_fd && close(w->listen_fd) < 0)
+        log_warn("close listener: %s", strerror(errno));
+    w->own_listen_fd = false;
     if (w->spare_fd >= 0 && close(w->spare_fd) < 0)
         log_warn("close: %s", strerror(errno));
     w->spare_fd = -1;
@@ -358,10 +374,13 @@ static void *worker_main(void *arg)
 }
 
 int worker_start(struct worker *w, struct process *proc, unsigned id,
-                 const struct config *cfg, int listen_fd)
+                 const struct config *cfg, int listen_fd, bool own_listen_fd)
 {
-    memset(w, 0, sizeof *w);
+    /* No memset: w was zeroed with the others before any worker started,
+     * and a running worker may already read w->stats (sluice.stats()). */
     w->cfg = cfg;
+    w->open_conns = &proc->open_conns;
+    w->own_listen_fd = own_listen_fd;
     w->proc = proc;
     w->id = id;
     w->listen_fd = listen_fd;

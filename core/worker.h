@@ -22,12 +22,17 @@ struct luavm;
 struct channels;
 struct process;
 
+/* Written by the worker only, read by any (sluice.stats() in another
+ * worker): counter.h's relaxed atomics. */
 struct worker_stats {
     uint64_t accepted;
     uint64_t refused_busy;     /* over --max-conns: 503 */
     uint64_t requests;
     uint64_t streams_opened;
     uint64_t lua_errors;
+    uint64_t delivered;        /* times an event was queued on a stream */
+    uint32_t connections;      /* open now (a copy of nconns) */
+    uint32_t streams;          /* streams open now */
 };
 
 struct worker {
@@ -42,7 +47,11 @@ struct worker {
     bool drain_asked;          /* a script asked the process to drain */
     struct mailbox inbox;      /* commands from the process */
 
-    int listen_fd;             /* the process's: shared, not closed here */
+    int listen_fd;             /* the process's (or its own with SO_REUSEPORT) */
+    bool own_listen_fd;        /* closed with the worker */
+    /* Open connections of the whole process, for --max-conns (NULL in the
+     * test kit's core: its own count). */
+    uint32_t *open_conns;
     int spare_fd;              /* given up on EMFILE to shed one client */
     ev_io listener;
     ev_prepare flusher;        /* writes queued output, a slice per loop turn */
@@ -84,7 +93,7 @@ enum worker_cmd {
  * Whether it started or not, the thread ends by freeing what it made and
  * telling process_worker_exited. -1 if the thread could not be created. */
 int worker_start(struct worker *w, struct process *proc, unsigned id,
-                 const struct config *cfg, int listen_fd);
+                 const struct config *cfg, int listen_fd, bool own_listen_fd);
 
 /* The process's thread: posts a command to the worker's mailbox (the post
  * itself is thread-safe; that the worker is not being joined meanwhile is

@@ -142,16 +142,27 @@ function App:view(name, spec)
   return self
 end
 
--- Timers that live as long as this version of the script.
-function App:every(seconds, fn)
+-- Timers that live as long as this version of the script. They run once
+-- per process (in worker 0), however many workers serve: a clock app must
+-- not tick once per worker. opts.every_worker = true runs one in every
+-- worker instead (for per-worker state: each worker has its own Lua state).
+local function timer_opts(opts, what)
+  if opts == nil then return false end
+  if type(opts) ~= "table" then error(what .. ": options must be a table", 3) end
+  return opts.every_worker == true
+end
+
+function App:every(seconds, fn, opts)
   if type(fn) ~= "function" then error("every(seconds, fn): fn must be a function", 2) end
-  self.timers[#self.timers + 1] = { after = seconds, every = seconds, fn = fn }
+  self.timers[#self.timers + 1] = { after = seconds, every = seconds, fn = fn,
+                                    every_worker = timer_opts(opts, "every") }
   return self
 end
 
-function App:after(seconds, fn)
+function App:after(seconds, fn, opts)
   if type(fn) ~= "function" then error("after(seconds, fn): fn must be a function", 2) end
-  self.timers[#self.timers + 1] = { after = seconds, every = 0, fn = fn }
+  self.timers[#self.timers + 1] = { after = seconds, every = 0, fn = fn,
+                                    every_worker = timer_opts(opts, "after") }
   return self
 end
 

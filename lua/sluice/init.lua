@@ -62,6 +62,16 @@ function sluice.subscribers(channel)
   return core.subscribers(channel)
 end
 
+-- Which worker thread runs this code (0 .. sluice.workers() - 1): each
+-- worker has its own Lua state, so module-level tables are per worker.
+function sluice.worker_id()
+  return core.worker_id
+end
+
+function sluice.workers()
+  return core.workers
+end
+
 function sluice.now()
   return core.now()
 end

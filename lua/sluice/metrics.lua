@@ -44,6 +44,13 @@ function metrics.render(stats)
   one("history_bytes", "gauge", "Bytes held in channel histories (bounded by --max-history-bytes).",
     stats.history_bytes)
   one("lua_memory_bytes", "gauge", "Memory held by the Lua state.", stats.lua_memory)
+  local wc, ws = {}, {}
+  for i, w in ipairs(stats.workers or {}) do
+    wc[#wc + 1] = { w.connections, { worker = tostring(i - 1) } }
+    ws[#ws + 1] = { w.streams, { worker = tostring(i - 1) } }
+  end
+  metric("worker_connections", "gauge", "Open connections per worker thread.", wc)
+  metric("worker_streams", "gauge", "Open streams per worker thread.", ws)
 
   local rt = stats.runtime or {}
   one("reloads_total", "counter", "Reloads of the apps directory.", rt.reloads)

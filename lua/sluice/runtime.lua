@@ -396,7 +396,11 @@ end
 local function activate(rec, old)
   if old then timers.stop_owned(old) end
   timers.running = rec
-  for _, t in ipairs(rec.app.timers) do timers.start(t.after, t.every, t.fn, rec) end
+  -- App timers once per process: in worker 0, or everywhere if asked.
+  local first = (core.worker_id or 0) == 0
+  for _, t in ipairs(rec.app.timers) do
+    if first or t.every_worker then timers.start(t.after, t.every, t.fn, rec) end
+  end
   timers.running = nil
   for _, hist in ipairs(rec.app.histories) do
     core.history(hist.prefix, hist.size or 1000, hist.ttl or 600)

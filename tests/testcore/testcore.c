@@ -177,6 +177,15 @@ static void settle(struct app *a)
 }
 
 /* worker_stop feeds the flusher: here that is the same pass. */
+/* conn.c starts worker.c's idle watcher so the loop turns again; this
+ * loop never runs, calls here are the turns. */
+static void on_flush_pending(struct ev_loop *loop, ev_idle *idle, int revents)
+{
+    (void)loop;
+    (void)idle;
+    (void)revents;
+}
+
 static void on_flusher(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     (void)loop; (void)p; (void)revents;
@@ -368,6 +377,7 @@ static void free_app(struct app *a)
         deadline_list_stop(&a->w.header_timeouts);
         deadline_list_stop(&a->w.keepalive_timeouts);
         deadline_list_stop(&a->w.send_timeouts);
+        ev_idle_stop(a->w.loop, &a->w.flush_pending);
         ev_loop_destroy(a->w.loop);
     }
     for (size_t i = 0; i < a->nclients; i++) {
@@ -450,6 +460,7 @@ static int tc_new(lua_State *L)
     }
     TAILQ_INIT(&w->flush_queue);
     ev_prepare_init(&w->flusher, on_flusher);
+    ev_idle_init(&w->flush_pending, on_flush_pending);
     deadline_list_init(&w->header_timeouts, w->loop, cfg->header_timeout, on_expired, w);
     deadline_list_init(&w->keepalive_timeouts, w->loop, cfg->keepalive_timeout, on_expired, w);
     deadline_list_init(&w->send_timeouts, w->loop, cfg->send_timeout, on_expired, w);

@@ -175,6 +175,8 @@ end
 --   lua_path  the library directory (default the kit's own lua/); false: none
 --   dir       the temporary directory to use (removed by stop())
 --   start_timeout (10 s), stop_timeout (15 s before KILL)
+--   workers   worker threads (default 1: one Lua state, as in-process; a
+--             --workers in args wins)
 function M.start(opts)
   opts = opts or {}
   local dir = opts.dir or M.tmpdir()
@@ -193,7 +195,12 @@ function M.start(opts)
   end
   local log = dir .. "/sluice.log"
   local args = {}
-  for i, a in ipairs(opts.args or {}) do args[i] = quote(a) end
+  local has_workers = false
+  for i, a in ipairs(opts.args or {}) do
+    args[i] = quote(a)
+    if tostring(a):find("--workers", 1, true) == 1 then has_workers = true end
+  end
+  if not has_workers then args[#args + 1] = "--workers " .. tonumber(opts.workers or 1) end
   local lua_path = opts.lua_path
   if lua_path == nil then lua_path = M.ROOT .. "/lua" end
   local bin = opts.bin or M.default_bin()

@@ -1,0 +1,124 @@
+/* The bus: the order of events for the whole process. One id sequence,
+ * the history of every channel (events and their raw view, framed once),
+ * the history bounds, and per channel how many subscribers each worker
+ * has, so that an event is handed to exactly the workers that want it.
+ * One mutex guards it all: publishes are ordered anyway, and the work
+ * under it is a few allocations and pointer moves, never script code.
+ *
+ * A worker's hub (channel.c) takes what the bus hands it from its inbox:
+ * filled under the bus's lock in id order (so each inbox is FIFO by id),
+ * with an ev_async to wake the worker. Local delivery, masked views and
+ * the streams are the hub's. This is the local bus; a cluster bus (Redis)
+ * would plug in at bus_listener: a channel's first and last subscriber in
+ * the process are where it subscribes and unsubscribes upstream. */
+#ifndef SLUICE_BUS_H
+#define SLUICE_BUS_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel.h"
+
+struct bus;
+struct frame;
+
+/* An event as published: immutable, counted atomically, since it is held
+ * by the history and by the inboxes of several workers at once. */
+struct bus_event {
+    uint32_t refs;                /* atomic */
+    /* The raw view (FRAME_SHARED), id line included: set under the bus's
+     * lock before the event is handed to any worker. */
+    struct frame *raw;
+    struct event_src src;
+    const char *chan;             /* its channel's name (NUL-terminated) */
+    size_t chan_len;
+    char bytes[];
+};
+
+void bus_event_unref(struct bus_event *ev);
+
+/* What a worker takes from its inbox at once. */
+struct bus_batch {
+    struct bus_event **evs;
+    size_t len, cap;
+};
+
+/* Told (under the bus's lock) when a channel gets its first subscriber in
+ * the process and loses its last: the seam for a cluster bus. */
+struct bus_listener {
+    void (*first)(void *ctx, const char *name, size_t len);
+    void (*last)(void *ctx, const char *name, size_t len);
+    void *ctx;
+};
+
+/* loop runs the sweeper that drops expired history of quiet channels
+ * (the process's main loop). */
+struct bus *bus_new(struct ev_loop *loop, unsigned nworkers, size_t history_len,
+                    double history_ttl, size_t history_bytes);
+/* In the thread of loop, once no worker uses the bus any more. */
+void bus_free(struct bus *b);
+
+unsigned bus_workers(const struct bus *b);
+void bus_set_clock(struct bus *b, double (*clock)(void));
+void bus_set_listener(struct bus *b, const struct bus_listener *l);
+int bus_configure(struct bus *b, const char *prefix, size_t history_len,
+                  double history_ttl);
+
+/* The worker's thread: events for worker wid will be pushed and wake
+ * started on loop (ev_async_send under the bus's lock, so detaching is
+ * safe). Detach drops what is still queued. */
+void bus_attach(struct bus *b, unsigned wid, struct ev_loop *loop, ev_async *wake);
+void bus_detach(struct bus *b, unsigned wid);
+
+/* Assigns the next id, keeps the event in its channel's history and
+ * queues it in the inbox of every worker with subscribers of the channel
+ * (including wid's own: the caller then drains it and adds what its own
+ * streams took). reached: the subscribers of the other workers, when
+ * published. -1 out of memory. */
+int bus_publish(struct bus *b, unsigned wid, const char *name, size_t name_len,
+                const char *event, size_t event_len,
+                const char *data, size_t data_len,
+                struct publish_result *out);
+
+/* Swaps worker wid's inbox with batch (which must be empty): the caller
+ * delivers batch->evs in order, then unrefs them and sets len to 0. */
+void bus_take(struct bus *b, unsigned wid, struct bus_batch *batch);
+
+/* Reset reasons a subscription can get instead of its replay. */
+enum bus_reset { BUS_RESET_NONE, BUS_RESET_UNKNOWN_ID, BUS_RESET_EXPIRED };
+
+struct bus_replay_item {
+    struct bus_event *ev;         /* a reference the caller drops */
+    int req;                      /* which of the requests it is for */
+};
+
+struct bus_replay {
+    struct bus_replay_item *items;
+    size_t len, cap;
+};
+
+/* Subscribes n (channel) requests of worker wid at once, atomically with
+ * live delivery: under the lock it takes the worker's inbox into pending
+ * (to be delivered before the new stream is added), counts the
+ * subscriptions, and with has_last collects the events after last_id of
+ * every channel merged in id order into replay, or sets resets[i]. Events
+ * after these reach the worker's inbox afterwards. -1: out of memory (no
+ * subscription counted; pending is still the caller's to deliver). */
+int bus_subscribe(struct bus *b, unsigned wid, const struct subscription_req *reqs,
+                  int n, bool has_last, uint64_t last_id,
+                  struct bus_batch *pending, struct bus_replay *replay,
+                  enum bus_reset *resets);
+
+/* Counts one subscription of worker wid less on each channel. */
+void bus_unsubscribe(struct bus *b, unsigned wid, const char *const *names,
+                     const size_t *lens, int n);
+
+uint64_t bus_last_id(struct bus *b);
+uint64_t bus_published(struct bus *b);
+uint32_t bus_subscribers(struct bus *b, const char *name, size_t name_len);
+void bus_counts(struct bus *b, size_t *channels, size_t *subs, size_t *events,
+                size_t *history_bytes);
+
+#endif
