@@ -96,6 +96,38 @@ local function read_ids(s, count, timeout)
   return ids
 end
 
+-- The same, faster for thousands of events: the ids straight from the
+-- socket's bytes (the test's own events: no "id: " inside their data).
+-- For a stream nothing has been read from since its head.
+local function scan_ids(s, count, timeout)
+  local ids, carry = {}, ""
+  local c = s.sock
+  local deadline = gettime() + timeout
+  while #ids < count do
+    local left = deadline - gettime()
+    if left <= 0 then break end
+    c:settimeout(0)
+    local data, err, partial = c:receive(262144)
+    data = data or partial or ""
+    if #data == 0 and err == "timeout" then
+      c:settimeout(left)
+      data, err, partial = c:receive(1)
+      data = data or partial or ""
+      if #data > 0 then
+        c:settimeout(0)
+        local more, _, p2 = c:receive(262144)
+        data = data .. (more or p2 or "")
+      end
+    end
+    local text = carry .. data
+    local cut = text:match(".*()\n") or 0
+    for id in text:sub(1, cut):gmatch("id: (%d+)\n") do ids[#ids + 1] = tonumber(id) end
+    carry = text:sub(cut + 1)
+    if err == "closed" then break end
+  end
+  return ids
+end
+
 local function open_stream(port, ch, headers)
   local s = multi.open(port, "/s?ch=" .. ch, headers, { timeout = 10 })
   assert.equal(200, s.status)
@@ -104,7 +136,7 @@ local function open_stream(port, ch, headers)
 end
 
 describe("workers", function()
-  for _, case in ipairs { { 2 }, { 4 }, { 4, "--reuseport" } } do
+  for _, case in ipairs { { 2 }, { 4 }, { 2, "--reuseport" } } do
     local n, mode = case[1], case[2]
     it(("%d workers%s: 10,000 events over 8 publishers reach 500 subscribers of 2 channels once, in order")
        :format(n, mode and " (" .. mode .. ")" or ""), function()
@@ -165,7 +197,7 @@ describe("workers", function()
 
         for i = 1, 500 do
           local w = expect[chans[i]]
-          local got = read_ids(streams[i], #w, 20)
+          local got = scan_ids(streams[i], #w, 20)
           streams[i]:close()
           if #got ~= #w then
             error(("stream %d (%s, worker %s) got %d of %d events")
@@ -304,7 +336,7 @@ describe("workers", function()
       assert.equal(20, reloads)
       pub.sock:close()
       for i = 1, 500 do
-        local got = read_ids(streams[i], #ids, 10)
+        local got = scan_ids(streams[i], #ids, 10)
         assert.is_false(streams[i].ended and #got < #ids, "stream " .. i .. " was dropped")
         if #got ~= #ids then error(("stream %d got %d of %d events"):format(i, #got, #ids)) end
         for k = 1, #ids do
