@@ -29,6 +29,7 @@ struct config {
     double reload_debounce;      /* --reload-debounce (s) */
     bool watch;                  /* --no-watch turns it off */
     const char *pid_file;        /* --pid-file */
+    const char *access_log;      /* --access-log FILE, "-" = stdout; NULL = off */
 };
 
 void config_defaults(struct config *c);

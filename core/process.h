@@ -23,6 +23,7 @@ struct process {
     int listen_fd;
     bool pid_written;
     ev_signal sig_int, sig_term, sig_hup;
+    ev_signal sig_usr1;        /* reopens the access log */
     struct mailbox inbox;          /* from the workers */
     struct reloader *reloader;     /* NULL with --no-watch or no inotify */
     struct worker *workers;

@@ -149,6 +149,7 @@ static bool send(struct sse_stream *s, struct frame *f, bool replay)
         if (s->slow_policy == SLOW_CLOSE) {
             /* Ids and history let it reconnect and resume without loss. */
             s->env->slow_closed++;
+            stream_note_end(s, STREAM_END_SLOW_CONSUMER);
             log_debug("slow consumer closed (%zu bytes queued)", s->out.bytes);
             stream_owner_abort(s);
             return false;
@@ -202,6 +203,7 @@ void stream_end(struct sse_stream *s)
 
 void stream_goodbye(struct sse_stream *s, long retry_ms)
 {
+    stream_note_end(s, STREAM_END_SHUTDOWN);
     struct sse_event ev = { .retry_ms = retry_ms, .comment = "server shutting down",
                             .comment_len = 20 };
     struct frame *f = frame_sse(&ev);
