@@ -474,8 +474,9 @@ static void dispatch(struct conn *c)
     uint32_t xlen = 0, tlen = 0;
     const char *xrid = http_header(&c->parser->req, "x-request-id", &xlen);
     const char *tp = http_header(&c->parser->req, "traceparent", &tlen);
-    char peer[64];
-    conn_peer_text(c, peer, sizeof peer);
+    char peer[64] = "";
+    if (access_log_enabled())   /* else only the ids are needed */
+        conn_peer_text(c, peer, sizeof peer);
     access_rec_free(c->rec);
     c->rec = access_rec_new(http_method(c->parser), c->parser->req.head,
                             c->parser->req.url_len, peer, xrid, xlen, tp, tlen);
