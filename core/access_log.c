@@ -410,18 +410,14 @@ void access_rec_free(struct access_rec *r)
     free(r);
 }
 
-bool access_rec_set_app(struct access_rec *r, const char *members, size_t len)
+void access_rec_set_app(struct access_rec *r, char *members, size_t len)
 {
-    if (len > APP_MEMBERS_MAX)
-        len = 0;   /* the runtime bounds it; never a cut member */
-    char *copy = malloc(len + 1);
-    if (!copy)
-        return false;
-    memcpy(copy, members, len);
-    copy[len] = '\0';
+    if (len > APP_MEMBERS_MAX) {   /* the runtime bounds it; never a cut member */
+        free(members);
+        members = NULL;
+    }
     free(r->app);
-    r->app = copy;
-    return true;
+    r->app = members;
 }
 
 /* {"time":..., "type":..., "id":..., "trace_id":..., "span_id":...,

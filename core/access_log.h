@@ -57,8 +57,9 @@ struct access_rec *access_rec_new(const char *method, const char *url, size_t ur
                                   const char *traceparent, size_t tp_len);
 void access_rec_free(struct access_rec *r);
 
-/* Replaces the runtime's members (takes a copy). False when out of memory. */
-bool access_rec_set_app(struct access_rec *r, const char *members, size_t len);
+/* Replaces the runtime's members with the NUL-terminated members (a
+ * malloc'd string r now owns, freed at once if over the bound). */
+void access_rec_set_app(struct access_rec *r, char *members, size_t len);
 
 /* The line of an answered request (no-op with the access log off). */
 void access_log_answer(struct ev_loop *loop, const struct access_rec *r, int status,

@@ -101,8 +101,12 @@ int l_access_note(lua_State *L)
     bool resumed = lua_type(L, 5) == LUA_TSTRING;
     if (resumed)
         put_opt_string(L, &b, "last_event_id", 5, MAX_LAST_EVENT_ID);
-    if (!b.failed && access_rec_set_app(c->rec, b.data ? b.data : "", b.len))
-        c->rec->resumed = resumed;
-    buf_free(&b);
+    buf_put(&b, "", 1);   /* the NUL: the record takes the buffer as a string */
+    if (b.failed) {
+        buf_free(&b);
+        return 0;
+    }
+    access_rec_set_app(c->rec, b.data, b.len - 1);
+    c->rec->resumed = resumed;
     return 0;
 }
