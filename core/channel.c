@@ -361,6 +361,7 @@ static void json_string(struct buf *b, const char *s, size_t n)
 static void send_reset(struct sse_stream *s, const char *chan, size_t chan_len,
                        const char *reason, const char *last_raw)
 {
+    s->resume_reset = true;   /* for the access log */
     struct buf data = { 0 };
     buf_puts(&data, "{\"channel\":");
     json_string(&data, chan, chan_len);

@@ -31,6 +31,7 @@ struct config {
     const char *pid_file;        /* --pid-file */
     unsigned workers;            /* --workers: threads serving (0: the CPUs we may use) */
     bool reuseport;              /* --reuseport: a listening socket per worker */
+    const char *access_log;      /* --access-log FILE, "-" = stdout; NULL = off */
 };
 
 void config_defaults(struct config *c);

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "buf.h"
 #include "channel.h"
 #include "log.h"
@@ -105,9 +106,22 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
     deadline_arm(&w->header_timeouts, &c->timeout);
 }
 
+/* A stream's access-log line, while its subscriptions can still be named. */
+static void log_stream_end(struct conn *c)
+{
+    if (!c->stream || !c->rec)
+        return;
+    if (!c->st.end_reason)
+        stream_note_end(&c->st, c->w->stopping ? STREAM_END_SHUTDOWN : STREAM_END_SERVER_ERROR);
+    access_log_stream(c->w->loop, c->rec, &c->st);
+}
+
 void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
+    log_stream_end(c);
+    access_rec_free(c->rec);
+    c->rec = NULL;
     set_state(c, CONN_DEAD);   /* on_close handlers may still hold its handle */
     if (c->stream)
         gauge_set(&w->stats.streams, gauge_get(&w->stats.streams) - 1);
@@ -146,6 +160,8 @@ static enum outbuf_status write_some(struct conn *c)
     size_t before = c->st.out.bytes;
     enum outbuf_status st = outbuf_write(&c->st.out, c->fd);
     stream_wrote(&c->st, before);
+    if (st == OUTBUF_ERROR)
+        stream_note_end(&c->st, STREAM_END_CLIENT_GONE);
     if (st == OUTBUF_AGAIN && (c->st.out.bytes < before || !c->stall_armed)) {
         deadline_arm(&c->w->send_timeouts, &c->stall);
         c->stall_armed = true;
@@ -159,6 +175,7 @@ static enum outbuf_status write_some(struct conn *c)
 void conn_stalled(struct conn *c)
 {
     log_debug("client read nothing for %g s; closing", c->w->cfg->send_timeout);
+    stream_note_end(&c->st, STREAM_END_SEND_TIMEOUT);
     conn_abort(c);
 }
 
@@ -251,19 +268,106 @@ static void finish_request(struct conn *c)
     }
 }
 
+#define ID_HEADERS_MAX (14 + REQID_MAX + 15 + REQID_TRACEPARENT_LEN + 2)
+
+/* The record of the request being answered: made at dispatch, or here
+ * for an answer given before (400, 408...), with ids of its own. */
+static struct access_rec *current_rec(struct conn *c)
+{
+    if (!c->rec) {
+        char peer[64];
+        conn_peer_text(c, peer, sizeof peer);
+        bool known = c->parser && c->parser->head_done;
+        c->rec = access_rec_new(known ? http_method(c->parser) : NULL,
+                                known ? c->parser->req.head : NULL,
+                                known ? c->parser->req.url_len : 0, peer, NULL, 0, NULL, 0);
+    }
+    return c->rec;
+}
+
+/* "X-Request-ID" and "traceparent" lines for a response head (at most
+ * ID_HEADERS_MAX bytes); their length. *tracestate: the request's, to
+ * pass on when it continues a trace. */
+static size_t id_headers(struct conn *c, const struct access_rec *r, char *out,
+                         const char **tracestate, uint32_t *ts_len)
+{
+    size_t n = 0;
+    memcpy(out, "X-Request-ID: ", 14);
+    n += 14;
+    memcpy(out + n, r->ids.id, r->ids.id_len);
+    n += r->ids.id_len;
+    memcpy(out + n, "\r\ntraceparent: ", 15);
+    n += 15;
+    reqid_traceparent(&r->ids, out + n);
+    n += REQID_TRACEPARENT_LEN;
+    memcpy(out + n, "\r\n", 2);
+    n += 2;
+    /* tracestate goes with the trace it belongs to, untouched. */
+    *tracestate = NULL;
+    *ts_len = 0;
+    if (r->ids.has_parent && c->parser)
+        *tracestate = http_header(&c->parser->req, "tracestate", ts_len);
+    return n;
+}
+
+/* A response head with the id headers added after its status line. */
+static struct frame *head_frame(struct conn *c, const char *head, size_t head_len,
+                                const char *body, size_t body_len)
+{
+    struct access_rec *r = current_rec(c);
+    char ids[ID_HEADERS_MAX];
+    const char *ts = NULL;
+    uint32_t ts_len = 0;
+    size_t ids_len = 0;
+    const char *eol = memchr(head, '\n', head_len);
+    if (r && eol)
+        ids_len = id_headers(c, r, ids, &ts, &ts_len);
+    size_t extra = ids_len + (ts ? 12 + ts_len + 2 : 0);
+    struct frame *f = frame_new(head_len + extra + body_len);
+    if (!f)
+        return NULL;
+    char *p = f->data;
+    size_t status_line = extra ? (size_t)(eol - head) + 1 : head_len;
+    memcpy(p, head, status_line);
+    p += status_line;
+    if (extra) {
+        memcpy(p, ids, ids_len);
+        p += ids_len;
+        if (ts) {
+            memcpy(p, "tracestate: ", 12);
+            memcpy(p + 12, ts, ts_len);
+            memcpy(p + 12 + ts_len, "\r\n", 2);
+            p += 12 + ts_len + 2;
+        }
+        memcpy(p, head + status_line, head_len - status_line);
+        p += head_len - status_line;
+    }
+    if (body_len)
+        memcpy(p, body, body_len);
+    return f;
+}
+
+/* The status of a response head "HTTP/1.1 NNN ...". */
+static int head_status(const char *head, size_t len)
+{
+    if (len < 12)
+        return 0;
+    return (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
+}
+
 void conn_respond(struct conn *c, const char *head, size_t head_len,
                   const char *body, size_t body_len)
 {
     if (c->state != CONN_DISPATCHING && c->state != CONN_READING)
         return;
-    struct frame *f = frame_new(head_len + body_len);
+    struct frame *f = head_frame(c, head, head_len, body, body_len);
     if (!f) {
         conn_abort(c);
         return;
     }
-    memcpy(f->data, head, head_len);
-    if (body_len)
-        memcpy(f->data + head_len, body, body_len);
+    access_log_answer(c->w->loop, c->rec, head_status(head, head_len), f->len);
+    access_rec_free(c->rec);
+    c->rec = NULL;
     enqueue(c, f, 0, f->len);
     frame_unref(f);
     finish_request(c);
@@ -297,7 +401,19 @@ bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
 {
     if (c->state != CONN_DISPATCHING)
         return false;
-    enqueue_bytes(c, head, head_len);
+    struct frame *f = head_frame(c, head, head_len, NULL, 0);
+    if (!f) {
+        conn_abort(c);
+        return false;
+    }
+    if (c->rec && !c->rec->request) {   /* no access log: the ids were all it needed */
+        access_rec_free(c->rec);
+        c->rec = NULL;
+    }
+    if (c->rec)
+        c->rec->written_at_open = c->st.out.written;
+    enqueue(c, f, 0, f->len);
+    frame_unref(f);
     if (c->state == CONN_DEAD)
         return false;
     set_state(c, CONN_STREAMING);
@@ -364,6 +480,15 @@ static void dispatch(struct conn *c)
         conn_respond_error(c, 400, NULL);   /* RFC 9112 3.2: Host is required */
         return;
     }
+    uint32_t xlen = 0, tlen = 0;
+    const char *xrid = http_header(&c->parser->req, "x-request-id", &xlen);
+    const char *tp = http_header(&c->parser->req, "traceparent", &tlen);
+    char peer[64] = "";
+    if (access_log_enabled())   /* else only the ids are needed */
+        conn_peer_text(c, peer, sizeof peer);
+    access_rec_free(c->rec);
+    c->rec = access_rec_new(http_method(c->parser), c->parser->req.head,
+                            c->parser->req.url_len, peer, xrid, xlen, tp, tlen);
     lua_api_dispatch(w->vm, c);
     if (c->state == CONN_DISPATCHING) {
         log_error("handler produced no answer for %s; answering 500",
@@ -464,11 +589,13 @@ static void on_readable(struct conn *c)
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
+        stream_note_end(&c->st, STREAM_END_CLIENT_GONE);
         conn_free(c);
         return;
     }
     if (n == 0) {
         if (c->stream) {   /* a subscriber that hung up */
+            stream_note_end(&c->st, STREAM_END_CLIENT_GONE);
             reset_on_close(c);
             conn_free(c);
             return;

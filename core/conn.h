@@ -13,6 +13,7 @@
 #include "outbuf.h"
 #include "stream.h"
 
+struct access_rec;
 struct worker;
 
 enum conn_state {
@@ -56,6 +57,9 @@ struct conn {
     bool input_closed;            /* read EOF: answer what was read, then close */
     bool keep_alive;
     bool sent_continue;
+    /* The request being answered, or the stream: ids, and what the access
+     * log says of it (core/access_log.h). */
+    struct access_rec *rec;
 };
 
 struct sockaddr;

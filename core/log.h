@@ -1,4 +1,5 @@
-/* Log lines on stderr: one line per event, a level, a UTC time stamp.
+/* Log lines on stderr: one line per event, a level, a UTC time stamp;
+ * as text or as JSON (--log-format).
  * Thread-safe: each line is one write(2). */
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
@@ -7,7 +8,13 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 extern enum log_level log_threshold;
 
+/* --log-format: text (default) or one JSON object per line,
+ * {"time":...,"level":...,"msg":...}. Set before any thread starts. */
+enum log_format { LOG_FORMAT_TEXT, LOG_FORMAT_JSON };
+extern enum log_format log_format;
+
 int log_parse_level(const char *name, enum log_level *out);
+int log_parse_format(const char *name, enum log_format *out);
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))

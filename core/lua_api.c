@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "access_log.h"
 #include "channel.h"
 #include "conn.h"
 #include "http.h"
@@ -113,7 +114,8 @@ static int open_core(lua_State *L)
         { "subscribers", l_subscribers }, { "history", l_history },
         { "timer", l_timer }, { "timer_stop", l_timer_stop },
         { "now", l_now }, { "log", l_log }, { "stats", l_stats },
-        { "set_hooks", l_set_hooks }, { "drain", l_drain }, { NULL, NULL },
+        { "set_hooks", l_set_hooks }, { "drain", l_drain },
+        { "access_note", l_access_note }, { NULL, NULL },
     };
     struct luavm *vm = lua_touserdata(L, lua_upvalueindex(1));
     lua_createtable(L, 0, 24);
@@ -144,6 +146,8 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "memory_limit");
     lua_pushstring(L, SLUICE_VERSION);
     lua_setfield(L, -2, "version");
+    lua_pushboolean(L, access_log_enabled());
+    lua_setfield(L, -2, "access_log");
     return 1;
 }
 
@@ -226,13 +230,36 @@ static void push_request(lua_State *L, struct conn *c)
     lua_pushstring(L, peer);
 }
 
+/* The request id, sluice's traceparent, and the caller's span id (nil
+ * when no valid traceparent came). */
+static void push_ids(lua_State *L, const struct access_rec *r)
+{
+    if (!r) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushnil(L);
+        return;
+    }
+    char tp[REQID_TRACEPARENT_LEN], parent[16];
+    lua_pushlstring(L, r->ids.id, r->ids.id_len);
+    reqid_traceparent(&r->ids, tp);
+    lua_pushlstring(L, tp, sizeof tp);
+    if (r->ids.has_parent) {
+        reqid_hex(r->ids.parent, 8, parent);
+        lua_pushlstring(L, parent, sizeof parent);
+    } else {
+        lua_pushnil(L);
+    }
+}
+
 void lua_api_dispatch(struct luavm *vm, struct conn *c)
 {
     lua_State *L = vm->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_dispatch);
     lua_pushnumber(L, worker_handle(vm->w, c));
     push_request(L, c);
-    luavm_call(vm, 7, 0, "dispatch");
+    push_ids(L, c->rec);
+    luavm_call(vm, 10, 0, "dispatch");
 }
 
 void lua_api_stream_closed(struct luavm *vm, struct conn *c)

@@ -9,6 +9,7 @@
 
 #include <lauxlib.h>
 
+#include "access_log.h"
 #include "buf.h"
 #include "conn.h"
 #include "frame.h"
@@ -37,8 +38,10 @@ static bool is_token(const char *s, size_t n)
 /* Framing headers belong to the server: a script cannot break them. */
 static bool is_reserved(const char *name, size_t n, bool stream)
 {
+    /* The ids are the server's too: one of each on every answer. */
     static const char *const always[] = { "content-length", "transfer-encoding",
-                                          "connection", NULL };
+                                          "connection", "x-request-id", "traceparent",
+                                          "tracestate", NULL };
     for (int i = 0; always[i]; i++)
         if (strlen(always[i]) == n && strncasecmp(always[i], name, n) == 0)
             return true;
@@ -258,12 +261,19 @@ int l_send(lua_State *L)
     return 1;
 }
 
-/* core.close(h): ends a stream after what is queued. */
+/* core.close(h, reason): ends a stream after what is queued; reason (for
+ * the access log) is "closed_by_app" unless the runtime names another. */
 int l_close(lua_State *L)
 {
     struct conn *c = conn_arg(L, 1);
-    if (c && c->state == CONN_STREAMING)
+    const char *reason = luaL_optstring(L, 2, "closed_by_app");
+    int why = access_log_end_parse(reason);
+    if (why < 0)
+        return luaL_error(L, "unknown close reason %s", reason);
+    if (c && c->state == CONN_STREAMING) {
+        stream_note_end(&c->st, (enum stream_end)why);
         stream_end(&c->st);
+    }
     return 0;
 }
 

@@ -59,6 +59,9 @@ int l_timer(lua_State *L);
 int l_timer_stop(lua_State *L);
 int l_now(lua_State *L);
 
+/* lua_api_access.c */
+int l_access_note(lua_State *L);
+
 /* lua_api_stats.c */
 int l_stats(lua_State *L);
 

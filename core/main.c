@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "config.h"
 #include "log.h"
 #include "lua_api.h"
@@ -59,6 +60,9 @@ static void usage(FILE *out, const struct config *d)
 "                            instead of one shared by all\n"
 "  --pid-file FILE           write the process id here\n"
 "  --log-level LEVEL         debug, info, warn or error (default info)\n"
+"  --log-format FORMAT       the server's own log lines: text or json (default text)\n"
+"  --access-log FILE         one JSON line per request and per ended stream, to\n"
+"                            FILE (reopened on SIGUSR1) or - for stdout (default off)\n"
 "  --version, --help\n",
             d->listen, d->apps_dir, d->backlog, d->max_head, d->max_headers,
             d->max_body, d->max_queued, d->header_timeout, d->keepalive_timeout,
@@ -232,7 +236,8 @@ int main(int argc, char **argv)
     enum { O_LISTEN = 256, O_APPS, O_LUA, O_MAXCONNS, O_BACKLOG, O_MAXHEAD,
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
-           O_GRACE, O_PID, O_LOG, O_CHECK, O_VERSION, O_HELP, O_WORKERS, O_REUSEPORT };
+           O_GRACE, O_PID, O_LOG, O_LOGFMT, O_ACCESS, O_CHECK, O_VERSION, O_HELP, O_WORKERS,
+           O_REUSEPORT };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -247,6 +252,7 @@ int main(int argc, char **argv)
         { "lua-memory", 1, 0, O_MEM }, { "no-watch", 0, 0, O_NOWATCH },
         { "reload-debounce", 1, 0, O_DEBOUNCE }, { "shutdown-grace", 1, 0, O_GRACE },
         { "pid-file", 1, 0, O_PID }, { "log-level", 1, 0, O_LOG },
+        { "log-format", 1, 0, O_LOGFMT }, { "access-log", 1, 0, O_ACCESS },
         { "check", 1, 0, O_CHECK }, { "version", 0, 0, O_VERSION },
         { "help", 0, 0, O_HELP }, { "workers", 1, 0, O_WORKERS },
         { "reuseport", 0, 0, O_REUSEPORT }, { 0, 0, 0, 0 },
@@ -297,6 +303,13 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_LOGFMT:
+            if (log_parse_format(optarg, &log_format) < 0) {
+                fprintf(stderr, "sluice: --log-format is text or json\n");
+                return 2;
+            }
+            break;
+        case O_ACCESS: cfg.access_log = optarg; break;
         case O_CHECK: check_dir = optarg; break;
         case O_VERSION: puts("sluice 0.1.0"); return 0;
         case O_HELP: usage(stdout, &defaults); return 0;
@@ -336,6 +349,11 @@ int main(int argc, char **argv)
     if (cfg.max_conns == 0)
         cfg.max_conns = fds > 128 ? fds - 64 : 64;
 
+    if (cfg.access_log && access_log_open(cfg.access_log) < 0) {
+        free(lua_dir);
+        return 1;
+    }
+
     /* From here SIGTERM works even if no loop ever turns again: loading
      * the apps or a handler may be stuck (see core/signals.h). */
     if (signals_start(cfg.shutdown_grace, cfg.pid_file) < 0) {
@@ -351,6 +369,7 @@ int main(int argc, char **argv)
     /* Before the loop goes: the signal thread feeds it. */
     signals_stop();
     process_free(&proc);
+    access_log_close();
     free(lua_dir);
     log_info("sluice stopped");
     return rc;

@@ -90,6 +90,7 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
             return OUTBUF_ERROR;
         }
         size_t left = (size_t)wrote;
+        ob->written += left;
         while (left && ob->count) {
             struct slice *s = at(ob, 0);
             if (s->frame->id)   /* the client has it, or will before anything else */
@@ -102,6 +103,7 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
                 left = 0;
             } else {
                 left -= s->len;
+                ob->events_written += (s->frame->flags & FRAME_EVENT) != 0;
                 pop_front(ob);
             }
         }

@@ -26,6 +26,8 @@ struct outbuf {
     bool head_started;   /* the first slice is partly written */
     size_t bytes;        /* bytes still to write */
     uint64_t last_event_id;   /* of the last event written or started, 0: none */
+    uint64_t written;         /* bytes handed to the kernel, ever */
+    uint64_t events_written;  /* events (FRAME_EVENT) written whole, ever */
 };
 
 /* Asks the CPU to fetch the slot the next push will fill. */

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "bus.h"
 #include "log.h"
 #include "reload.h"
@@ -113,6 +114,10 @@ static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
     (void)loop;
     (void)revents;
     struct process *p = s->data;
+    if (s->signum == SIGUSR1) {   /* logrotate renamed the access log */
+        access_log_reopen();
+        return;
+    }
     if (s->signum == SIGHUP) {
         log_info("SIGHUP: reloading apps");
         if (p->reloader)
@@ -239,10 +244,12 @@ int process_init(struct process *p, const struct config *cfg, unsigned nworkers)
     ev_signal_init(&p->sig_int, on_signal, SIGINT);
     ev_signal_init(&p->sig_term, on_signal, SIGTERM);
     ev_signal_init(&p->sig_hup, on_signal, SIGHUP);
-    p->sig_int.data = p->sig_term.data = p->sig_hup.data = p;
+    ev_signal_init(&p->sig_usr1, on_signal, SIGUSR1);
+    p->sig_int.data = p->sig_term.data = p->sig_hup.data = p->sig_usr1.data = p;
     ev_signal_start(p->loop, &p->sig_int);
     ev_signal_start(p->loop, &p->sig_term);
     ev_signal_start(p->loop, &p->sig_hup);
+    ev_signal_start(p->loop, &p->sig_usr1);
     /* Before any worker thread exists: they inherit the blocked signals. */
     signals_loop_ready();
 
@@ -282,6 +289,7 @@ void process_free(struct process *p)
         ev_signal_stop(p->loop, &p->sig_int);
         ev_signal_stop(p->loop, &p->sig_term);
         ev_signal_stop(p->loop, &p->sig_hup);
+        ev_signal_stop(p->loop, &p->sig_usr1);
     }
     mailbox_free(&p->inbox);
     free(p->workers);

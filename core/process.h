@@ -28,6 +28,7 @@ struct process {
     struct bus *bus;               /* the order and history of all events */
     uint32_t open_conns;           /* of every worker (atomic), for --max-conns */
     ev_signal sig_int, sig_term, sig_hup;
+    ev_signal sig_usr1;        /* reopens the access log */
     struct mailbox inbox;          /* from the workers */
     struct reloader *reloader;     /* NULL with --no-watch or no inotify */
     struct worker *workers;

@@ -27,6 +27,7 @@ static void watched(sigset_t *set)
     sigaddset(set, SIGTERM);
     sigaddset(set, SIGINT);
     sigaddset(set, SIGHUP);
+    sigaddset(set, SIGUSR1);   /* reopen the access log */
 }
 
 int signals_block(void)
@@ -149,7 +150,7 @@ void signals_loop_ready(void)
     unsigned pending = atomic_exchange(&early, 0);
     /* A signal fed twice (here and by the thread) is harmless: stopping is
      * idempotent, and a second reload finds nothing changed. */
-    static const int order[] = { SIGHUP, SIGINT, SIGTERM };
+    static const int order[] = { SIGHUP, SIGUSR1, SIGINT, SIGTERM };
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (pending & (1u << order[i]))
             ev_feed_signal(order[i]);

@@ -5,7 +5,7 @@
 #ifndef SLUICE_SIGNALS_H
 #define SLUICE_SIGNALS_H
 
-/* Blocks SIGTERM, SIGINT and SIGHUP in the calling thread; threads created
+/* Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the calling thread; threads created
  * afterwards inherit it. Call first in main, before any loop or thread. */
 int signals_block(void);
 

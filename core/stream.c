@@ -157,6 +157,7 @@ static bool send(struct sse_stream *s, struct frame *f, bool replay)
         if (s->slow_policy == SLOW_CLOSE) {
             /* Ids and history let it reconnect and resume without loss. */
             counter_add(&s->env->slow_closed, 1);
+            stream_note_end(s, STREAM_END_SLOW_CONSUMER);
             log_debug("slow consumer closed (%zu bytes queued)", s->out.bytes);
             stream_owner_abort(s);
             return false;
@@ -210,6 +211,7 @@ void stream_end(struct sse_stream *s)
 
 void stream_goodbye(struct sse_stream *s, long retry_ms)
 {
+    stream_note_end(s, STREAM_END_SHUTDOWN);
     struct sse_event ev = { .retry_ms = retry_ms, .comment = "server shutting down",
                             .comment_len = 20 };
     struct frame *f = frame_sse(&ev);

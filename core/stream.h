@@ -21,6 +21,22 @@ struct sub;   /* a channel subscription: channel.c's */
 
 enum slow_policy { SLOW_CLOSE, SLOW_DROP_OLDEST };
 
+/* Why a stream ended, for the access log (names in access_log.c). The
+ * first cause noted wins: a stream the app closed that then stalls on a
+ * gone client still ended because the app closed it. */
+enum stream_end {
+    STREAM_END_UNKNOWN,
+    STREAM_END_CLIENT_GONE,       /* the client closed or reset the connection */
+    STREAM_END_SLOW_CONSUMER,     /* over --max-queued-bytes (policy "close") */
+    STREAM_END_SEND_TIMEOUT,      /* read nothing for --send-timeout */
+    STREAM_END_TOKEN_EXPIRED,     /* its JWT's exp passed */
+    STREAM_END_SHUTDOWN,          /* SIGTERM, SIGINT, os.exit */
+    STREAM_END_SCRIPT_ERROR,      /* a script error while opening it */
+    STREAM_END_CLOSED_BY_APP,     /* s:close() */
+    STREAM_END_ADMIN_DISCONNECT,  /* ended by an admin action */
+    STREAM_END_SERVER_ERROR,      /* out of memory and the like */
+};
+
 /* What every stream of one worker shares. */
 struct stream_env {
     struct ev_loop *loop;
@@ -51,6 +67,8 @@ struct sse_stream {
     double heartbeat_s;           /* 0: none */
     char *reset_event;            /* name of the missed-events event, NULL: default */
     struct frame *gap_marker;     /* queued gap notice, while unsent */
+    uint8_t end_reason;           /* enum stream_end, once known */
+    bool resume_reset;            /* its resume got a reset event (channel.c) */
 };
 
 void stream_init(struct sse_stream *s, struct stream_env *env);
@@ -84,6 +102,13 @@ void stream_goodbye(struct sse_stream *s, long retry_ms);
 /* The owner wrote what was queued down to s->out.bytes from before:
  * written replays are paid off. */
 void stream_wrote(struct sse_stream *s, size_t before);
+
+/* Notes why s ends, unless a cause was noted before. */
+static inline void stream_note_end(struct sse_stream *s, enum stream_end why)
+{
+    if (!s->end_reason)
+        s->end_reason = (uint8_t)why;
+}
 
 static inline bool stream_is_open(const struct sse_stream *s)
 {

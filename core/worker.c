@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "channel.h"
 #include "clock.h"
 #include "conn.h"
@@ -322,6 +323,7 @@ static void teardown(struct worker *w)
     for (uint32_t i = 0; i < w->nslots; i++)
         if (w->slots[i])
             conn_free(w->slots[i]);
+    access_log_thread_end();   /* the lines of those streams too */
     if (w->vm)
         lua_api_stop_timers(w->vm);
     luavm_free(w->vm);

@@ -62,13 +62,56 @@ local headers_mt = {
   end,
 }
 
+-- sluice's traceparent is "00-<trace id>-<span id>-<flags>".
 local lazy = {
   query = function(r) return request.parse_query(r.query_string) end,
   cookies = function(r) return request.parse_cookies(r.headers.cookie) end,
+  trace_id = function(r) local tp = rawget(r, "traceparent"); return tp and sub(tp, 4, 35) end,
+  span_id = function(r) local tp = rawget(r, "traceparent"); return tp and sub(tp, 37, 52) end,
 }
+
+-- req:log(key, value): a field for this request's access-log line (the
+-- user, the tenant). Bounded: at most MAX_LOG_FIELDS keys of 1-32 letters,
+-- digits, "_", "." or "-"; values strings (cut at 256 bytes), numbers or
+-- booleans; nil removes a key. Returns false when the key is one too many.
+local MAX_LOG_FIELDS = 8
+request.MAX_LOG_FIELDS = MAX_LOG_FIELDS
+
+local methods = {}
+
+function methods.log(r, key, value)
+  if type(key) ~= "string" or #key == 0 or #key > 32 or find(key, "[^%w_%.%-]") then
+    error("req:log(key, value): key must be 1-32 letters, digits, '_', '.' or '-'", 2)
+  end
+  local tv = type(value)
+  if tv == "string" then
+    if #value > 256 then value = sub(value, 1, 256) end
+  elseif value ~= nil and tv ~= "number" and tv ~= "boolean" then
+    error("req:log(key, value): value must be a string, number or boolean", 2)
+  end
+  local fields = rawget(r, "_log")
+  if not fields then
+    fields = {}
+    rawset(r, "_log", fields)
+  end
+  local count = rawget(r, "_log_n") or 0
+  local known = fields[key] ~= nil
+  if not known and value ~= nil then
+    if count >= MAX_LOG_FIELDS then return false end
+    rawset(r, "_log_n", count + 1)
+  elseif known and value == nil then
+    rawset(r, "_log_n", count - 1)
+  end
+  fields[key] = value
+  local on_change = rawget(r, "_on_log")
+  if on_change then on_change(r) end
+  return true
+end
 
 local request_mt = {
   __index = function(r, k)
+    local m = methods[k]
+    if m then return m end
     local make = lazy[k]
     if not make then return nil end
     local v = make(r)

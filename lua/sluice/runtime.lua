@@ -140,7 +140,27 @@ local function has_header(headers, name)
   return false
 end
 
+-- ---- the access log -------------------------------------------------
+
+local access_log = core.access_log
+local answering   -- the request being answered (set by dispatch)
+
+-- What the runtime adds to a request's access-log line: route, variant,
+-- the app's req:log fields, and a stream's Last-Event-ID.
+local function note(h, req, last_raw)
+  if access_log and req then
+    core.access_note(h, req.route, req.variant, rawget(req, "_log"), last_raw)
+  end
+end
+
+-- The ids the core made for a request (X-Request-ID, traceparent).
+local function set_ids(req, id, traceparent, parent_span)
+  req.id, req.traceparent, req.parent_span_id = id, traceparent, parent_span
+  return req
+end
+
 local function respond(h, status, body, headers)
+  if answering then note(h, answering) end
   headers = headers or {}
   if body ~= nil and not has_header(headers, "content-type") then
     headers["Content-Type"] = "text/plain; charset=utf-8"
@@ -236,21 +256,25 @@ local function last_event_id(req)
 end
 
 local function open_stream(h, route, req, s)
+  local last, raw
+  if s._channels then last, raw = last_event_id(req) end
+  note(h, req, raw)
   local ok = core.open(h, s._headers, s._retry, s._heartbeat, s._slow, s._reset_event)
   s._open = true
   if not ok then
     forget_stream(s)
     return
   end
+  -- req:log on an open stream updates its line, written when it ends.
+  if access_log then
+    rawset(req, "_on_log", function(r) note(h, r, raw) end)
+  end
   route.stats.streams = route.stats.streams + 1
   if s._watched then
     state.watched[h] = s
     core.watch(h)
   end
-  if s._channels then
-    local last, raw = last_event_id(req)
-    core.subscribe(h, s._channels, s._views, last, raw)
-  end
+  if s._channels then core.subscribe(h, s._channels, s._views, last, raw) end
   if s._pending then
     for _, p in ipairs(s._pending) do
       core.send(h, p[1], p[2], p[3], p[4], p[5])
@@ -261,11 +285,13 @@ local function open_stream(h, route, req, s)
 end
 
 -- A CORS preflight for a path whose route has a policy, or the Allow list.
-local function options(h, method, path, query, headers, peer, allowed)
+local function options(h, method, path, query, headers, peer, allowed, ids)
   for _, m in ipairs(allowed) do
     local group, params = state.routes:find(m, path)
     if group and group.main and group.main.cors then
-      local req = request.new(method, path, query, headers, "", peer, params)
+      local req = set_ids(request.new(method, path, query, headers, "", peer, params), unpack(ids))
+      req.route = group.pattern
+      answering = req
       -- Library code on client input: under the CPU budget as well.
       local ok, status, hdrs = core.run(gate.preflight, group, req)
       if not ok then return failed(h, group, req, status) end
@@ -288,7 +314,7 @@ local function close_on_expiry(s, claims)
     s:after(math.max(0, math.min(left, EXPIRY_STEP)), function()
       if exp - os.time() > 0 then return arm() end
       core.send(s.id, nil, nil, nil, 1000, "token expired")
-      core.close(s.id)
+      core.close(s.id, "token_expired")
     end)
   end
   arm()
@@ -322,21 +348,31 @@ local function start_stream(h, group, req, s)
   if ok then return end
   group.stats.errors = group.stats.errors + 1
   log.script_error(("%s %s (stream not opened)"):format(req.method, req.path), err)
-  if s._open and core.alive(h) then core.close(h) else respond_status(h, 500) end
+  if s._open and core.alive(h) then
+    core.close(h, "script_error")
+  else
+    note(h, req)
+    respond_status(h, 500)
+  end
   forget_stream(s)
 end
 
-function runtime.dispatch(h, method, path, query, headers, body, peer)
+-- id, traceparent, parent_span: the request's ids, made by the core.
+local function dispatch(h, method, path, query, headers, body, peer, id, traceparent, parent_span)
   local group, params = state.routes:find(method, path)
   if not group then
     if params then
-      if method == "OPTIONS" then return options(h, method, path, query, headers, peer, params) end
+      if method == "OPTIONS" then
+        return options(h, method, path, query, headers, peer, params, { id, traceparent, parent_span })
+      end
       return respond_status(h, 405, { Allow = table.concat(params, ", ") })
     end
     return respond_status(h, 404)
   end
-  local req = request.new(method, path, query, headers, body, peer, params)
+  local req = set_ids(request.new(method, path, query, headers, body, peer, params),
+                      id, traceparent, parent_span)
   req.route = group.pattern
+  answering = req
   group.stats.requests = group.stats.requests + 1
   serving_stream = nil
   local ok, kind, a, b, c = core.run(serve, group, req, h)
@@ -350,9 +386,18 @@ function runtime.dispatch(h, method, path, query, headers, body, peer)
     group.stats.rejected[a] = (group.stats.rejected[a] or 0) + 1
     return respond_status(h, a, b)
   end
-  if kind == "stream" then return start_stream(h, group, req, s) end
+  if kind == "stream" then
+    answering = nil   -- a HEAD request's answer is noted by open_stream
+    return start_stream(h, group, req, s)
+  end
   if s then forget_stream(s) end
   return answer(h, group, kind, a, b, c)
+end
+
+function runtime.dispatch(...)
+  answering = nil
+  dispatch(...)
+  answering = nil
 end
 
 -- ---- loading scripts -------------------------------------------------

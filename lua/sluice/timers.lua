@@ -94,7 +94,7 @@ function timers.fire(id)
       -- becomes a closed stream plus a log line), not the others.
       log.script_error("stream timer (stream closed)", err)
       timers.stop_owned(owner)
-      core.close(owner.id)
+      core.close(owner.id, "script_error")
     else
       log.script_error("timer", err)
     end
