@@ -14,9 +14,8 @@
 
 #include "access_log.h"
 #include "buf.h"
-#include "channel.h"
 #include "log.h"
-#include "lua_api.h"
+#include "response.h"
 #include "sse.h"
 #include "worker.h"
 
@@ -125,9 +124,8 @@ void conn_free(struct conn *c)
     set_state(c, CONN_DEAD);   /* on_close handlers may still hold its handle */
     if (c->stream)
         gauge_set(&w->stats.streams, gauge_get(&w->stats.streams) - 1);
-    if (c->lua_watch)
-        lua_api_stream_closed(w->vm, c);
-    channels_unsubscribe(w->channels, &c->st);
+    if (c->stream)
+        w->handler->stream_gone(c);
     ev_io_stop(w->loop, &c->io);
     deadline_cancel(&c->timeout);
     deadline_cancel(&c->stall);
@@ -355,8 +353,8 @@ static int head_status(const char *head, size_t len)
     return (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
 }
 
-void conn_respond(struct conn *c, const char *head, size_t head_len,
-                  const char *body, size_t body_len)
+static void respond(struct conn *c, const char *head, size_t head_len,
+                    const char *body, size_t body_len)
 {
     if (c->state != CONN_DISPATCHING && c->state != CONN_READING)
         return;
@@ -373,35 +371,74 @@ void conn_respond(struct conn *c, const char *head, size_t head_len,
     finish_request(c);
 }
 
-void conn_respond_error(struct conn *c, int status, const char *extra_headers)
+static bool is_head_request(const struct conn *c)
 {
-    char body[128];
-    int blen = snprintf(body, sizeof body, "%d %s\n", status, http_reason(status));
+    return c->parser && c->parser->req.complete && http_is_head(c->parser);
+}
+
+void conn_answer(struct conn *c, int status, const char *fields, size_t fields_len,
+                 const char *body, size_t body_len)
+{
+    if (c->state != CONN_DISPATCHING && c->state != CONN_READING)
+        return;
+    bool no_body = status == 204 || status == 304;
     struct buf head = { 0 };
-    bool keep = c->keep_alive && status < 500 && status != 408 &&
-                status != 400 && status != 413 && status != 414 && status != 431;
-    /* After a framing error the rest of the input cannot be trusted. */
-    c->keep_alive = keep;
-    buf_printf(&head, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-               "Content-Length: %d\r\n%s%s\r\n", status, http_reason(status), blen,
-               keep ? "" : "Connection: close\r\n",
-               extra_headers ? extra_headers : "");
+    head_status_line(&head, status);
+    if (fields_len)
+        buf_put(&head, fields, fields_len);
+    head_finish(&head, no_body ? BODY_NONE : BODY_LENGTH, body_len, c->keep_alive,
+                c->parser && http_is_1_0(c->parser));
     if (head.failed) {
         buf_free(&head);
         conn_abort(c);
         return;
     }
-    bool is_head = c->parser && c->parser->req.complete && http_is_head(c->parser);
-    conn_respond(c, head.data, head.len, body, is_head ? 0 : (size_t)blen);
+    respond(c, head.data, head.len, body, (no_body || is_head_request(c)) ? 0 : body_len);
     buf_free(&head);
 }
 
-bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
+void conn_respond_error(struct conn *c, int status, const char *extra_headers)
+{
+    bool keep = c->keep_alive && status < 500 && status != 408 &&
+                status != 400 && status != 413 && status != 414 && status != 431;
+    /* After a framing error the rest of the input cannot be trusted. */
+    c->keep_alive = keep;
+    struct buf b = { 0 };
+    size_t body_off;
+    response_plain(&b, status, extra_headers, keep, &body_off);
+    if (b.failed) {
+        buf_free(&b);
+        conn_abort(c);
+        return;
+    }
+    respond(c, b.data, body_off, b.data + body_off,
+            is_head_request(c) ? 0 : b.len - body_off);
+    buf_free(&b);
+}
+
+bool conn_stream_open(struct conn *c, const char *fields, size_t fields_len,
                       struct frame *first, double heartbeat)
 {
     if (c->state != CONN_DISPATCHING)
         return false;
-    struct frame *f = head_frame(c, head, head_len, NULL, 0);
+    bool http_1_0 = c->parser && http_is_1_0(c->parser);
+    struct buf head = { 0 };
+    head_status_line(&head, 200);
+    if (fields_len)
+        buf_put(&head, fields, fields_len);
+    if (is_head_request(c)) {   /* a HEAD request learns the headers, nothing more */
+        head_finish(&head, BODY_LENGTH, 0, c->keep_alive, http_1_0);
+        if (!head.failed)
+            respond(c, head.data, head.len, NULL, 0);
+        else
+            conn_abort(c);
+        buf_free(&head);
+        return false;
+    }
+    c->st.chunked = !http_1_0;
+    head_finish(&head, c->st.chunked ? BODY_CHUNKED : BODY_TO_CLOSE, 0, true, http_1_0);
+    struct frame *f = head.failed ? NULL : head_frame(c, head.data, head.len, NULL, 0);
+    buf_free(&head);
     if (!f) {
         conn_abort(c);
         return false;
@@ -489,7 +526,7 @@ static void dispatch(struct conn *c)
     access_rec_free(c->rec);
     c->rec = access_rec_new(http_method(c->parser), c->parser->req.head,
                             c->parser->req.url_len, peer, xrid, xlen, tp, tlen);
-    lua_api_dispatch(w->vm, c);
+    w->handler->dispatch(c);
     if (c->state == CONN_DISPATCHING) {
         log_error("handler produced no answer for %s; answering 500",
                   http_method(c->parser));

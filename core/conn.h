@@ -37,7 +37,7 @@ struct conn {
     bool writing;                 /* waiting for EV_WRITE */
     bool stall_armed;             /* stall deadline set (it lives further down) */
     bool stream;                  /* has opened a stream */
-    bool lua_watch;               /* Lua asked to hear when it closes */
+    bool lua_watch;               /* the handler's: Lua asked to hear when it closes */
     TAILQ_ENTRY(conn) flush_link;
     struct worker *w;
     /* Its output queue and, once a stream opens, the subscriber; open
@@ -62,6 +62,15 @@ struct conn {
     struct access_rec *rec;
 };
 
+/* What the transport hands the rest of the server: a request to answer,
+ * and a connection that carried a stream going away. The worker wires it
+ * (core/dispatch.c: the Lua runtime and the channels); the transport
+ * knows nothing of either. */
+struct conn_handler {
+    void (*dispatch)(struct conn *c);       /* a whole request has arrived */
+    void (*stream_gone)(struct conn *c);    /* before a stream's conn is freed */
+};
+
 struct sockaddr;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);
 
@@ -70,16 +79,27 @@ void conn_peer_text(const struct conn *c, char *out, size_t size);
 void conn_on_flush(struct conn *c);          /* from the worker's flusher */
 void conn_free(struct conn *c);              /* close now and free */
 
-/* Answering (from Lua or C). head is the status line and headers, ending
- * with the blank line; body may be NULL. */
-void conn_respond(struct conn *c, const char *head, size_t head_len,
-                  const char *body, size_t body_len);
+/* Answering (from Lua or C): the transport builds the head (status line,
+ * fields, then the framing it alone decides: length, keep-alive, HEAD).
+ * fields: complete "Name: value\r\n" lines the caller checked, or NULL. */
+void conn_answer(struct conn *c, int status, const char *fields, size_t fields_len,
+                 const char *body, size_t body_len);
 void conn_respond_error(struct conn *c, int status, const char *extra_headers);
 
-/* Opens an SSE stream: head is the response head, first the opening
- * event (retry hint or comment) so the client's open event fires at once. */
-bool conn_stream_open(struct conn *c, const char *head, size_t head_len,
+/* Opens an SSE stream: fields (as for conn_answer) follow the status
+ * line, the transport adds the framing (chunked for HTTP/1.1, to the close
+ * for HTTP/1.0); first is the opening event (retry hint or comment) so the
+ * client's open event fires at once. A HEAD request gets the head alone
+ * and false. */
+bool conn_stream_open(struct conn *c, const char *fields, size_t fields_len,
                       struct frame *first, double heartbeat);
+
+/* The stream a connection carries (its sink, for the stream's own
+ * settings: slow-consumer policy, reset event). */
+static inline struct sse_stream *conn_stream(struct conn *c)
+{
+    return &c->st;
+}
 
 /* Closes at the end of this loop turn; safe in the middle of a fan-out. */
 void conn_abort(struct conn *c);

@@ -14,7 +14,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "http.h"
-#include "numfmt.h"
+#include "response.h"
 #include "sse.h"
 #include "worker.h"
 
@@ -71,12 +71,8 @@ static void put_header_value(lua_State *L, struct buf *b, const char *name,
         luaL_error(L, "header %s: value must be a string or number", name);
     if (!valid_value(v, vlen))
         luaL_error(L, "header %s: value contains a line break or control character", name);
-    if (!b)
-        return;
-    buf_put(b, name, nlen);
-    buf_put(b, ": ", 2);
-    buf_put(b, v, vlen);
-    buf_put(b, "\r\n", 2);
+    if (b)
+        head_field(b, name, nlen, v, vlen);
 }
 
 /* Appends the headers of the table at idx; a value may be a list (several
@@ -121,33 +117,14 @@ int l_respond(lua_State *L)
         lua_pushboolean(L, 0);
         return 1;
     }
-    bool no_body = status == 204 || status == 304;
-    bool head_only = c->parser && http_is_head(c->parser);
     put_headers(L, NULL, 3, false);
     struct buf b = { 0 };
-    char num[24];
-    buf_puts(&b, "HTTP/1.1 ");
-    buf_put(&b, num, fmt_dec(num, (uint64_t)status));
-    buf_puts(&b, " ");
-    buf_puts(&b, http_reason(status));
-    buf_puts(&b, "\r\n");
     put_headers(L, &b, 3, false);
-    if (!no_body) {
-        buf_puts(&b, "Content-Length: ");
-        buf_put(&b, num, fmt_dec(num, blen));
-        buf_puts(&b, "\r\n");
-    }
-    if (!c->keep_alive)
-        buf_puts(&b, "Connection: close\r\n");
-    else if (c->parser && http_is_1_0(c->parser))
-        buf_puts(&b, "Connection: keep-alive\r\n");
-    buf_puts(&b, "\r\n");
     if (b.failed) {
         buf_free(&b);
         return luaL_error(L, "out of memory building a response");
     }
-    conn_respond(c, b.data, b.len, body,
-                 (no_body || head_only) ? 0 : blen);
+    conn_answer(c, status, b.data, b.len, body, blen);
     buf_free(&b);
     lua_pushboolean(L, 1);
     return 1;
@@ -175,33 +152,15 @@ int l_open(lua_State *L)
         return 1;
     }
     put_headers(L, NULL, 2, true);
-    c->st.chunked = c->parser && !http_is_1_0(c->parser);
-    bool head_only = c->parser && http_is_head(c->parser);
     struct buf b = { 0 };
-    buf_puts(&b, "HTTP/1.1 200 OK\r\n"
-                 "Content-Type: text/event-stream\r\n"
+    buf_puts(&b, "Content-Type: text/event-stream\r\n"
                  "Cache-Control: no-cache\r\n"
                  "X-Accel-Buffering: no\r\n");
     put_headers(L, &b, 2, true);
-    if (head_only)
-        buf_puts(&b, "Content-Length: 0\r\n");
-    else
-        buf_puts(&b, c->st.chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
-    buf_puts(&b, "\r\n");
-    if (b.failed) {
+    if (b.failed || !stream_set_policy(conn_stream(c), policy[0] == 'c' ? SLOW_CLOSE : SLOW_DROP_OLDEST,
+                                       reset, rlen)) {
         buf_free(&b);
         return luaL_error(L, "out of memory building a response");
-    }
-    if (head_only) {   /* a HEAD request learns the headers, nothing more */
-        conn_respond(c, b.data, b.len, NULL, 0);
-        buf_free(&b);
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    c->st.slow_policy = policy[0] == 'c' ? SLOW_CLOSE : SLOW_DROP_OLDEST;
-    if (reset) {
-        free(c->st.reset_event);
-        c->st.reset_event = strndup(reset, rlen);
     }
     /* Something to send at once: proxies hold the headers until the first
      * body bytes, and the browser's open event waits for them too. */

@@ -58,6 +58,20 @@ void stream_init(struct sse_stream *s, struct stream_env *env)
     s->heartbeat.data = s;
 }
 
+bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
+                       const char *reset, size_t reset_len)
+{
+    s->slow_policy = (uint8_t)policy;
+    if (!reset)
+        return true;
+    char *name = strndup(reset, reset_len);
+    if (!name)
+        return false;
+    free(s->reset_event);
+    s->reset_event = name;
+    return true;
+}
+
 void stream_release(struct sse_stream *s)
 {
     ev_timer_stop(s->env->loop, &s->heartbeat);

@@ -73,6 +73,12 @@ struct sse_stream {
 
 void stream_init(struct sse_stream *s, struct stream_env *env);
 
+/* The stream's own settings, before it starts: its slow-consumer policy
+ * and the name of its missed-events event (reset NULL: the default).
+ * False if out of memory. */
+bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
+                       const char *reset, size_t reset_len);
+
 /* Stops the heartbeat, drops what is queued, frees what s holds (not its
  * subscriptions: channels_unsubscribe first). */
 void stream_release(struct sse_stream *s);

@@ -16,10 +16,12 @@
 #include "clock.h"
 #include "conn.h"
 #include "counter.h"
+#include "dispatch.h"
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
 #include "process.h"
+#include "response.h"
 #include "signals.h"
 
 /* How long one flush slice may write before the loop looks for input. */
@@ -109,14 +111,9 @@ struct conn *worker_conn(struct worker *w, double handle)
 
 static void refuse_busy(struct worker *w, int fd)
 {
-    static const char busy[] =
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 28\r\n"
-        "Connection: close\r\n\r\n"
-        "503 too many connections\r\n\r\n";
     counter_add(&w->stats.refused_busy, 1);
     /* Best effort: a fresh socket buffer takes these bytes whole. */
-    if (write(fd, busy, sizeof busy - 1) < 0)
+    if (w->busy_answer.len && write(fd, w->busy_answer.data, w->busy_answer.len) < 0)
         log_debug("503 write: %s", strerror(errno));
     /* Deferred accept means the request is already here; closing with it
      * unread would send a reset, and some clients drop the 503 on a reset. */
@@ -293,6 +290,9 @@ static int setup(struct worker *w)
     w->streams = (struct stream_env){ .loop = w->loop, .max_queued = cfg->max_queued,
                                       .describe_subs = channels_describe_stream };
     w->channels = channels_new_on(w->proc->bus, w->id, w->loop, &w->stats.delivered);
+    w->handler = &worker_handler;
+    size_t body_off;
+    response_plain(&w->busy_answer, 503, "Retry-After: 5\r\n", false, &body_off);
     w->vm = luavm_new(w, cfg->lua_dir, cfg->lua_mem, cfg->lua_cpu_ms);
     if (!w->channels || !w->vm) {
         log_error("out of memory starting the worker");
@@ -330,6 +330,7 @@ static void teardown(struct worker *w)
     w->vm = NULL;
     channels_free(w->channels);
     w->channels = NULL;
+    buf_free(&w->busy_answer);
     deadline_list_stop(&w->header_timeouts);
     deadline_list_stop(&w->keepalive_timeouts);
     deadline_list_stop(&w->send_timeouts);

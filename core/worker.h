@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "deadline.h"
+#include "buf.h"
 #include "http.h"
 #include "mailbox.h"
 #include "stream.h"
@@ -72,6 +73,8 @@ struct worker {
 
     struct luavm *vm;
     struct channels *channels;
+    const struct conn_handler *handler;   /* what the transport hands requests to */
+    struct buf busy_answer;    /* the 503 past --max-conns, built once */
 
     struct worker_stats stats;   /* and streams', and channels' own counts */
     struct stream_env streams;

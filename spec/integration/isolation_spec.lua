@@ -60,7 +60,7 @@ describe("script isolation", function()
   it("fails a memory-hungry handler alone, and the memory comes back", function()
     local r = client.request(srv.port, "GET", "/hog")
     assert.equal(500, r.status)
-    assert.is_true(srv:wait_log("GET /hog: script exceeded the Lua memory limit of 64 MiB", 2))
+    assert.is_true(srv:wait_log("GET /hog: script exceeded the Lua memory limit of 64 MiB", 5))
     assert.equal("ok", client.request(srv.port, "GET", "/ok").body)
     local mem = json.decode(client.request(srv.port, "GET", "/memory").body).lua_memory
     assert.is_true(mem < 16 * 1024 * 1024, "Lua memory after the failure: " .. mem)

@@ -43,6 +43,7 @@
 #include "lua_api.h"
 #include "lua_api_internal.h"
 #include "luavm.h"
+#include "dispatch.h"
 #include "worker.h"
 
 #define APP_MT "sluice.testcore.app"
@@ -467,6 +468,7 @@ static int tc_new(lua_State *L)
     w->streams = (struct stream_env){ .loop = w->loop, .max_queued = cfg->max_queued,
                                       .describe_subs = channels_describe_stream };
     w->channels = channels_new(w->loop, cfg->history_len, cfg->history_ttl, cfg->history_bytes);
+    w->handler = &worker_handler;
     if (!w->channels) {
         free_app(a);
         return luaL_error(L, "out of memory");
