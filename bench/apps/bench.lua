@@ -47,6 +47,18 @@ app:get("/bench/stats", function()
   return 200, table.concat(lines, "\n") .. "\n"
 end)
 
+-- Connections and streams per worker (bench/run spread): how the kernel
+-- spread the accepted connections, one "worker=i connections=n streams=n"
+-- line each (i from 0), after a "workers=N" line.
+app:get("/bench/workers", function()
+  local ws = sluice.stats().workers or {}
+  local lines = { ("workers=%d"):format(#ws) }
+  for i, x in ipairs(ws) do
+    lines[#lines + 1] = ("worker=%d connections=%d streams=%d"):format(i - 1, x.connections, x.streams)
+  end
+  return 200, table.concat(lines, "\n") .. "\n"
+end)
+
 -- Lua memory without what a collection would free, and without compiled
 -- traces (LuaJIT's own bounded cache; it grows with traffic, not reloads).
 app:get("/bench/memory", function()
