@@ -60,7 +60,16 @@ struct conn {
     /* The request being answered, or the stream: ids, and what the access
      * log says of it (core/access_log.h). */
     struct access_rec *rec;
+    /* Admin actions and quotas (core/tags.h, core/quota.h): its tags once
+     * the app tagged the stream, and the quota slot it holds. */
+    struct tag_entry *tags;
+    uint64_t quota_key;
+    bool quota_held;              /* holds a stream slot of quota_key */
 };
+
+/* Gives back the quota slot c holds, if any: it answers (no stream after
+ * all) or its stream ended. */
+void conn_release_quota(struct conn *c);
 
 struct sockaddr;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);
