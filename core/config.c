@@ -26,5 +26,8 @@ void config_defaults(struct config *c)
         .reload_debounce = 0.1,
         .watch = true,
         .pid_file = NULL,
+        .max_streams = 0,
+        .shed_queued_bytes = 0,
+        .quota_keys = 100000,
     };
 }

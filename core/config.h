@@ -32,6 +32,11 @@ struct config {
     unsigned workers;            /* --workers: threads serving (0: the CPUs we may use) */
     bool reuseport;              /* --reuseport: a listening socket per worker */
     const char *access_log;      /* --access-log FILE, "-" = stdout; NULL = off */
+    unsigned max_streams;        /* --max-streams: open streams of the process past
+                                    which new ones get 503 (0 = no limit) */
+    size_t shed_queued_bytes;    /* --shed-queued-bytes: queued output of the process
+                                    past which new streams get 503 (0 = no limit) */
+    size_t quota_keys;           /* --quota-keys: entries of the quota table */
 };
 
 void config_defaults(struct config *c);

@@ -60,6 +60,11 @@ struct conn {
     /* The request being answered, or the stream: ids, and what the access
      * log says of it (core/access_log.h). */
     struct access_rec *rec;
+    /* Admin actions and quotas (core/tags.h, core/quota.h): its tags once
+     * the app tagged the stream, and the quota slot it holds. */
+    struct tag_entry *tags;
+    uint64_t quota_key;
+    bool quota_held;              /* holds a stream slot of quota_key */
 };
 
 /* What the transport hands the rest of the server: a request to answer,
@@ -70,6 +75,10 @@ struct conn_handler {
     void (*dispatch)(struct conn *c);       /* a whole request has arrived */
     void (*stream_gone)(struct conn *c);    /* before a stream's conn is freed */
 };
+
+/* Gives back the quota slot c holds, if any: it answers (no stream after
+ * all) or its stream ended. */
+void conn_release_quota(struct conn *c);
 
 struct sockaddr;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);

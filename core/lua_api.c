@@ -115,10 +115,12 @@ static int open_core(lua_State *L)
         { "timer", l_timer }, { "timer_stop", l_timer_stop },
         { "now", l_now }, { "log", l_log }, { "stats", l_stats },
         { "set_hooks", l_set_hooks }, { "drain", l_drain },
-        { "access_note", l_access_note }, { NULL, NULL },
+        { "access_note", l_access_note }, { "quota_take", l_quota_take },
+        { "shed", l_shed }, { "tag", l_tag }, { "disconnect", l_disconnect },
+        { "admin_stats", l_admin_stats }, { NULL, NULL },
     };
     struct luavm *vm = lua_touserdata(L, lua_upvalueindex(1));
-    lua_createtable(L, 0, 24);
+    lua_createtable(L, 0, 32);
     /* Without a worker (--check) only what loading scripts needs exists. */
     for (const luaL_Reg *f = fns; vm->w && f->name; f++) {
         lua_pushlightuserdata(L, vm);
@@ -148,6 +150,10 @@ static int open_core(lua_State *L)
     lua_setfield(L, -2, "version");
     lua_pushboolean(L, access_log_enabled());
     lua_setfield(L, -2, "access_log");
+    /* Whether new streams may be shed at all: no call per stream when not. */
+    lua_pushboolean(L, vm->w && vm->w->cfg &&
+                       (vm->w->cfg->max_streams || vm->w->cfg->shed_queued_bytes));
+    lua_setfield(L, -2, "shed_enabled");
     return 1;
 }
 

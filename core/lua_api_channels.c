@@ -11,6 +11,7 @@
 #include "luavm.h"
 #include "numfmt.h"
 #include "sse.h"
+#include "tags.h"
 #include "worker.h"
 
 /* ---- channels --------------------------------------------------------- */
@@ -79,6 +80,10 @@ int l_subscribe(lua_State *L)
     /* Out of range is "not one of ours", and must not reach the cast. */
     if (!(last >= 0 && last < 9007199254740992.0))
         last = 0;
+    /* A tagged stream's channels are what sluice.disconnect{channel=} matches. */
+    for (int i = 0; c->tags && i < n; i++)
+        if (!tags_add_channel(c->tags, reqs[i].name, reqs[i].name_len))
+            return luaL_error(L, "out of memory subscribing");
     int rc = channels_subscribe(vm->w->channels, &c->st, reqs, n, last_raw, (uint64_t)last);
     if (rc < 0)
         return luaL_error(L, "out of memory subscribing");

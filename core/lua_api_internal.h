@@ -62,6 +62,13 @@ int l_now(lua_State *L);
 /* lua_api_access.c */
 int l_access_note(lua_State *L);
 
+/* lua_api_admin.c */
+int l_quota_take(lua_State *L);
+int l_shed(lua_State *L);
+int l_tag(lua_State *L);
+int l_disconnect(lua_State *L);
+int l_admin_stats(lua_State *L);
+
 /* lua_api_stats.c */
 int l_stats(lua_State *L);
 

@@ -18,6 +18,7 @@
 #include "lua_api.h"
 #include "luavm.h"
 #include "process.h"
+#include "quota.h"
 #include "signals.h"
 
 static void usage(FILE *out, const struct config *d)
@@ -54,6 +55,11 @@ static void usage(FILE *out, const struct config *d)
 "  --no-watch                do not reload when files in --apps change\n"
 "  --reload-debounce S       quiet time before a reload (default %g)\n"
 "  --shutdown-grace S        time to flush streams on SIGTERM (default %g)\n"
+"  --max-streams N           open streams of the process past which new streams\n"
+"                            get 503 with Retry-After, 0 = no limit (default 0)\n"
+"  --shed-queued-bytes N     output queued on all connections past which new\n"
+"                            streams get 503 with Retry-After, 0 = off (default 0)\n"
+"  --quota-keys N            (route, key) entries the quota table holds (default %zu)\n"
 "  --workers N               worker threads, each with its own loop and Lua state\n"
 "                            (default: the CPUs this process may run on)\n"
 "  --reuseport               one listening socket per worker (SO_REUSEPORT)\n"
@@ -69,7 +75,7 @@ static void usage(FILE *out, const struct config *d)
             d->send_timeout,
             d->heartbeat, d->retry_ms, d->history_len, d->history_ttl,
             d->history_bytes, d->lua_cpu_ms,
-            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace);
+            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace, d->quota_keys);
 }
 
 static int parse_num(const char *opt, const char *s, double min, double max, double *out)
@@ -237,7 +243,7 @@ int main(int argc, char **argv)
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_LOGFMT, O_ACCESS, O_CHECK, O_VERSION, O_HELP, O_WORKERS,
-           O_REUSEPORT };
+           O_REUSEPORT, O_MAXSTREAMS, O_SHEDQUEUED, O_QUOTAKEYS };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -255,7 +261,9 @@ int main(int argc, char **argv)
         { "log-format", 1, 0, O_LOGFMT }, { "access-log", 1, 0, O_ACCESS },
         { "check", 1, 0, O_CHECK }, { "version", 0, 0, O_VERSION },
         { "help", 0, 0, O_HELP }, { "workers", 1, 0, O_WORKERS },
-        { "reuseport", 0, 0, O_REUSEPORT }, { 0, 0, 0, 0 },
+        { "reuseport", 0, 0, O_REUSEPORT }, { "max-streams", 1, 0, O_MAXSTREAMS },
+        { "shed-queued-bytes", 1, 0, O_SHEDQUEUED }, { "quota-keys", 1, 0, O_QUOTAKEYS },
+        { 0, 0, 0, 0 },
     };
     int o;
     double v;
@@ -297,6 +305,12 @@ int main(int argc, char **argv)
         case O_PID: cfg.pid_file = optarg; break;
         case O_WORKERS: NUM("--workers", 1, 1024); cfg.workers = (unsigned)v; break;
         case O_REUSEPORT: cfg.reuseport = true; break;
+        case O_MAXSTREAMS: NUM("--max-streams", 0, 1 << 24); cfg.max_streams = (unsigned)v; break;
+        case O_SHEDQUEUED:
+            NUM("--shed-queued-bytes", 0, 1e15);
+            cfg.shed_queued_bytes = (size_t)v;
+            break;
+        case O_QUOTAKEYS: NUM("--quota-keys", 16, 1 << 26); cfg.quota_keys = (size_t)v; break;
         case O_LOG:
             if (log_parse_level(optarg, &log_threshold) < 0) {
                 fprintf(stderr, "sluice: --log-level is debug, info, warn or error\n");
@@ -362,6 +376,7 @@ int main(int argc, char **argv)
     }
     if (cfg.workers == 0)
         cfg.workers = cpus_available();
+    quota_configure(cfg.quota_keys);
     struct process proc;
     int rc = 1;
     if (process_init(&proc, &cfg, cfg.workers) == 0)
@@ -370,6 +385,7 @@ int main(int argc, char **argv)
     signals_stop();
     process_free(&proc);
     access_log_close();
+    quota_free_all();
     free(lua_dir);
     log_info("sluice stopped");
     return rc;

@@ -16,6 +16,7 @@
 #include "clock.h"
 #include "conn.h"
 #include "counter.h"
+#include "disconnect.h"
 #include "dispatch.h"
 #include "log.h"
 #include "lua_api.h"
@@ -256,6 +257,34 @@ void worker_request_drain(struct worker *w)
     process_request_drain(w->proc);
 }
 
+/* ---- workers telling each other --------------------------------------- */
+
+/* The running workers by id: a worker is here from the end of its setup
+ * to the start of its teardown, so one found here under the lock cannot
+ * be joined (its mailbox freed) before the post is done. */
+#define MAX_PEERS 1024
+static pthread_mutex_t peers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct worker *peers[MAX_PEERS];
+
+static void peer_set(struct worker *w, struct worker *to)
+{
+    if (w->id >= MAX_PEERS)
+        return;
+    pthread_mutex_lock(&peers_lock);
+    peers[w->id] = to;
+    pthread_mutex_unlock(&peers_lock);
+}
+
+int worker_post_peer(unsigned wid, enum worker_cmd cmd, void *arg)
+{
+    int rc = -1;
+    pthread_mutex_lock(&peers_lock);
+    if (wid < MAX_PEERS && peers[wid])
+        rc = mailbox_post(&peers[wid]->inbox, (int)cmd, arg);
+    pthread_mutex_unlock(&peers_lock);
+    return rc;
+}
+
 void worker_tell(struct worker *w, enum worker_cmd cmd)
 {
     if (!w->loop)   /* joined (or never started): nobody to tell */
@@ -273,7 +302,24 @@ static void on_command(void *ctx, struct mailbox_msg msg)
     case WORKER_DRAIN:
         drain(w);
         break;
+    case WORKER_DISCONNECT:
+        disconnect_apply(w, msg.arg);
+        break;
     }
+}
+
+/* --shed-queued-bytes: what this worker's connections have queued, summed
+ * every QUEUED_SAMPLE_S (read by any worker deciding whether to shed). */
+static void on_queued_sample(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct worker *w = t->data;
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < w->nslots; i++)
+        if (w->slots[i])
+            sum += w->slots[i]->st.out.bytes;
+    __atomic_store_n(&w->stats.queued_bytes, sum, __ATOMIC_RELAXED);
 }
 
 /* In the worker's thread: everything that must belong to it. The Lua
@@ -314,12 +360,18 @@ static int setup(struct worker *w)
     w->flusher.data = w;
     ev_prepare_start(w->loop, &w->flusher);
     ev_idle_init(&w->flush_pending, on_flush_pending);
+    ev_timer_init(&w->queued_sampler, on_queued_sample, QUEUED_SAMPLE_S, QUEUED_SAMPLE_S);
+    w->queued_sampler.data = w;
+    if (cfg->shed_queued_bytes)
+        ev_timer_start(w->loop, &w->queued_sampler);
+    peer_set(w, w);   /* others may post to it from now on */
     return 0;
 }
 
 /* In the worker's thread, whether setup finished or not. */
 static void teardown(struct worker *w)
 {
+    peer_set(w, NULL);   /* before anything goes: see worker_post_peer */
     for (uint32_t i = 0; i < w->nslots; i++)
         if (w->slots[i])
             conn_free(w->slots[i]);
@@ -338,6 +390,7 @@ static void teardown(struct worker *w)
     ev_prepare_stop(w->loop, &w->flusher);
     ev_idle_stop(w->loop, &w->flush_pending);
     ev_timer_stop(w->loop, &w->shutdown_timer);
+    ev_timer_stop(w->loop, &w->queued_sampler);
     if (w->own_listen_fd && close(w->listen_fd) < 0)
         log_warn("close listener: %s", strerror(errno));
     w->own_listen_fd = false;

@@ -32,9 +32,18 @@ struct worker_stats {
     uint64_t streams_opened;
     uint64_t lua_errors;
     uint64_t delivered;        /* times an event was queued on a stream */
+    uint64_t admin_disconnected;   /* streams ended by sluice.disconnect */
+    uint64_t shed_streams;     /* new streams refused 503: --max-streams */
+    uint64_t shed_queued;      /* new streams refused 503: --shed-queued-bytes */
+    uint64_t queued_bytes;     /* output queued on its connections, sampled
+                                  every QUEUED_SAMPLE_S with --shed-queued-bytes */
     uint32_t connections;      /* open now (a copy of nconns) */
     uint32_t streams;          /* streams open now */
 };
+
+/* How often a worker sums its queued output (--shed-queued-bytes only):
+ * a walk over its connections, kept off the per-event path. */
+#define QUEUED_SAMPLE_S 0.25
 
 struct worker {
     struct ev_loop *loop;      /* this worker's own: ev_loop_new */
@@ -58,6 +67,7 @@ struct worker {
     ev_prepare flusher;        /* writes queued output, a slice per loop turn */
     ev_idle flush_pending;     /* active while output remains queued */
     ev_timer shutdown_timer;
+    ev_timer queued_sampler;   /* --shed-queued-bytes: sums queued output */
 
     TAILQ_HEAD(, conn) flush_queue;
 
@@ -87,7 +97,15 @@ enum worker_cmd {
     WORKER_RELOAD,   /* reload changed app scripts (lua_api_reload) */
     WORKER_DRAIN,    /* stop accepting, say goodbye to streams, end the loop
                         once the connections are gone or --shutdown-grace */
+    WORKER_DISCONNECT,   /* end these streams (arg: struct disconnect_batch,
+                            core/disconnect.h; freed by the worker) */
 };
+
+/* Any thread: posts a command to worker wid, if it is running (between
+ * the end of its setup and the start of its teardown, under a lock that
+ * keeps it from being joined meanwhile). 0, or -1: not posted (the
+ * caller still owns arg). For commands one worker sends the others. */
+int worker_post_peer(unsigned wid, enum worker_cmd cmd, void *arg);
 
 /* The process's thread, for each of N workers in turn: creates the
  * worker's loop and mailbox, then its thread, which creates the Lua state

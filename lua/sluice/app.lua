@@ -53,6 +53,11 @@ local function compile_options(opts, name, level)
     out.rollout_spec = spec
     out.rollout_header = opts.rollout.response_header or "X-Variant"
   end
+  if opts.quota ~= nil then
+    local ok, q = pcall(require("sluice.quota").compile, opts.quota)
+    if not ok then error(("%s: quota: %s"):format(name, tostring(q)), level) end
+    out.quota = q
+  end
   return out
 end
 
@@ -79,6 +84,9 @@ local function add_route(self, kind, method, pattern, handler, opts, level)
   if type(handler) ~= "function" then error(name .. ": handler must be a function", level) end
   local info = debug.getinfo(level, "Sl")
   local decl = compile_options(opts, name, level + 1)
+  if decl.quota and decl.quota.streams > 0 and kind ~= "stream" then
+    error(name .. ": quota.streams is for stream routes (a plain route has rate only)", level)
+  end
   decl.kind, decl.method, decl.pattern, decl.handler = kind, method, pattern, handler
   decl.where = info and (info.short_src .. ":" .. (info.currentline or 0)) or "?"
   self.routes[#self.routes + 1] = decl
@@ -92,6 +100,9 @@ end
 --   cors    = { origins = {...}, credentials, ... }   (see sluice.cors)
 --   rollout = { header, key, split, default, variants, salt,
 --               response_header = "X-Variant" }        (see sluice.rollout)
+--   quota   = { key = fn(req) | "addr" | "user" | "tenant:X-Tenant-ID" | ...,
+--               streams = n, rate = { n, per = s, burst = b }, retry_after = s }
+--             (see sluice.quota)
 --   variant = "green": this declaration is a candidate variant of the route
 -- handler may be a table { stable = fn, green = fn } of variants.
 function App:route(method, pattern, handler, opts)

@@ -1,15 +1,40 @@
 -- A route's policy, applied before its handler: CORS, then authorization,
--- then the choice of variant. Each step either lets the request through
--- (adding response headers) or answers it.
+-- then the quota, then the choice of variant. Each step either lets the
+-- request through (adding response headers) or answers it.
+local core = require "sluice.core"
 local log = require "sluice.log"
+local quota = require "sluice.quota"
 
 local gate = {}
 
+-- The route's quota for req (h: its connection): nil to go on, or a 429
+-- (a 503 when the quota table is full) with Retry-After. The key function
+-- is script code: it runs here, under the request's CPU budget.
+local function over_quota(group, q, req, h, headers)
+  local key = quota.key_of(q, req)
+  -- The route's identity in the process-wide table: the same in every
+  -- worker (same scripts), and across a reload.
+  local id = group.quota_id
+  if not id then
+    id = group.method .. " " .. group.pattern
+    group.quota_id = id
+  end
+  local verdict, retry = core.quota_take(h, id, key, q.streams, q.rate, q.burst,
+                                         group.kind == "stream")
+  if verdict == "ok" then return nil end
+  local by = group.stats.quota
+  if not by then by = {}; group.stats.quota = by end
+  by[verdict] = (by[verdict] or 0) + 1
+  if verdict == "rate" then retry = math.max(1, retry) else retry = q.retry_after end
+  headers["Retry-After"] = ("%d"):format(retry)
+  return verdict == "full" and 503 or 429
+end
+
 -- Returns { headers = {...}, handler = fn } to proceed, or
--- nil, status, headers to answer now.
-function gate.pass(group, req)
+-- nil, status, headers to answer now. h: the request's connection.
+function gate.pass(group, req, h)
   local main = group.main
-  if not (main.cors or main.auth or main.rollout) then
+  if not (main.cors or main.auth or main.rollout or main.quota) then
     req.variant = group.default
     local pass = group.plain_pass   -- no policy: the same answer every time
     if not pass then
@@ -39,6 +64,10 @@ function gate.pass(group, req)
       return nil, status, headers
     end
     req.claims = claims
+  end
+  if main.quota then
+    local status = over_quota(group, main.quota, req, h, headers)
+    if status then return nil, status, headers end
   end
   local decl = main
   if main.rollout then

@@ -76,10 +76,46 @@ function sluice.now()
   return core.now()
 end
 
+-- Ends the streams whose tags match, on every worker: every given tag
+-- must match (s:tag), and channel = "x" narrows to streams subscribed to
+-- x. Each gets a final event first: `event` (default "sluice-disconnect")
+-- with data {"reason": reason}. Returns how many streams it found (and
+-- ended: at once in this worker, within their loop's next turn in the
+-- others). At least one tag is required: untagged streams are not found.
+local disconnect_keys = { channel = true, reason = true, event = true }
+
+function sluice.disconnect(spec)
+  if type(spec) ~= "table" then error("disconnect{ user = ..., reason = ... } wants a table", 2) end
+  local names, values = {}, {}
+  for k, v in pairs(spec) do
+    if not disconnect_keys[k] then
+      if type(k) ~= "string" then error("disconnect: tag names must be strings", 2) end
+      if type(v) == "number" then v = ("%.17g"):format(v) end
+      if type(v) ~= "string" then error(("disconnect: %s must be a string or number"):format(k), 2) end
+      names[#names + 1], values[#values + 1] = k, v
+    end
+  end
+  if #names == 0 then error("disconnect needs at least one tag (user = ..., tenant = ...)", 2) end
+  if #names > 12 then error("disconnect: at most 12 tags", 2) end
+  local channel = spec.channel
+  if channel ~= nil and (type(channel) ~= "string" or channel == "") then
+    error("disconnect: channel must be a non-empty string", 2)
+  end
+  local event = spec.event or "sluice-disconnect"
+  if type(event) ~= "string" or event == "" or event:find("[\r\n]") then
+    error("disconnect: event must be a non-empty name without line breaks", 2)
+  end
+  local reason = spec.reason
+  if reason ~= nil and type(reason) ~= "string" then error("disconnect: reason must be a string", 2) end
+  local data = json.encode({ reason = reason or "disconnected" })
+  return core.disconnect(names, values, channel, event, data)
+end
+
 -- Counters of the server (connections, events, memory) and of the runtime
--- (routes, views, reloads).
+-- (routes, views, reloads), with quotas, shedding and admin disconnects.
 function sluice.stats()
   local s = core.stats()
+  for k, v in pairs(core.admin_stats()) do s[k] = v end
   s.runtime = runtime.stats()
   return s
 end

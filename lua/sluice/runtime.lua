@@ -169,7 +169,8 @@ local function respond(h, status, body, headers)
 end
 
 local reasons = { [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
-                  [404] = "Not Found", [405] = "Method Not Allowed", [500] = "Internal Server Error" }
+                  [404] = "Not Found", [405] = "Method Not Allowed", [429] = "Too Many Requests",
+                  [500] = "Internal Server Error", [503] = "Service Unavailable" }
 
 local function respond_status(h, status, headers)
   respond(h, status, ("%d %s\n"):format(status, reasons[status] or ""), headers)
@@ -270,6 +271,12 @@ local function open_stream(h, route, req, s)
     rawset(req, "_on_log", function(r) note(h, r, raw) end)
   end
   route.stats.streams = route.stats.streams + 1
+  -- Tags before subscribing: the subscriptions are then recorded with them
+  -- (what sluice.disconnect{ channel = } matches).
+  if s._tags then
+    for i = 1, #s._tags, 2 do core.tag(h, s._tags[i], s._tags[i + 1]) end
+    s._tags = nil
+  end
   if s._watched then
     state.watched[h] = s
     core.watch(h)
@@ -326,7 +333,7 @@ local serving_stream   -- the stream the request being served set up
 -- CPU budget: the route's policy (CORS, authorization, variant), the
 -- handler, and turning its answer into plain data.
 local function serve(group, req, h)
-  local pass, status, extra = gate.pass(group, req)
+  local pass, status, extra = gate.pass(group, req, h)
   if not pass then return "reject", status, extra end
   timers.running = state.scripts[pass.script]
   if group.kind == "plain" then
@@ -357,6 +364,9 @@ local function start_stream(h, group, req, s)
   forget_stream(s)
 end
 
+local shed_enabled = core.shed_enabled
+local SHED_RETRY_AFTER = "5"   -- as a refusal over --max-conns
+
 -- id, traceparent, parent_span: the request's ids, made by the core.
 local function dispatch(h, method, path, query, headers, body, peer, id, traceparent, parent_span)
   local group, params = state.routes:find(method, path)
@@ -374,6 +384,18 @@ local function dispatch(h, method, path, query, headers, body, peer, id, tracepa
   req.route = group.pattern
   answering = req
   group.stats.requests = group.stats.requests + 1
+  -- Load shedding: past --max-streams or --shed-queued-bytes a new stream
+  -- is refused before any script runs; open ones are kept.
+  if shed_enabled and group.kind == "stream" then
+    local why = core.shed()
+    if why then
+      local shed = group.stats.shed
+      if not shed then shed = {}; group.stats.shed = shed end
+      shed[why] = (shed[why] or 0) + 1
+      group.stats.rejected[503] = (group.stats.rejected[503] or 0) + 1
+      return respond_status(h, 503, { ["Retry-After"] = SHED_RETRY_AFTER })
+    end
+  end
   serving_stream = nil
   local ok, kind, a, b, c = core.run(serve, group, req, h)
   local s = serving_stream
@@ -604,6 +626,7 @@ function runtime.stats()
                         kind = g.kind, requests = g.stats.requests, errors = g.stats.errors,
                         streams = g.stats.streams, rejected = g.stats.rejected,
                         auth_failures = g.stats.auth_failures, served_variants = g.stats.variants,
+                        quota_refused = g.stats.quota or {}, shed = g.stats.shed or {},
                         variants = variants }
   end
   table.sort(list, function(a, b) return a.pattern .. a.method < b.pattern .. b.method end)

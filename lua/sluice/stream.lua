@@ -73,6 +73,11 @@ function Stream:subscribe(channel, opts)
   end
   local view = self._rt.view_id(opts, self)
   if self._open then
+    -- Remembered for a tag set later (sluice.disconnect{ channel = }).
+    if not self._tagged then
+      local channels = list(self, "_channels")
+      channels[#channels + 1] = channel
+    end
     return self._rt.core.subscribe(self.id, { channel }, { view })
   end
   local channels, views = list(self, "_channels"), list(self, "_views")
@@ -125,6 +130,39 @@ end
 
 function Stream:close()
   if self._open then self._rt.core.close(self.id) else self._close_after_open = true end
+end
+
+-- Tags: what sluice.disconnect{ user = ..., tenant = ... } finds a stream
+-- by, in any worker. At most 4 names per stream (1-32 of a-z, 0-9, _;
+-- not channel, reason, event or data, which disconnect reads itself);
+-- values strings or numbers of at most 128 bytes. Setting a name again
+-- replaces its value.
+local TAGS_MAX = 4
+local reserved_tags = { channel = true, reason = true, event = true, data = true }
+
+function Stream:tag(name, value)
+  if type(name) ~= "string" or #name == 0 or #name > 32 or name:find("[^a-z0-9_]") then
+    error("tag(name, value): name must be 1-32 of a-z, 0-9, _", 2)
+  end
+  if reserved_tags[name] then error(("tag name %q is reserved by sluice.disconnect"):format(name), 2) end
+  if type(value) == "number" then value = ("%.17g"):format(value) end
+  if type(value) ~= "string" then error("tag(name, value): value must be a string or number", 2) end
+  if #value > 128 then error("tag value longer than 128 bytes", 2) end
+  if not self._open then
+    local tags = list(self, "_tags")
+    for i = 1, #tags, 2 do
+      if tags[i] == name then tags[i + 1] = value; return self end
+    end
+    if #tags >= 2 * TAGS_MAX then error("at most 4 tags per stream", 2) end
+    tags[#tags + 1], tags[#tags + 2] = name, value
+    return self
+  end
+  local channels = not self._tagged and self._channels or nil
+  self._tagged = true
+  if not self._rt.core.tag(self.id, name, value, channels) then
+    error("at most 4 tags per stream", 2)
+  end
+  return self
 end
 
 -- Timers that belong to this stream: stopped when it closes.
