@@ -32,6 +32,8 @@ struct config {
     unsigned workers;            /* --workers: threads serving (0: the CPUs we may use) */
     bool reuseport;              /* --reuseport: a listening socket per worker */
     const char *access_log;      /* --access-log FILE, "-" = stdout; NULL = off */
+    const char *admin_listen;    /* --admin-listen HOST:PORT; NULL = off */
+    bool histograms;             /* --no-histograms turns them off */
 };
 
 void config_defaults(struct config *c);

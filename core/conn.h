@@ -60,6 +60,13 @@ struct conn {
     /* The request being answered, or the stream: ids, and what the access
      * log says of it (core/access_log.h). */
     struct access_rec *rec;
+    /* For the built-in metrics (core/metrics.h): the route and variant the
+     * runtime noted (0: none), when the request was dispatched, when its
+     * stream opened. */
+    uint16_t mkey;
+    bool dispatched;              /* an answer now ends a dispatched request */
+    double dispatched_at;         /* monotonic */
+    ev_tstamp stream_opened;
 };
 
 struct sockaddr;
