@@ -296,7 +296,7 @@ struct admin *admin_start(struct process *p, const char *spec)
     ev_timer_start(a->loop, &a->tick);
     char addr[80];
     process_bound_address(fd, addr, sizeof addr);
-    log_info("admin listening on %s", addr);
+    log_info("admin endpoints at %s", addr);
     return a;
 }
 

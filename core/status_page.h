@@ -76,6 +76,7 @@ static const char status_page_html[] =
     "  var by = {}, html = '';\n"
     "  list.forEach(function (v) { (by[v.route] = by[v.route] || []).push(v); });\n"
     "  Object.keys(by).sort().forEach(function (r) {\n"
+    "    if (by[r].length < 2) return;   // a rollout: more than one variant\n"
     "    var total = by[r].reduce(function (n, v) { return n + v.requests; }, 0) || 1;\n"
     "    html += '<table><tr><td colspan=\"3\"><b>' + esc(r) + '</b></td></tr>';\n"
     "    by[r].forEach(function (v) {\n"
