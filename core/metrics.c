@@ -13,20 +13,6 @@
 #include "process.h"
 #include "worker.h"
 
-/* 100 us .. 10 s: a write handed to the kernel within the loop turn that
- * queued it takes well under a millisecond; a backed-up loop, seconds. */
-const uint64_t metrics_latency_bounds_us[HIST_BUCKETS] = {
-    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
-    500000, 1000000, 2500000, 5000000, 10000000,
-};
-
-/* 1 s .. 1 day: reconnect storms show up left, long-lived streams right. */
-const uint64_t metrics_lifetime_bounds_us[HIST_BUCKETS] = {
-    1000000ull, 5000000ull, 10000000ull, 30000000ull, 60000000ull, 120000000ull,
-    300000000ull, 600000000ull, 1200000000ull, 1800000000ull, 3600000000ull,
-    7200000000ull, 14400000000ull, 28800000000ull, 43200000000ull, 86400000000ull,
-};
-
 /* ---- the registry of routes and (route, variant) pairs ------------------
  * Appended under a mutex, never changed after: a reader takes the count
  * with an acquire load and reads the entries below it without the lock. */
