@@ -85,8 +85,12 @@ static bool client_write(struct admin_client *c)
     }
     c->out.len = c->out_off = 0;
     if (c->close_after) {
-        client_free(c);
-        return false;
+        /* Our FIN, then close on the client's: closing now with anything
+         * unread would send a reset, which can discard the answer. */
+        if (shutdown(c->fd, SHUT_WR) < 0) {
+            client_free(c);
+            return false;
+        }
     }
     /* An SSE client: nothing to read, but a read event says it left. */
     ev_io_stop(c->a->loop, &c->io);
@@ -196,7 +200,7 @@ static void on_client(struct ev_loop *loop, ev_io *io, int revents)
         client_write(c);
         return;
     }
-    if (c->sse || c->close_after) {   /* a follower that sends something, or left */
+    if (c->sse || c->close_after) {   /* a follower or an answered client: until it leaves */
         char sink[256];
         ssize_t n = read(c->fd, sink, sizeof sink);
         if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
@@ -267,7 +271,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
             status_event(c);
             if (idle)
                 client_write(c);
-        } else if (!c->close_after && ev_now(loop) - c->since > ADMIN_IDLE_SECONDS) {
+        } else if (ev_now(loop) - c->since > ADMIN_IDLE_SECONDS) {
             client_free(c);
         }
     }
