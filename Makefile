@@ -13,7 +13,7 @@ APPS    ?= apps
 
 # Every Debian package that building, running and testing needs.
 PACKAGES := gcc make pkg-config libluajit2-5.1-dev luajit2 libev-dev node-llhttp \
-            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx-light curl
+            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx-light curl prometheus
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=$(BUILD)/core/%.o)
@@ -177,6 +177,16 @@ browser-test: deps sluice
 	    port=$$(grep -o 'listening on 127.0.0.1:[0-9]*' build/browser/sluice.log | cut -d: -f2); \
 	    [ -n "$$port" ] && break; sleep 0.05; done; \
 	  NODE_PATH=build/browser/node_modules node spec/browser/eventsource.js http://127.0.0.1:$$port/; \
+	  rc=$$?; kill $$pid; [ $$rc = 0 ] || exit $$rc
+	@# The admin listener's /status page (its own server: other ids in the sequence).
+	@./sluice --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --apps spec/browser/status_apps \
+	    --no-watch > build/browser/status.log 2>&1 & \
+	  pid=$$!; port=; for i in $$(seq 100); do \
+	    port=$$(grep -o 'listening on 127.0.0.1:[0-9]*' build/browser/status.log | cut -d: -f2); \
+	    [ -n "$$port" ] && break; sleep 0.05; done; \
+	  admin=$$(grep -o 'admin endpoints at 127.0.0.1:[0-9]*' build/browser/status.log | cut -d: -f2); \
+	  NODE_PATH=build/browser/node_modules node spec/browser/status.js http://127.0.0.1:$$admin \
+	    http://127.0.0.1:$$port $$pid; \
 	  rc=$$?; kill $$pid; exit $$rc
 
 clean:

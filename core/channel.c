@@ -12,6 +12,7 @@
 #include "counter.h"
 #include "frame.h"
 #include "log.h"
+#include "metrics.h"
 #include "sse.h"
 #include "stream.h"
 
@@ -102,11 +103,13 @@ static uint64_t deliver(struct channels *cs, struct bus_event *ev)
     if (!ch)
         return 0;   /* its last local subscriber left meanwhile */
     uint64_t n = 0;
+    uint32_t stamp = metrics_stamp_now();   /* one clock read per event */
     for (uint32_t v = 0; v < ch->nviews; v++) {
         struct chan_view *cv = &ch->views[v];
         struct frame *f = frame_for(cs, ev, cv->view);
         if (!f)
             continue;
+        f->queued_us = stamp;   /* a frame of this worker's own: nobody reads it yet */
         struct sse_stream **streams = cv->streams;
         uint32_t ns = cv->nsubs;
         for (uint32_t i = 0; i < ns; i++) {

@@ -25,6 +25,7 @@ void config_defaults(struct config *c)
         .history_bytes = 256u * 1024 * 1024,
         .reload_debounce = 0.1,
         .watch = true,
+        .histograms = true,
         .pid_file = NULL,
         .max_streams = 0,
         .shed_queued_bytes = 0,

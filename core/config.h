@@ -37,6 +37,8 @@ struct config {
     size_t shed_queued_bytes;    /* --shed-queued-bytes: queued output of the process
                                     past which new streams get 503 (0 = no limit) */
     size_t quota_keys;           /* --quota-keys: entries of the quota table */
+    const char *admin_listen;    /* --admin-listen HOST:PORT; NULL = off */
+    bool histograms;             /* --no-histograms turns them off */
 };
 
 void config_defaults(struct config *c);

@@ -15,6 +15,7 @@
 #include "access_log.h"
 #include "buf.h"
 #include "log.h"
+#include "metrics.h"
 #include "quota.h"
 #include "response.h"
 #include "sse.h"
@@ -103,6 +104,8 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = c;
     stream_init(&c->st, &w->streams);
+    struct worker_metrics *m = metrics_worker(w->id);
+    c->st.out.meter = m ? &m->out : NULL;
     ev_io_start(w->loop, &c->io);
     deadline_arm(&w->header_timeouts, &c->timeout);
 }
@@ -110,11 +113,14 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
 /* A stream's access-log line, while its subscriptions can still be named. */
 static void log_stream_end(struct conn *c)
 {
-    if (!c->stream || !c->rec)
+    if (!c->stream)
         return;
     if (!c->st.end_reason)
         stream_note_end(&c->st, c->w->stopping ? STREAM_END_SHUTDOWN : STREAM_END_SERVER_ERROR);
-    access_log_stream(c->w->loop, c->rec, &c->st);
+    metrics_stream_closed(c->w->id, c->mkey, (enum stream_end)c->st.end_reason,
+                          ev_now(c->w->loop) - c->stream_opened);
+    if (c->rec)
+        access_log_stream(c->w->loop, c->rec, &c->st);
 }
 
 void conn_release_quota(struct conn *c)
@@ -379,6 +385,10 @@ static void respond(struct conn *c, const char *head, size_t head_len,
     }
     conn_release_quota(c);   /* an answer, not a stream: the slot is free again */
     access_log_answer(c->w->loop, c->rec, head_status(head, head_len), f->len);
+    if (c->dispatched) {
+        c->dispatched = false;
+        metrics_request_done(c->w->id, c->mkey, clock_mono() - c->dispatched_at);
+    }
     access_rec_free(c->rec);
     c->rec = NULL;
     enqueue(c, f, 0, f->len);
@@ -470,6 +480,9 @@ bool conn_stream_open(struct conn *c, const char *fields, size_t fields_len,
         return false;
     set_state(c, CONN_STREAMING);
     c->stream = true;
+    c->dispatched = false;
+    c->stream_opened = ev_now(c->w->loop);
+    metrics_stream_opened(c->w->id, c->mkey);
     counter_add(&c->w->stats.streams_opened, 1);
     gauge_set(&c->w->stats.streams, gauge_get(&c->w->stats.streams) + 1);
     deadline_cancel(&c->timeout);
@@ -525,6 +538,9 @@ static void dispatch(struct conn *c)
     struct worker *w = c->w;
     counter_add(&w->stats.requests, 1);
     set_state(c, CONN_DISPATCHING);
+    c->mkey = 0;   /* until the runtime names the route */
+    c->dispatched = true;
+    c->dispatched_at = clock_mono();
     c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
     deadline_cancel(&c->timeout);
     uint32_t n;

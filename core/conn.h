@@ -65,6 +65,13 @@ struct conn {
     struct tag_entry *tags;
     uint64_t quota_key;
     bool quota_held;              /* holds a stream slot of quota_key */
+    /* For the built-in metrics (core/metrics.h): the route and variant the
+     * runtime noted (0: none), when the request was dispatched, when its
+     * stream opened. */
+    uint16_t mkey;
+    bool dispatched;              /* an answer now ends a dispatched request */
+    double dispatched_at;         /* monotonic */
+    ev_tstamp stream_opened;
 };
 
 /* What the transport hands the rest of the server: a request to answer,

@@ -21,6 +21,7 @@ struct frame *frame_new(size_t len)
     f->body_off = 0;
     f->body_len = (uint32_t)len;
     f->flags = 0;
+    f->queued_us = 0;
     f->id = 0;
     f->data = f->own_data;
     f->shared = NULL;
@@ -92,6 +93,7 @@ struct frame *frame_local(struct frame *shared)
     f->body_off = shared->body_off;
     f->body_len = shared->body_len;
     f->flags = shared->flags & ~(uint32_t)FRAME_SHARED;
+    f->queued_us = 0;
     f->id = shared->id;
     f->data = shared->data;
     f->shared = frame_ref(shared);

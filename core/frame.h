@@ -22,6 +22,10 @@ struct frame {
     uint32_t body_off;   /* the payload inside HTTP chunk framing */
     uint32_t body_len;
     uint32_t flags;
+    /* When a channel queued this frame on its subscribers (metrics.h's
+     * stamp, in what was padding), 0: not an event to time (replays,
+     * answers, notices). */
+    uint32_t queued_us;
     uint64_t id;         /* the event's id (FRAME_EVENT from a channel), else 0 */
     char *data;          /* own_data, or a shared frame's bytes */
     struct frame *shared;   /* the frame whose bytes these are, else NULL */

@@ -18,6 +18,7 @@
 #include "http.h"
 #include "log.h"
 #include "luavm.h"
+#include "metrics.h"
 #include "process.h"
 #include "worker.h"
 
@@ -280,5 +281,11 @@ void lua_api_stream_closed(struct luavm *vm, struct conn *c)
 void lua_api_reload(struct luavm *vm)
 {
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->ref_reload);
-    luavm_call(vm, 0, 0, "reload");
+    /* runtime.reload returns its problems: counted (once, in worker 0). */
+    if (luavm_call(vm, 0, 1, "reload")) {
+        metrics_reload(vm->w->id, (int)lua_tointeger(vm->L, -1));
+        lua_pop(vm->L, 1);
+    } else {
+        metrics_reload(vm->w->id, 1);
+    }
 }

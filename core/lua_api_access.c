@@ -13,6 +13,7 @@
 #include "access_log.h"
 #include "buf.h"
 #include "conn.h"
+#include "metrics.h"
 
 #define MAX_FIELDS 8          /* req:log keys per request */
 #define MAX_KEY 32
@@ -92,7 +93,14 @@ static void put_fields(lua_State *L, struct buf *b, int idx)
 int l_access_note(lua_State *L)
 {
     struct conn *c = conn_arg(L, 1);
-    if (!c || !c->rec || !c->rec->request)
+    if (!c)
+        return 0;
+    /* The metrics' route and variant labels (bounded: declared patterns). */
+    size_t rlen = 0, vlen = 0;
+    const char *route = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &rlen) : NULL;
+    const char *variant = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &vlen) : NULL;
+    c->mkey = metrics_key(route, rlen, variant, vlen);
+    if (!c->rec || !c->rec->request)
         return 0;
     struct buf b = { 0 };
     put_opt_string(L, &b, "route", 2, 1024);

@@ -9,6 +9,7 @@
 #include "conn.h"
 #include "frame.h"
 #include "luavm.h"
+#include "metrics.h"
 #include "numfmt.h"
 #include "sse.h"
 #include "tags.h"
@@ -87,6 +88,8 @@ int l_subscribe(lua_State *L)
     int rc = channels_subscribe(vm->w->channels, &c->st, reqs, n, last_raw, (uint64_t)last);
     if (rc < 0)
         return luaL_error(L, "out of memory subscribing");
+    if (has_last)   /* channel.c has said whether it could replay exactly */
+        metrics_resume(vm->w->id, c->st.resume_reset);
     lua_pushboolean(L, c->state == CONN_STREAMING);
     return 1;
 }

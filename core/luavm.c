@@ -12,6 +12,8 @@
 #include <lualib.h>
 
 #include "log.h"
+#include "metrics.h"
+#include "worker.h"
 
 /* The signal handler needs the state of the thread it interrupts. */
 static _Thread_local struct luavm *current_vm;
@@ -147,6 +149,7 @@ int luavm_sandbox_run(lua_State *L)
     lua_pushcfunction(L, traceback);
     lua_insert(L, 1);
     int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
+    bool budget_stop = outermost && vm->budget_expired;   /* before it is cleared */
     vm->uncharged = uncharged;
     vm->sandbox_depth--;
     if (outermost) {
@@ -155,6 +158,8 @@ int luavm_sandbox_run(lua_State *L)
         vm->budget_expired = 0;
     }
     lua_remove(L, 1);   /* the traceback function */
+    if (rc != 0 && vm->w)   /* counted for the metrics; the caller logs it */
+        metrics_script_error(vm->w->id, lua_tostring(L, -1), budget_stop);
     if (rc != 0) {
         if (rc == LUA_ERRMEM || vm->mem_exceeded) {
             lua_pop(L, 1);

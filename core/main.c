@@ -69,6 +69,9 @@ static void usage(FILE *out, const struct config *d)
 "  --log-format FORMAT       the server's own log lines: text or json (default text)\n"
 "  --access-log FILE         one JSON line per request and per ended stream, to\n"
 "                            FILE (reopened on SIGUSR1) or - for stdout (default off)\n"
+"  --admin-listen HOST:PORT  serve /metrics, /healthz, /readyz and /status on this\n"
+"                            address of its own (default off)\n"
+"  --no-histograms           leave out the latency, duration and lifetime histograms\n"
 "  --version, --help\n",
             d->listen, d->apps_dir, d->backlog, d->max_head, d->max_headers,
             d->max_body, d->max_queued, d->header_timeout, d->keepalive_timeout,
@@ -243,7 +246,7 @@ int main(int argc, char **argv)
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_LOGFMT, O_ACCESS, O_CHECK, O_VERSION, O_HELP, O_WORKERS,
-           O_REUSEPORT, O_MAXSTREAMS, O_SHEDQUEUED, O_QUOTAKEYS };
+           O_REUSEPORT, O_MAXSTREAMS, O_SHEDQUEUED, O_QUOTAKEYS, O_ADMIN, O_NOHIST };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -263,6 +266,7 @@ int main(int argc, char **argv)
         { "help", 0, 0, O_HELP }, { "workers", 1, 0, O_WORKERS },
         { "reuseport", 0, 0, O_REUSEPORT }, { "max-streams", 1, 0, O_MAXSTREAMS },
         { "shed-queued-bytes", 1, 0, O_SHEDQUEUED }, { "quota-keys", 1, 0, O_QUOTAKEYS },
+        { "admin-listen", 1, 0, O_ADMIN }, { "no-histograms", 0, 0, O_NOHIST },
         { 0, 0, 0, 0 },
     };
     int o;
@@ -324,6 +328,8 @@ int main(int argc, char **argv)
             }
             break;
         case O_ACCESS: cfg.access_log = optarg; break;
+        case O_ADMIN: cfg.admin_listen = optarg; break;
+        case O_NOHIST: cfg.histograms = false; break;
         case O_CHECK: check_dir = optarg; break;
         case O_VERSION: puts("sluice 0.1.0"); return 0;
         case O_HELP: usage(stdout, &defaults); return 0;

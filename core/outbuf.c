@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <sys/uio.h>
 
+#include "metrics.h"
+
 /* Enough slices per writev to coalesce a backlog of small events into one
  * system call; the kernel accepts up to IOV_MAX. */
 #define WRITEV_SLICES 256
@@ -49,6 +51,7 @@ bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
     *at(ob, ob->count) = (struct slice){ frame_ref(frame), off, len };
     ob->count++;
     ob->bytes += len;
+    meter_queued(ob->meter, len);
     return true;
 }
 
@@ -56,6 +59,7 @@ static void pop_front(struct outbuf *ob)
 {
     struct slice *s = at(ob, 0);
     ob->bytes -= s->len;
+    meter_queued(ob->meter, -(int64_t)s->len);
     frame_unref(s->frame);
     ob->head = (ob->head + 1) & (ob->cap - 1);
     ob->count--;
@@ -71,9 +75,21 @@ static void release_ring(struct outbuf *ob)
     ob->cap = ob->head = ob->count = 0;
 }
 
+/* An event whose bytes are all with the kernel now: how long since a
+ * channel queued it. One clock read per write that completes one. */
+static void observe_written(struct out_meter *m, const struct frame *f, uint32_t *now)
+{
+    if (!m || !f->queued_us || !m->histograms)
+        return;
+    if (!*now)
+        *now = metrics_stamp_now();
+    hist_observe_us(&m->latency, metrics_latency_bounds_us, (uint32_t)(*now - f->queued_us));
+}
+
 enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
 {
     struct iovec iov[WRITEV_SLICES];
+    uint32_t now = 0;
     while (ob->count) {
         int n = 0;
         for (uint32_t i = 0; i < ob->count && n < WRITEV_SLICES; i++, n++) {
@@ -99,11 +115,13 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
                 s->off += (uint32_t)left;
                 s->len -= (uint32_t)left;
                 ob->bytes -= left;
+                meter_queued(ob->meter, -(int64_t)left);
                 ob->head_started = true;
                 left = 0;
             } else {
                 left -= s->len;
                 ob->events_written += (s->frame->flags & FRAME_EVENT) != 0;
+                observe_written(ob->meter, s->frame, &now);
                 pop_front(ob);
             }
         }
@@ -123,6 +141,7 @@ uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
         struct slice s = *at(ob, i);
         if (ob->bytes > keep_bytes && (s.frame->flags & FRAME_EVENT)) {
             ob->bytes -= s.len;
+            meter_queued(ob->meter, -(int64_t)s.len);
             frame_unref(s.frame);
             dropped++;
         } else {
@@ -146,6 +165,7 @@ void outbuf_remove_first_unstarted(struct outbuf *ob)
         return;
     struct slice *victim = at(ob, first);
     ob->bytes -= victim->len;
+    meter_queued(ob->meter, -(int64_t)victim->len);
     frame_unref(victim->frame);
     if (first)
         *victim = *at(ob, 0);
@@ -168,6 +188,7 @@ bool outbuf_push_front(struct outbuf *ob, struct frame *frame, uint32_t off,
         *at(ob, 0) = s;
     }
     ob->bytes += len;
+    meter_queued(ob->meter, len);
     return true;
 }
 
@@ -176,5 +197,6 @@ void outbuf_clear(struct outbuf *ob)
     while (ob->count)
         pop_front(ob);
     release_ring(ob);
+    meter_queued(ob->meter, -(int64_t)ob->bytes);   /* 0 unless out of step */
     ob->bytes = 0;
 }

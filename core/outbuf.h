@@ -28,6 +28,9 @@ struct outbuf {
     uint64_t last_event_id;   /* of the last event written or started, 0: none */
     uint64_t written;         /* bytes handed to the kernel, ever */
     uint64_t events_written;  /* events (FRAME_EVENT) written whole, ever */
+    /* The worker's queued-bytes gauge and publish-to-written histogram
+     * (core/metrics.h); NULL: not measured (unit tests). */
+    struct out_meter *meter;
 };
 
 /* Asks the CPU to fetch the slot the next push will fill. */

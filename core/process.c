@@ -12,8 +12,11 @@
 #include <unistd.h>
 
 #include "access_log.h"
+#include "admin.h"
 #include "bus.h"
+#include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "reload.h"
 #include "signals.h"
 #include "worker.h"
@@ -23,12 +26,12 @@ enum process_cmd { PROCESS_WORKER_READY, PROCESS_WORKER_EXITED, PROCESS_DRAIN };
 
 /* ---- the listening socket --------------------------------------------- */
 
-static int listen_on(const char *spec, int backlog, bool reuseport)
+int process_listen_socket(const char *spec, int backlog, bool reuseport, const char *option)
 {
     char host[256];
     const char *colon = strrchr(spec, ':');
     if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host) {
-        log_error("--listen wants HOST:PORT, got \"%s\"", spec);
+        log_error("%s wants HOST:PORT, got \"%s\"", option, spec);
         return -1;
     }
     memcpy(host, spec, (size_t)(colon - spec));
@@ -43,7 +46,7 @@ static int listen_on(const char *spec, int backlog, bool reuseport)
     struct addrinfo *res;
     int rc = getaddrinfo(h, colon + 1, &hints, &res);
     if (rc != 0) {
-        log_error("--listen %s: %s", spec, gai_strerror(rc));
+        log_error("%s %s: %s", option, spec, gai_strerror(rc));
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -71,7 +74,7 @@ static int listen_on(const char *spec, int backlog, bool reuseport)
 
 /* The address really bound: with port 0 the kernel picks one, and tests
  * read it from the "listening on" line. */
-static void bound_address(int fd, char *text, size_t size)
+void process_bound_address(int fd, char *text, size_t size)
 {
     struct sockaddr_in6 sa;
     socklen_t len = sizeof sa;
@@ -139,7 +142,7 @@ static void on_message(void *ctx, struct mailbox_msg msg)
     case PROCESS_WORKER_READY:
         if (++p->nready == p->nworkers) {
             char addr[80];
-            bound_address(p->listen_fd, addr, sizeof addr);
+            process_bound_address(p->listen_fd, addr, sizeof addr);
             log_info("sluice listening on %s, apps from %s", addr, p->cfg->apps_dir);
         }
         break;
@@ -211,19 +214,25 @@ int process_init(struct process *p, const struct config *cfg, unsigned nworkers)
         return -1;
     }
     p->nworkers = nworkers;
+    p->started = clock_mono();
+    if (metrics_init(nworkers, cfg->histograms) < 0) {
+        log_error("out of memory starting the process");
+        return -1;
+    }
 
-    p->listen_fd = listen_on(cfg->listen, cfg->backlog, cfg->reuseport && nworkers > 1);
+    p->listen_fd = process_listen_socket(cfg->listen, cfg->backlog,
+                                         cfg->reuseport && nworkers > 1, "--listen");
     if (p->listen_fd < 0)
         return -1;
     if (cfg->reuseport && nworkers > 1) {
         /* The same address as the first (its port, if the kernel chose). */
         char addr[80];
-        bound_address(p->listen_fd, addr, sizeof addr);
+        process_bound_address(p->listen_fd, addr, sizeof addr);
         p->extra_fds = calloc(nworkers, sizeof *p->extra_fds);
         if (!p->extra_fds)
             return -1;
         for (unsigned i = 1; i < nworkers; i++) {
-            p->extra_fds[i] = listen_on(addr, cfg->backlog, true);
+            p->extra_fds[i] = process_listen_socket(addr, cfg->backlog, true, "--listen");
             if (p->extra_fds[i] < 0) {
                 for (unsigned j = 1; j < i; j++)
                     if (close(p->extra_fds[j]) < 0)
@@ -252,6 +261,11 @@ int process_init(struct process *p, const struct config *cfg, unsigned nworkers)
     ev_signal_start(p->loop, &p->sig_usr1);
     /* Before any worker thread exists: they inherit the blocked signals. */
     signals_loop_ready();
+
+    /* Its own socket, on this loop: probes answer however busy the
+     * workers are. */
+    if (cfg->admin_listen && !(p->admin = admin_start(p, cfg->admin_listen)))
+        return -1;
 
     if (cfg->watch)
         p->reloader = reloader_new(p->loop, cfg->apps_dir, cfg->reload_debounce,
@@ -284,6 +298,7 @@ int process_run(struct process *p)
 
 void process_free(struct process *p)
 {
+    admin_free(p->admin);
     reloader_free(p->reloader);
     if (p->loop) {
         ev_signal_stop(p->loop, &p->sig_int);
@@ -295,6 +310,7 @@ void process_free(struct process *p)
     free(p->workers);
     free(p->extra_fds);
     bus_free(p->bus);   /* every worker is joined: nobody else holds it */
+    metrics_free();
     if (p->listen_fd >= 0 && close(p->listen_fd) < 0)
         log_warn("close listener: %s", strerror(errno));
     if (p->pid_written && unlink(p->cfg->pid_file) < 0)

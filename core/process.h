@@ -10,6 +10,7 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -18,6 +19,7 @@
 struct worker;
 struct reloader;
 struct bus;
+struct admin;
 
 struct process {
     struct ev_loop *loop;          /* ev_default_loop, main thread */
@@ -35,6 +37,8 @@ struct process {
     unsigned nworkers, nready, nexited;
     bool draining;                 /* every worker has been told to drain */
     bool failed;                   /* a worker could not start: exit 1 */
+    struct admin *admin;           /* --admin-listen, else NULL */
+    double started;                /* clock_mono() at process_init */
 };
 
 /* Writes the pid file, opens the listening socket(s), creates the bus and
@@ -50,6 +54,13 @@ int process_run(struct process *p);
 
 /* Closes the socket and removes the pid file. */
 void process_free(struct process *p);
+
+/* A listening socket on spec (HOST:PORT), SO_REUSEPORT if asked; option
+ * names it in errors. The fd, or -1 (logged). */
+int process_listen_socket(const char *spec, int backlog, bool reuseport, const char *option);
+
+/* The address fd is bound to, as text (port 0 becomes the real one). */
+void process_bound_address(int fd, char *text, size_t size);
 
 /* From a worker's thread (thread-safe, asynchronous): */
 void process_worker_ready(struct process *p, struct worker *w);

@@ -146,9 +146,10 @@ local access_log = core.access_log
 local answering   -- the request being answered (set by dispatch)
 
 -- What the runtime adds to a request's access-log line: route, variant,
--- the app's req:log fields, and a stream's Last-Event-ID.
+-- the app's req:log fields, and a stream's Last-Event-ID. Also without
+-- the access log: route and variant label the built-in metrics.
 local function note(h, req, last_raw)
-  if access_log and req then
+  if req then
     core.access_note(h, req.route, req.variant, rawget(req, "_log"), last_raw)
   end
 end
