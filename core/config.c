@@ -26,5 +26,7 @@ void config_defaults(struct config *c)
         .reload_debounce = 0.1,
         .watch = true,
         .pid_file = NULL,
+        .redis_url = NULL,
+        .redis_prefix = "sluice:",
     };
 }

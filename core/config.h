@@ -32,6 +32,8 @@ struct config {
     unsigned workers;            /* --workers: threads serving (0: the CPUs we may use) */
     bool reuseport;              /* --reuseport: a listening socket per worker */
     const char *access_log;      /* --access-log FILE, "-" = stdout; NULL = off */
+    const char *redis_url;       /* --redis URL: cluster mode; NULL = one node */
+    const char *redis_prefix;    /* --redis-prefix P: every key and channel */
 };
 
 void config_defaults(struct config *c);

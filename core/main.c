@@ -58,6 +58,9 @@ static void usage(FILE *out, const struct config *d)
 "                            (default: the CPUs this process may run on)\n"
 "  --reuseport               one listening socket per worker (SO_REUSEPORT)\n"
 "                            instead of one shared by all\n"
+"  --redis URL               several nodes as one service: ids, history and live\n"
+"                            events through Redis, redis://[:password@]host:port[/db]\n"
+"  --redis-prefix P          prefix of every Redis key and channel (default %s)\n"
 "  --pid-file FILE           write the process id here\n"
 "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 "  --log-format FORMAT       the server's own log lines: text or json (default text)\n"
@@ -69,7 +72,7 @@ static void usage(FILE *out, const struct config *d)
             d->send_timeout,
             d->heartbeat, d->retry_ms, d->history_len, d->history_ttl,
             d->history_bytes, d->lua_cpu_ms,
-            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace);
+            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace, d->redis_prefix);
 }
 
 static int parse_num(const char *opt, const char *s, double min, double max, double *out)
@@ -237,7 +240,7 @@ int main(int argc, char **argv)
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_LOGFMT, O_ACCESS, O_CHECK, O_VERSION, O_HELP, O_WORKERS,
-           O_REUSEPORT };
+           O_REUSEPORT, O_REDIS, O_REDIS_PREFIX };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -255,7 +258,8 @@ int main(int argc, char **argv)
         { "log-format", 1, 0, O_LOGFMT }, { "access-log", 1, 0, O_ACCESS },
         { "check", 1, 0, O_CHECK }, { "version", 0, 0, O_VERSION },
         { "help", 0, 0, O_HELP }, { "workers", 1, 0, O_WORKERS },
-        { "reuseport", 0, 0, O_REUSEPORT }, { 0, 0, 0, 0 },
+        { "reuseport", 0, 0, O_REUSEPORT }, { "redis", 1, 0, O_REDIS },
+        { "redis-prefix", 1, 0, O_REDIS_PREFIX }, { 0, 0, 0, 0 },
     };
     int o;
     double v;
@@ -297,6 +301,8 @@ int main(int argc, char **argv)
         case O_PID: cfg.pid_file = optarg; break;
         case O_WORKERS: NUM("--workers", 1, 1024); cfg.workers = (unsigned)v; break;
         case O_REUSEPORT: cfg.reuseport = true; break;
+        case O_REDIS: cfg.redis_url = optarg; break;
+        case O_REDIS_PREFIX: cfg.redis_prefix = optarg; break;
         case O_LOG:
             if (log_parse_level(optarg, &log_threshold) < 0) {
                 fprintf(stderr, "sluice: --log-level is debug, info, warn or error\n");
