@@ -13,7 +13,8 @@ APPS    ?= apps
 
 # Every Debian package that building, running and testing needs.
 PACKAGES := gcc make pkg-config libluajit2-5.1-dev luajit2 libev-dev node-llhttp \
-            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx-light curl prometheus
+            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx-light curl \
+            prometheus redis-server libhiredis-dev
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:core/%.c=$(BUILD)/core/%.o)
@@ -35,7 +36,7 @@ deps:
 	fi
 
 sluice: $(CORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lhiredis -lev -lm -lrt -pthread -Wl,-E
 
 $(BUILD)/core/%.o: core/%.c $(wildcard core/*.h) | $(BUILD)/core
 	$(CC) $(CFLAGS) $(LUAJIT_CFLAGS) -I$(LLHTTP_INC) -c -o $@ $<
@@ -104,7 +105,7 @@ TESTCORE := $(BUILD)/testing/sluice_testcore.so
 testcore: $(TESTCORE)
 
 $(TESTCORE): $(TESTCORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) -lev -lm -lrt -pthread
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) -lhiredis -lev -lm -lrt -pthread
 
 $(BUILD)/testing/%.o: %.c $(wildcard core/*.h)
 	@mkdir -p $(dir $@)
@@ -122,7 +123,7 @@ asan: deps
 	SLUICE_BIN=./sluice-asan ./spec/run
 
 sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lhiredis -lev -lm -lrt -pthread -Wl,-E
 
 # The specs against a ThreadSanitizer build (the process, signal and
 # worker threads). spec/run sets no log_path for TSan, so its reports go to
@@ -147,7 +148,7 @@ tsan: deps
 	  [ $$rc -ne 0 ] || rm -rf "$$dir"; exit $$rc
 
 sluice-tsan: $(CORE_OBJ) $(LLHTTP_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lev -lm -lrt -pthread -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LUAJIT_LIBS) -lhiredis -lev -lm -lrt -pthread -Wl,-E
 
 bench: deps
 	$(MAKE) sluice

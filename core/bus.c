@@ -68,6 +68,8 @@ struct bus {
     unsigned nworkers;
     struct inbox *inboxes;
     struct bus_listener listener;
+    struct bus_upstream upstream;   /* cluster mode: set before workers start */
+    uint64_t queued_upstream;       /* atomic: publishes handed to it */
     uint64_t published;
     struct bchan *by_name;
     TAILQ_HEAD(, bchan) idle;
@@ -524,6 +526,13 @@ void bus_set_clock(struct bus *b, double (*clock)(void))
     unlock(b);
 }
 
+void bus_set_upstream(struct bus *b, const struct bus_upstream *u)
+{
+    lock(b);
+    b->upstream = *u;
+    unlock(b);
+}
+
 void bus_set_listener(struct bus *b, const struct bus_listener *l)
 {
     lock(b);
@@ -666,31 +675,11 @@ static bool batch_push(struct bus_batch *q, struct bus_event *ev)
     return true;
 }
 
-int bus_publish(struct bus *cs, unsigned wid, const char *name, size_t name_len,
-                const char *event, size_t event_len,
-                const char *data, size_t data_len,
-                struct publish_result *out)
+/* Hands e (a new event with its id) to every worker that wants it and
+ * keeps it in ch's history: the ordering path of both a local publish and
+ * an event that came back from Redis. Under the lock. */
+static void append(struct bus *cs, struct bchan *ch, struct hist_entry e)
 {
-    lock(cs);
-    struct bchan *ch = get(cs, name, name_len);
-    if (!ch) {
-        unlock(cs);
-        return -1;
-    }
-    struct hist_entry e = { 0 };
-    e.ev = event_new(cs->last_id + 1, name, name_len, event, event_len, data, data_len);
-    if (!e.ev) {
-        release_if_unused(cs, ch);
-        unlock(cs);
-        return -1;
-    }
-    e.bytes = sizeof e + event_size(name_len, event, event_len, data_len);
-    cs->last_id++;
-    cs->published++;
-    e.at = cs->clock();
-    out->id = e.ev->src.id;
-    out->reached = ch->nsubs - ch->wsubs[wid];
-
     /* In id order into every inbox that wants it: under the lock, so no
      * later id can be queued before this one anywhere. */
     size_t framed = 0;
@@ -737,6 +726,83 @@ int bus_publish(struct bus *cs, unsigned wid, const char *name, size_t name_len,
         entry_free(&e);
     }
     release_if_unused(cs, ch);
+}
+
+/* Cluster mode: the event goes to Redis, which gives it its id and sends
+ * it back to every node (this one too) through bus_deliver. */
+static int publish_upstream(struct bus *cs, const char *name, size_t name_len,
+                            const char *event, size_t event_len,
+                            const char *data, size_t data_len,
+                            struct publish_result *out)
+{
+    lock(cs);
+    const struct history_rule *r = rule_for(cs, name, name_len);
+    size_t history_len = r->history_len;
+    double history_ttl = r->history_ttl;
+    unlock(cs);
+    out->id = 0;
+    out->reached = 0;
+    int rc = cs->upstream.publish(cs->upstream.ctx, name, name_len, event, event_len,
+                                  data, data_len, history_len, history_ttl);
+    if (rc == 0)
+        __atomic_add_fetch(&cs->queued_upstream, 1, __ATOMIC_RELAXED);
+    return rc < 0 ? rc : BUS_QUEUED;
+}
+
+int bus_publish(struct bus *cs, unsigned wid, const char *name, size_t name_len,
+                const char *event, size_t event_len,
+                const char *data, size_t data_len,
+                struct publish_result *out)
+{
+    if (cs->upstream.publish)
+        return publish_upstream(cs, name, name_len, event, event_len, data, data_len, out);
+    lock(cs);
+    struct bchan *ch = get(cs, name, name_len);
+    if (!ch) {
+        unlock(cs);
+        return -1;
+    }
+    struct hist_entry e = { 0 };
+    e.ev = event_new(cs->last_id + 1, name, name_len, event, event_len, data, data_len);
+    if (!e.ev) {
+        release_if_unused(cs, ch);
+        unlock(cs);
+        return -1;
+    }
+    e.bytes = sizeof e + event_size(name_len, event, event_len, data_len);
+    cs->last_id++;
+    cs->published++;
+    e.at = cs->clock();
+    out->id = e.ev->src.id;
+    out->reached = ch->nsubs - ch->wsubs[wid];
+    append(cs, ch, e);
+    unlock(cs);
+    return 0;
+}
+
+int bus_deliver(struct bus *cs, const char *name, size_t name_len, uint64_t id,
+                const char *event, size_t event_len,
+                const char *data, size_t data_len)
+{
+    lock(cs);
+    struct bchan *ch = get(cs, name, name_len);
+    if (!ch) {
+        unlock(cs);
+        return -1;
+    }
+    struct hist_entry e = { 0 };
+    e.ev = event_new(id, name, name_len, event, event_len, data, data_len);
+    if (!e.ev) {
+        release_if_unused(cs, ch);
+        unlock(cs);
+        return -1;
+    }
+    e.bytes = sizeof e + event_size(name_len, event, event_len, data_len);
+    if (id > cs->last_id)
+        cs->last_id = id;
+    cs->published++;
+    e.at = cs->clock();
+    append(cs, ch, e);
     unlock(cs);
     return 0;
 }
@@ -837,7 +903,13 @@ int bus_subscribe(struct bus *cs, unsigned wid, const struct subscription_req *r
             continue;
         evict_expired(cs, ch, now);   /* one instant: a channel met twice
                                        * (two views) cannot shift pos[] */
-        if (last_id <= cs->boot_id || last_id > cs->last_id)
+        if (cs->upstream.publish)
+            /* Cluster mode: the local history holds only what came while
+             * this node followed the channel; replaying from it could miss
+             * events silently, so the client is told (the replay from the
+             * Redis stream is not built yet). */
+            resets[i] = BUS_RESET_LOST;
+        else if (last_id <= cs->boot_id || last_id > cs->last_id)
             resets[i] = BUS_RESET_UNKNOWN_ID;
         else if (last_id + 1 < ch->complete_from)
             resets[i] = BUS_RESET_EXPIRED;

@@ -53,6 +53,24 @@ struct bus_listener {
     void *ctx;
 };
 
+/* Cluster mode (core/redis_bus.c): a publish is handed to publish
+ * (called without the bus's lock, from any worker's thread) instead of
+ * being ordered here; the event comes back through bus_deliver with the id
+ * Redis gave it. publish returns 0 when queued, BUS_UNAVAILABLE when the
+ * upstream cannot take it (Redis down or too far behind), -1 out of
+ * memory. */
+struct bus_upstream {
+    int (*publish)(void *ctx, const char *name, size_t name_len,
+                   const char *event, size_t event_len,
+                   const char *data, size_t data_len,
+                   size_t history_len, double history_ttl);
+    void *ctx;
+};
+
+/* bus_publish's answers besides 0 and -1. */
+#define BUS_QUEUED 1          /* handed upstream: no id yet */
+#define BUS_UNAVAILABLE (-3)  /* upstream down: nothing published */
+
 /* loop runs the sweeper that drops expired history of quiet channels
  * (the process's main loop). */
 struct bus *bus_new(struct ev_loop *loop, unsigned nworkers, size_t history_len,
@@ -63,6 +81,8 @@ void bus_free(struct bus *b);
 unsigned bus_workers(const struct bus *b);
 void bus_set_clock(struct bus *b, double (*clock)(void));
 void bus_set_listener(struct bus *b, const struct bus_listener *l);
+/* Before any worker publishes. */
+void bus_set_upstream(struct bus *b, const struct bus_upstream *u);
 int bus_configure(struct bus *b, const char *prefix, size_t history_len,
                   double history_ttl);
 
@@ -76,18 +96,29 @@ void bus_detach(struct bus *b, unsigned wid);
  * queues it in the inbox of every worker with subscribers of the channel
  * (including wid's own: the caller then drains it and adds what its own
  * streams took). reached: the subscribers of the other workers, when
- * published. -1 out of memory. */
+ * published. -1 out of memory. With an upstream (cluster mode):
+ * BUS_QUEUED (out->id 0) or BUS_UNAVAILABLE. */
 int bus_publish(struct bus *b, unsigned wid, const char *name, size_t name_len,
                 const char *event, size_t event_len,
                 const char *data, size_t data_len,
                 struct publish_result *out);
+
+/* The ordering path for an event whose id was assigned elsewhere (Redis):
+ * kept in the channel's history and queued for every worker with
+ * subscribers, like a publish. The caller delivers ids in increasing
+ * order per channel. -1 out of memory. */
+int bus_deliver(struct bus *b, const char *name, size_t name_len, uint64_t id,
+                const char *event, size_t event_len,
+                const char *data, size_t data_len);
 
 /* Swaps worker wid's inbox with batch (which must be empty): the caller
  * delivers batch->evs in order, then unrefs them and sets len to 0. */
 void bus_take(struct bus *b, unsigned wid, struct bus_batch *batch);
 
 /* Reset reasons a subscription can get instead of its replay. */
-enum bus_reset { BUS_RESET_NONE, BUS_RESET_UNKNOWN_ID, BUS_RESET_EXPIRED };
+/* BUS_RESET_LOST: cluster mode, where this node's history is a cache of
+ * the channels it followed and cannot tell what it missed. */
+enum bus_reset { BUS_RESET_NONE, BUS_RESET_UNKNOWN_ID, BUS_RESET_EXPIRED, BUS_RESET_LOST };
 
 struct bus_replay_item {
     struct bus_event *ev;         /* a reference the caller drops */

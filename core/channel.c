@@ -253,9 +253,10 @@ int channels_publish(struct channels *cs, const char *name, size_t name_len,
 {
     if (cs->framing)
         return -2;   /* a transform publishing would re-enter fan-out */
-    if (bus_publish(cs->bus, cs->wid, name, name_len, event, event_len, data, data_len,
-                    out) < 0)
-        return -1;
+    int rc = bus_publish(cs->bus, cs->wid, name, name_len, event, event_len, data,
+                         data_len, out);
+    if (rc != 0)
+        return rc;   /* failed, or handed to Redis: it comes back as a delivery */
     /* This worker's own subscribers at once, after whatever other workers
      * published before and is already queued here: the inbox is in id
      * order, so a local id cannot overtake an earlier one. Reached counts
@@ -419,7 +420,8 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
         for (int i = 0; i < m; i++) {
             if (resets[i] != BUS_RESET_NONE)
                 send_reset(st, want[i].name, want[i].name_len,
-                           resets[i] == BUS_RESET_UNKNOWN_ID ? "unknown-id" : "history-expired",
+                           resets[i] == BUS_RESET_UNKNOWN_ID ? "unknown-id" :
+                           resets[i] == BUS_RESET_LOST ? "history-lost" : "history-expired",
                            last_raw);
         }
         for (size_t i = 0; i < replay.len && stream_is_open(st); i++) {

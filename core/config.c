@@ -30,5 +30,7 @@ void config_defaults(struct config *c)
         .max_streams = 0,
         .shed_queued_bytes = 0,
         .quota_keys = 100000,
+        .redis_url = NULL,
+        .redis_prefix = "sluice:",
     };
 }

@@ -39,6 +39,8 @@ struct config {
     size_t quota_keys;           /* --quota-keys: entries of the quota table */
     const char *admin_listen;    /* --admin-listen HOST:PORT; NULL = off */
     bool histograms;             /* --no-histograms turns them off */
+    const char *redis_url;       /* --redis URL: cluster mode; NULL = one node */
+    const char *redis_prefix;    /* --redis-prefix P: every key and channel */
 };
 
 void config_defaults(struct config *c);

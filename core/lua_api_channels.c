@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 
+#include "bus.h"
 #include "channel.h"
 #include "conn.h"
 #include "frame.h"
@@ -40,6 +41,16 @@ int l_publish(lua_State *L)
     luavm_uncharged_end(vm, &charge);
     if (rc == -2)
         return luaL_error(L, "cannot publish from inside a view transform");
+    if (rc == BUS_UNAVAILABLE) {   /* the app answers 503: not a script error */
+        lua_pushnil(L);
+        lua_pushliteral(L, "redis unavailable");
+        return 2;
+    }
+    if (rc == BUS_QUEUED) {   /* cluster mode: Redis assigns the id later */
+        lua_pushboolean(L, 1);
+        lua_pushinteger(L, 0);
+        return 2;
+    }
     if (rc < 0)
         return luaL_error(L, "out of memory publishing to %s", ch);
     lua_pushnumber(L, (lua_Number)r.id);

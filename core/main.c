@@ -64,6 +64,9 @@ static void usage(FILE *out, const struct config *d)
 "                            (default: the CPUs this process may run on)\n"
 "  --reuseport               one listening socket per worker (SO_REUSEPORT)\n"
 "                            instead of one shared by all\n"
+"  --redis URL               several nodes as one service: ids, history and live\n"
+"                            events through Redis, redis://[:password@]host:port[/db]\n"
+"  --redis-prefix P          prefix of every Redis key and channel (default %s)\n"
 "  --pid-file FILE           write the process id here\n"
 "  --log-level LEVEL         debug, info, warn or error (default info)\n"
 "  --log-format FORMAT       the server's own log lines: text or json (default text)\n"
@@ -78,7 +81,8 @@ static void usage(FILE *out, const struct config *d)
             d->send_timeout,
             d->heartbeat, d->retry_ms, d->history_len, d->history_ttl,
             d->history_bytes, d->lua_cpu_ms,
-            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace, d->quota_keys);
+            d->lua_mem >> 20, d->reload_debounce, d->shutdown_grace, d->quota_keys,
+            d->redis_prefix);
 }
 
 static int parse_num(const char *opt, const char *s, double min, double max, double *out)
@@ -246,7 +250,8 @@ int main(int argc, char **argv)
            O_MAXHEADERS, O_MAXBODY, O_MAXQUEUED, O_HEADERTO, O_KATO, O_SENDTO, O_HB,
            O_RETRY, O_HLEN, O_HTTL, O_HBYTES, O_CPU, O_MEM, O_NOWATCH, O_DEBOUNCE,
            O_GRACE, O_PID, O_LOG, O_LOGFMT, O_ACCESS, O_CHECK, O_VERSION, O_HELP, O_WORKERS,
-           O_REUSEPORT, O_MAXSTREAMS, O_SHEDQUEUED, O_QUOTAKEYS, O_ADMIN, O_NOHIST };
+           O_REUSEPORT, O_MAXSTREAMS, O_SHEDQUEUED, O_QUOTAKEYS, O_ADMIN, O_NOHIST,
+           O_REDIS, O_REDIS_PREFIX };
     static const struct option opts[] = {
         { "listen", 1, 0, O_LISTEN }, { "apps", 1, 0, O_APPS },
         { "lua-path", 1, 0, O_LUA }, { "max-conns", 1, 0, O_MAXCONNS },
@@ -267,6 +272,7 @@ int main(int argc, char **argv)
         { "reuseport", 0, 0, O_REUSEPORT }, { "max-streams", 1, 0, O_MAXSTREAMS },
         { "shed-queued-bytes", 1, 0, O_SHEDQUEUED }, { "quota-keys", 1, 0, O_QUOTAKEYS },
         { "admin-listen", 1, 0, O_ADMIN }, { "no-histograms", 0, 0, O_NOHIST },
+        { "redis", 1, 0, O_REDIS }, { "redis-prefix", 1, 0, O_REDIS_PREFIX },
         { 0, 0, 0, 0 },
     };
     int o;
@@ -315,6 +321,8 @@ int main(int argc, char **argv)
             cfg.shed_queued_bytes = (size_t)v;
             break;
         case O_QUOTAKEYS: NUM("--quota-keys", 16, 1 << 26); cfg.quota_keys = (size_t)v; break;
+        case O_REDIS: cfg.redis_url = optarg; break;
+        case O_REDIS_PREFIX: cfg.redis_prefix = optarg; break;
         case O_LOG:
             if (log_parse_level(optarg, &log_threshold) < 0) {
                 fprintf(stderr, "sluice: --log-level is debug, info, warn or error\n");

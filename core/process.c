@@ -17,6 +17,7 @@
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
+#include "redis_bus.h"
 #include "reload.h"
 #include "signals.h"
 #include "worker.h"
@@ -249,6 +250,11 @@ int process_init(struct process *p, const struct config *cfg, unsigned nworkers)
         log_error("out of memory starting the process");
         return -1;
     }
+    if (cfg->redis_url) {
+        p->redis = redis_bus_new(p->loop, p->bus, cfg->redis_url, cfg->redis_prefix);
+        if (!p->redis)
+            return -1;
+    }
 
     ev_signal_init(&p->sig_int, on_signal, SIGINT);
     ev_signal_init(&p->sig_term, on_signal, SIGTERM);
@@ -309,6 +315,7 @@ void process_free(struct process *p)
     mailbox_free(&p->inbox);
     free(p->workers);
     free(p->extra_fds);
+    redis_bus_free(p->redis);   /* before the bus it delivers to */
     bus_free(p->bus);   /* every worker is joined: nobody else holds it */
     metrics_free();
     if (p->listen_fd >= 0 && close(p->listen_fd) < 0)

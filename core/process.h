@@ -28,6 +28,7 @@ struct process {
     int *extra_fds;                /* --reuseport: workers 1.. listen on their own */
     bool pid_written;
     struct bus *bus;               /* the order and history of all events */
+    struct redis_bus *redis;       /* --redis: the bus's upstream, or NULL */
     uint32_t open_conns;           /* of every worker (atomic), for --max-conns */
     ev_signal sig_int, sig_term, sig_hup;
     ev_signal sig_usr1;        /* reopens the access log */

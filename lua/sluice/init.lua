@@ -18,7 +18,9 @@ sluice.app = app.new
 
 -- Publishes an event to a channel: ev is { event=, data= } (data may be a
 -- table, sent as JSON) or just the data. Returns the event id and the
--- number of subscribers it was queued for.
+-- number of subscribers it was queued for. With --redis (several nodes)
+-- the id comes from Redis later: it returns true, 0 once queued, and nil,
+-- "redis unavailable" when Redis cannot take it (answer 503).
 function sluice.publish(channel, ev)
   if type(channel) ~= "string" or channel == "" then
     error("publish(channel, event): channel must be a non-empty string", 2)
@@ -28,6 +30,7 @@ function sluice.publish(channel, ev)
   if type(data) == "table" then data = json.encode(data)
   elseif data ~= nil then data = tostring(data) end
   local id, reached = core.publish(channel, ev.event, data)
+  if id == nil or id == true then return id, reached end
   return ("%.0f"):format(id), reached
 end
 

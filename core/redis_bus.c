@@ -1,0 +1,895 @@
+#include "redis_bus.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libev.h>
+#include <uthash.h>
+
+#include "bus.h"
+#include "clock.h"
+#include "log.h"
+
+/* One publish: id = max(Redis TIME in µs, last + 1) (no node clock in
+ * it), kept in the channel's stream with the channel's previous id (the
+ * stream entry's id is the event id), trimmed by count and age, and the
+ * live message "id\nprev\nevent\ndata" for every node. KEYS: seq, stream,
+ * live channel, hash of each channel's last id. ARGV: name, event ("-"
+ * none, "+name"), data, max length, max age (µs, 0: none). */
+static const char PUBLISH_SCRIPT[] =
+    "local t = redis.call('TIME')\n"
+    "local id = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local last = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if id <= last then id = last + 1 end\n"
+    "local ids = string.format('%.0f', id)\n"
+    "redis.call('SET', KEYS[1], ids)\n"
+    "local prev = redis.call('HGET', KEYS[4], ARGV[1]) or '0'\n"
+    "redis.call('HSET', KEYS[4], ARGV[1], ids)\n"
+    "local maxlen = tonumber(ARGV[4])\n"
+    "if maxlen > 0 then\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '=', ARGV[4], ids .. '-0',\n"
+    "             'prev', prev, 'event', ARGV[2], 'data', ARGV[3])\n"
+    "  local age = tonumber(ARGV[5])\n"
+    "  if age > 0 then\n"
+    "    redis.call('XTRIM', KEYS[2], 'MINID', string.format('%.0f', id - age))\n"
+    "    redis.call('PEXPIRE', KEYS[2], math.ceil(age / 1000))\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PUBLISH', KEYS[3], ids .. '\\n' .. prev .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
+    "return ids\n";
+
+/* Publishes queued and not yet answered by Redis: past it, a publish is
+ * refused (503) rather than buffered without bound. */
+#define MAX_QUEUED 100000
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 2.0
+/* No reply to a command in flight for this long: the connection is
+ * dropped (hiredis 0.14 has no async timeouts). */
+#define COMMAND_TIMEOUT 5.0
+/* The probe published every PROBE_EVERY through this node's own channel
+ * must come back on the subscriber connection within PROBE_TIMEOUT, else
+ * the connection is wedged (it may look healthy) and is dropped. */
+#define PROBE_EVERY 1.0
+#define PROBE_TIMEOUT 3.5
+
+struct pub_req {
+    struct pub_req *next;
+    size_t name_len, event_len, data_len;
+    bool has_event;
+    size_t history_len;
+    double history_ttl;
+    char bytes[];                 /* name, event, data */
+};
+
+/* A live message waiting for a gap fill of its channel. */
+struct held {
+    struct held *next;
+    uint64_t id, prev;
+    size_t event_len, data_len;
+    bool has_event;
+    char bytes[];
+};
+
+/* A channel this node subscribes to (main loop only). */
+struct rchan {
+    UT_hash_handle hh;
+    bool wanted;                  /* subscribers on this node */
+    bool subscribed;              /* on the current subscriber connection */
+    bool catch_up;                /* fill from last_seen once subscribed */
+    bool filling;                 /* an XRANGE in flight: live ones are held */
+    uint64_t last_seen;           /* 0: none yet since subscribing */
+    struct held *held, **held_tail;
+    size_t name_len;
+    char name[];
+};
+
+/* First or last subscriber of a channel, from a worker's thread. */
+struct sub_change {
+    struct sub_change *next;
+    bool first;
+    size_t len;
+    char name[];
+};
+
+struct rconn {
+    struct redis_bus *rb;
+    redisAsyncContext *ac;
+    bool up;                      /* connected and ready */
+    const char *what;             /* for the log */
+    double backoff;
+    ev_timer retry;
+    unsigned inflight;
+    double last_reply;
+};
+
+struct redis_bus {
+    struct ev_loop *loop;
+    struct bus *bus;
+    char *host, *password;
+    int port, db;
+    char *prefix;
+    size_t prefix_len;
+    char sha[41];
+    char probe_chan[96];
+    uint64_t probe_sent, probe_seen;
+    double probe_seen_at;
+    int available;                /* atomic: publishes are taken */
+
+    pthread_mutex_t lock;         /* guards the queues below */
+    struct pub_req *q_head, **q_tail;
+    size_t q_len;
+    struct sub_change *c_head, **c_tail;
+    ev_async kick;
+
+    struct rconn pub, sub;
+    struct rchan *chans;
+    ev_timer tick;
+    bool closing;
+    bool was_down_logged;
+    uint64_t lost_in_flight;
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int parse_url(struct redis_bus *rb, const char *url)
+{
+    const char *p = url;
+    if (strncmp(p, "redis://", 8) != 0)
+        return -1;
+    p += 8;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        rb->password = strndup(pw, (size_t)(at - pw));
+        if (!rb->password)
+            return -1;
+        p = at + 1;
+    }
+    const char *slash = strchr(p, '/');
+    const char *end = slash ? slash : p + strlen(p);
+    const char *colon = memrchr(p, ':', (size_t)(end - p));
+    rb->port = 6379;
+    if (colon) {
+        char *e;
+        long port = strtol(colon + 1, &e, 10);
+        if (e != end || port <= 0 || port > 65535)
+            return -1;
+        rb->port = (int)port;
+    } else {
+        colon = end;
+    }
+    if (colon == p)
+        return -1;
+    rb->host = strndup(p, (size_t)(colon - p));
+    if (!rb->host)
+        return -1;
+    if (slash && slash[1]) {
+        char *e;
+        long db = strtol(slash + 1, &e, 10);
+        if (*e || db < 0 || db > 1000000)
+            return -1;
+        rb->db = (int)db;
+    }
+    return 0;
+}
+
+/* prefix + part + name, NUL-terminated, malloc'ed. */
+static char *key_of(const struct redis_bus *rb, const char *part, const char *name,
+                    size_t len)
+{
+    size_t plen = strlen(part);
+    char *k = malloc(rb->prefix_len + plen + len + 1);
+    if (!k)
+        return NULL;
+    memcpy(k, rb->prefix, rb->prefix_len);
+    memcpy(k + rb->prefix_len, part, plen);
+    memcpy(k + rb->prefix_len + plen, name, len);
+    k[rb->prefix_len + plen + len] = '\0';
+    return k;
+}
+
+static bool parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (n == 0 || n > 19)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+static void set_available(struct redis_bus *rb)
+{
+    int v = rb->pub.up ? 1 : 0;
+    if (__atomic_exchange_n(&rb->available, v, __ATOMIC_RELEASE) != v)
+        log_info(v ? "redis: publishing through %s:%d" :
+                     "redis: unavailable, publishes are refused until it is back",
+                 rb->host, rb->port);
+}
+
+/* ---- connections --------------------------------------------------------- */
+
+static void connect_now(struct rconn *c);
+
+static void on_down(struct rconn *c)
+{
+    struct redis_bus *rb = c->rb;
+    bool was_up = c->up;
+    c->up = false;
+    c->inflight = 0;
+    if (c == &rb->sub) {
+        struct rchan *ch, *tmp;
+        HASH_ITER(hh, rb->chans, ch, tmp) {
+            ch->subscribed = false;
+            ch->filling = false;   /* its reply is lost with the connection */
+            if (ch->last_seen)
+                ch->catch_up = true;
+        }
+    } else {
+        set_available(rb);
+        if (rb->lost_in_flight) {
+            log_warn("redis: %" PRIu64 " publishes in flight got no answer",
+                     rb->lost_in_flight);
+            rb->lost_in_flight = 0;
+        }
+    }
+    if (rb->closing)
+        return;
+    if (was_up)
+        log_warn("redis: %s connection lost; reconnecting", c->what);
+    ev_timer_set(&c->retry, c->backoff, 0);
+    ev_timer_start(rb->loop, &c->retry);
+    c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
+}
+
+/* Drops the connection at once (callbacks run with no reply). */
+static void drop(struct rconn *c)
+{
+    redisAsyncContext *ac = c->ac;
+    if (!ac)
+        return;
+    c->ac = NULL;
+    redisAsyncFree(ac);
+    on_down(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rconn *c = ac->data;
+    if (status != REDIS_OK && c->ac == ac) {
+        c->ac = NULL;   /* hiredis frees it */
+        on_down(c);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    struct rconn *c = ac->data;
+    if (c->ac == ac) {
+        c->ac = NULL;
+        on_down(c);
+    }
+}
+
+static void subscribe_chan(struct redis_bus *rb, struct rchan *ch);
+static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv);
+static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
+
+static void connect_now(struct rconn *c)
+{
+    struct redis_bus *rb = c->rb;
+    redisAsyncContext *ac = redisAsyncConnect(rb->host, rb->port);
+    if (!ac) {
+        on_down(c);
+        return;
+    }
+    if (ac->err) {
+        redisAsyncFree(ac);
+        on_down(c);
+        return;
+    }
+    ac->data = c;
+    c->ac = ac;
+    c->last_reply = clock_mono();
+    if (redisLibevAttach(rb->loop, ac) != REDIS_OK) {
+        drop(c);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Pipelined behind the connect: a refused AUTH fails what follows. */
+    if (rb->password)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", rb->password);
+    if (c == &rb->pub) {
+        if (rb->db)
+            redisAsyncCommand(ac, NULL, NULL, "SELECT %d", rb->db);
+        c->inflight++;
+        redisAsyncCommand(ac, on_script_loaded, NULL, "SCRIPT LOAD %s", PUBLISH_SCRIPT);
+    } else {
+        c->up = true;   /* subscribed channels are confirmed one by one */
+        c->backoff = BACKOFF_MIN;
+        rb->probe_seen_at = clock_mono();
+        redisAsyncCommand(ac, on_sub_message, NULL, "SUBSCRIBE %s", rb->probe_chan);
+        struct rchan *ch, *tmp;
+        HASH_ITER(hh, rb->chans, ch, tmp)
+            if (ch->wanted)
+                subscribe_chan(rb, ch);
+    }
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    connect_now(t->data);
+}
+
+/* ---- publishing ----------------------------------------------------------- */
+
+static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_body);
+
+static void on_published(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct pub_req *req = priv;
+    redisReply *reply = r;
+    struct redis_bus *rb = ac->data ? ((struct rconn *)ac->data)->rb : NULL;
+    if (rb && rb->pub.ac == ac) {
+        rb->pub.inflight--;
+        rb->pub.last_reply = clock_mono();
+    }
+    if (!reply) {   /* the connection went away: lost, but counted */
+        if (rb)
+            rb->lost_in_flight++;
+        free(req);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+        rb && rb->pub.ac == ac) {
+        send_publish(rb, req, true);   /* a restarted Redis: EVAL loads it again */
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR)
+        log_warn("redis: publish to %.*s failed: %s", (int)req->name_len, req->bytes,
+                 reply->str);
+    free(req);
+}
+
+static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_body)
+{
+    const char *name = req->bytes;
+    char *seq = key_of(rb, "seq", "", 0);
+    char *stream = key_of(rb, "ch:", name, req->name_len);
+    char *live = key_of(rb, "live:", name, req->name_len);
+    char *last = key_of(rb, "last", "", 0);
+    char *event = malloc(req->event_len + 2);
+    char maxlen[24], age[24];
+    snprintf(maxlen, sizeof maxlen, "%zu", req->history_len);
+    snprintf(age, sizeof age, "%.0f", req->history_ttl * 1e6);
+    int rc = REDIS_ERR;
+    if (seq && stream && live && last && event) {
+        event[0] = req->has_event ? '+' : '-';
+        memcpy(event + 1, name + req->name_len, req->event_len);
+        const char *argv[] = { with_body ? "EVAL" : "EVALSHA",
+                               with_body ? PUBLISH_SCRIPT : rb->sha, "4",
+                               seq, stream, live, last, name, event,
+                               name + req->name_len + req->event_len, maxlen, age };
+        size_t lens[] = { strlen(argv[0]), strlen(argv[1]), 1, strlen(seq),
+                          strlen(stream), strlen(live), strlen(last), req->name_len,
+                          req->event_len + 1, req->data_len, strlen(maxlen), strlen(age) };
+        rc = redisAsyncCommandArgv(rb->pub.ac, on_published, req, 12, argv, lens);
+    }
+    free(seq);
+    free(stream);
+    free(live);
+    free(last);
+    free(event);
+    if (rc != REDIS_OK) {
+        log_warn("redis: could not send a publish to %.*s", (int)req->name_len, name);
+        rb->lost_in_flight++;
+        free(req);
+        return;
+    }
+    rb->pub.inflight++;
+}
+
+static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!reply || c->ac != ac)
+        return;
+    c->inflight--;
+    c->last_reply = clock_mono();
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+        log_warn("redis: cannot load the publish script: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+        drop(c);
+        return;
+    }
+    memcpy(c->rb->sha, reply->str, 40);
+    c->rb->sha[40] = '\0';
+    c->up = true;
+    c->backoff = BACKOFF_MIN;
+    set_available(c->rb);
+}
+
+/* From any worker's thread: queue it for the main loop. */
+static int upstream_publish(void *ctx, const char *name, size_t name_len,
+                            const char *event, size_t event_len,
+                            const char *data, size_t data_len,
+                            size_t history_len, double history_ttl)
+{
+    struct redis_bus *rb = ctx;
+    if (!__atomic_load_n(&rb->available, __ATOMIC_ACQUIRE))
+        return BUS_UNAVAILABLE;
+    struct pub_req *req = malloc(sizeof *req + name_len + event_len + data_len);
+    if (!req)
+        return -1;
+    req->next = NULL;
+    req->name_len = name_len;
+    req->has_event = event != NULL;
+    req->event_len = event ? event_len : 0;
+    req->data_len = data_len;
+    req->history_len = history_len;
+    req->history_ttl = history_ttl;
+    memcpy(req->bytes, name, name_len);
+    if (event)
+        memcpy(req->bytes + name_len, event, event_len);
+    memcpy(req->bytes + name_len + req->event_len, data, data_len);
+    pthread_mutex_lock(&rb->lock);
+    if (rb->q_len >= MAX_QUEUED) {
+        pthread_mutex_unlock(&rb->lock);
+        free(req);
+        return BUS_UNAVAILABLE;
+    }
+    bool was_empty = rb->q_len == 0 && !rb->c_head;
+    *rb->q_tail = req;
+    rb->q_tail = &req->next;
+    rb->q_len++;
+    if (was_empty)
+        ev_async_send(rb->loop, &rb->kick);
+    pthread_mutex_unlock(&rb->lock);
+    return 0;
+}
+
+/* ---- live messages and gaps ------------------------------------------------ */
+
+static struct rchan *find_chan(struct redis_bus *rb, const char *name, size_t len)
+{
+    struct rchan *ch = NULL;
+    HASH_FIND(hh, rb->chans, name, len, ch);
+    return ch;
+}
+
+static void deliver(struct redis_bus *rb, struct rchan *ch, uint64_t id,
+                    const char *event, size_t event_len, const char *data, size_t data_len)
+{
+    bool has_event = event_len > 0 && event[0] == '+';
+    if (bus_deliver(rb->bus, ch->name, ch->name_len, id, has_event ? event + 1 : NULL,
+                    has_event ? event_len - 1 : 0, data, data_len) < 0)
+        log_warn("redis: out of memory delivering event %" PRIu64, id);
+    ch->last_seen = id;
+}
+
+static void start_fill(struct redis_bus *rb, struct rchan *ch);
+
+static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event,
+                 size_t event_len, const char *data, size_t data_len)
+{
+    struct held *h = malloc(sizeof *h + event_len + data_len);
+    if (!h) {
+        log_warn("redis: out of memory holding event %" PRIu64, id);
+        return;
+    }
+    h->next = NULL;
+    h->id = id;
+    h->prev = prev;
+    h->event_len = event_len;
+    h->data_len = data_len;
+    memcpy(h->bytes, event, event_len);
+    memcpy(h->bytes + event_len, data, data_len);
+    *ch->held_tail = h;
+    ch->held_tail = &h->next;
+}
+
+static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_t prev,
+                    const char *event, size_t event_len, const char *data, size_t data_len)
+{
+    if (!ch->wanted || (ch->last_seen && id <= ch->last_seen))
+        return;   /* not ours any more, or had it already (from a fill) */
+    if (ch->filling) {
+        hold(ch, id, prev, event, event_len, data, data_len);
+        return;
+    }
+    if (ch->last_seen && prev != ch->last_seen) {   /* missed one: fill first */
+        hold(ch, id, prev, event, event_len, data, data_len);
+        start_fill(rb, ch);
+        return;
+    }
+    deliver(rb, ch, id, event, event_len, data, data_len);
+}
+
+static void release_held(struct redis_bus *rb, struct rchan *ch)
+{
+    struct held *h = ch->held;
+    ch->held = NULL;
+    ch->held_tail = &ch->held;
+    while (h) {
+        struct held *next = h->next;
+        on_live(rb, ch, h->id, h->prev, h->bytes, h->event_len,
+                h->bytes + h->event_len, h->data_len);
+        free(h);
+        h = next;
+    }
+}
+
+static const redisReply *field(const redisReply *fields, const char *name)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(fields->element[i]->str, name) == 0)
+            return fields->element[i + 1];
+    return NULL;
+}
+
+static void on_filled(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rchan *ch = priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!reply || c->ac != ac)
+        return;   /* on_down cleared filling; catch_up redoes it */
+    struct redis_bus *rb = c->rb;
+    c->inflight--;
+    c->last_reply = clock_mono();
+    ch->filling = false;
+    if (reply->type != REDIS_REPLY_ARRAY) {
+        log_warn("redis: cannot read the history of %.*s: %s", (int)ch->name_len,
+                 ch->name, reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
+    } else {
+        for (size_t i = 0; i < reply->elements; i++) {
+            const redisReply *e = reply->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+                continue;
+            const redisReply *rid = e->element[0], *fields = e->element[1];
+            const char *dash = rid->str ? memchr(rid->str, '-', rid->len) : NULL;
+            uint64_t id, prev;
+            const redisReply *p = field(fields, "prev"), *ev = field(fields, "event"),
+                             *data = field(fields, "data");
+            if (!dash || !parse_u64(rid->str, (size_t)(dash - rid->str), &id) ||
+                !p || !ev || !data || !parse_u64(p->str, p->len, &prev))
+                continue;
+            if (id <= ch->last_seen)
+                continue;
+            if (i == 0 && ch->last_seen && prev > ch->last_seen)
+                log_warn("redis: events of %.*s after %" PRIu64 " are gone from "
+                         "its history", (int)ch->name_len, ch->name, ch->last_seen);
+            deliver(rb, ch, id, ev->str, ev->len, data->str, data->len);
+        }
+    }
+    release_held(rb, ch);
+}
+
+static void start_fill(struct redis_bus *rb, struct rchan *ch)
+{
+    char *stream = key_of(rb, "ch:", ch->name, ch->name_len);
+    char from[32];
+    snprintf(from, sizeof from, "(%" PRIu64 "-0", ch->last_seen);
+    if (!stream || !rb->pub.ac ||
+        redisAsyncCommand(rb->pub.ac, on_filled, ch, "XRANGE %s %s +", stream, from) !=
+            REDIS_OK) {
+        free(stream);
+        /* Redis is away: the held events go out as they are, and the
+         * fill is tried again when the subscriber connection comes back. */
+        ch->catch_up = true;
+        release_held(rb, ch);
+        return;
+    }
+    free(stream);
+    rb->pub.inflight++;
+    ch->filling = true;
+}
+
+/* "id\nprev\nevent\ndata" */
+static void on_live_payload(struct redis_bus *rb, struct rchan *ch, const char *p,
+                            size_t n)
+{
+    const char *nl1 = memchr(p, '\n', n);
+    const char *nl2 = nl1 ? memchr(nl1 + 1, '\n', n - (size_t)(nl1 + 1 - p)) : NULL;
+    const char *nl3 = nl2 ? memchr(nl2 + 1, '\n', n - (size_t)(nl2 + 1 - p)) : NULL;
+    uint64_t id, prev;
+    if (!nl3 || !parse_u64(p, (size_t)(nl1 - p), &id) ||
+        !parse_u64(nl1 + 1, (size_t)(nl2 - nl1 - 1), &prev)) {
+        log_warn("redis: a malformed live message on %.*s", (int)ch->name_len, ch->name);
+        return;
+    }
+    on_live(rb, ch, id, prev, nl2 + 1, (size_t)(nl3 - nl2 - 1), nl3 + 1,
+            n - (size_t)(nl3 + 1 - p));
+}
+
+static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!reply || !c || c->ac != ac || reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements != 3 || reply->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    struct redis_bus *rb = c->rb;
+    const char *kind = reply->element[0]->str;
+    const redisReply *chan = reply->element[1];
+    if (chan->len == strlen(rb->probe_chan) && memcmp(chan->str, rb->probe_chan, chan->len) == 0) {
+        rb->probe_seen_at = clock_mono();
+        return;
+    }
+    size_t skip = rb->prefix_len + 5;   /* "<prefix>live:" */
+    if (chan->len < skip)
+        return;
+    struct rchan *ch = find_chan(rb, chan->str + skip, chan->len - skip);
+    if (!ch)
+        return;
+    if (strcmp(kind, "subscribe") == 0) {
+        ch->subscribed = true;
+        if (ch->catch_up && ch->wanted && ch->last_seen && !ch->filling) {
+            ch->catch_up = false;
+            start_fill(rb, ch);   /* what it missed while not subscribed */
+        }
+    } else if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
+        on_live_payload(rb, ch, reply->element[2]->str, reply->element[2]->len);
+    }
+}
+
+static void subscribe_chan(struct redis_bus *rb, struct rchan *ch)
+{
+    if (!rb->sub.ac)
+        return;   /* subscribed on (re)connect */
+    char *live = key_of(rb, "live:", ch->name, ch->name_len);
+    if (!live)
+        return;
+    const char *argv[] = { "SUBSCRIBE", live };
+    size_t lens[] = { 9, strlen(live) };
+    if (redisAsyncCommandArgv(rb->sub.ac, on_sub_message, NULL, 2, argv, lens) != REDIS_OK)
+        log_warn("redis: cannot subscribe to %s", live);
+    free(live);
+}
+
+static void unsubscribe_chan(struct redis_bus *rb, struct rchan *ch)
+{
+    ch->subscribed = false;
+    if (!rb->sub.ac)
+        return;
+    char *live = key_of(rb, "live:", ch->name, ch->name_len);
+    if (!live)
+        return;
+    const char *argv[] = { "UNSUBSCRIBE", live };
+    size_t lens[] = { 11, strlen(live) };
+    if (redisAsyncCommandArgv(rb->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
+        log_warn("redis: cannot unsubscribe from %s", live);
+    free(live);
+}
+
+static void apply_change(struct redis_bus *rb, struct sub_change *chg)
+{
+    struct rchan *ch = find_chan(rb, chg->name, chg->len);
+    if (!ch) {
+        if (!chg->first)
+            return;
+        ch = calloc(1, sizeof *ch + chg->len + 1);
+        if (!ch) {
+            log_warn("redis: out of memory subscribing to %.*s", (int)chg->len, chg->name);
+            return;
+        }
+        memcpy(ch->name, chg->name, chg->len);
+        ch->name_len = chg->len;
+        ch->held_tail = &ch->held;
+        HASH_ADD_KEYPTR(hh, rb->chans, ch->name, ch->name_len, ch);
+    }
+    if (chg->first && !ch->wanted) {
+        ch->wanted = true;
+        subscribe_chan(rb, ch);
+    } else if (!chg->first && ch->wanted) {
+        /* Whoever subscribes next starts from what comes then (or from
+         * their Last-Event-ID): nothing of the past is owed to them. */
+        ch->wanted = false;
+        ch->last_seen = 0;
+        ch->catch_up = false;
+        unsubscribe_chan(rb, ch);
+    }
+}
+
+/* ---- the main loop's side ----------------------------------------------- */
+
+static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct redis_bus *rb = a->data;
+    pthread_mutex_lock(&rb->lock);
+    struct pub_req *q = rb->q_head;
+    struct sub_change *chg = rb->c_head;
+    rb->q_head = NULL;
+    rb->q_tail = &rb->q_head;
+    rb->q_len = 0;
+    rb->c_head = NULL;
+    rb->c_tail = &rb->c_head;
+    pthread_mutex_unlock(&rb->lock);
+    while (chg) {
+        struct sub_change *next = chg->next;
+        apply_change(rb, chg);
+        free(chg);
+        chg = next;
+    }
+    while (q) {
+        struct pub_req *next = q->next;
+        if (rb->pub.up && rb->pub.ac) {
+            send_publish(rb, q, false);
+        } else {
+            rb->lost_in_flight++;
+            free(q);
+        }
+        q = next;
+    }
+}
+
+/* Under the bus's lock, from a worker's thread. */
+static void queue_change(struct redis_bus *rb, bool first, const char *name, size_t len)
+{
+    struct sub_change *chg = malloc(sizeof *chg + len);
+    if (!chg) {
+        log_warn("redis: out of memory: channel %.*s not followed", (int)len, name);
+        return;
+    }
+    chg->next = NULL;
+    chg->first = first;
+    chg->len = len;
+    memcpy(chg->name, name, len);
+    pthread_mutex_lock(&rb->lock);
+    bool was_empty = rb->q_len == 0 && !rb->c_head;
+    *rb->c_tail = chg;
+    rb->c_tail = &chg->next;
+    if (was_empty)
+        ev_async_send(rb->loop, &rb->kick);
+    pthread_mutex_unlock(&rb->lock);
+}
+
+static void on_first(void *ctx, const char *name, size_t len)
+{
+    queue_change(ctx, true, name, len);
+}
+
+static void on_last(void *ctx, const char *name, size_t len)
+{
+    queue_change(ctx, false, name, len);
+}
+
+/* What hiredis 0.14 cannot do itself: time out a command, and notice a
+ * subscriber connection that stopped delivering. */
+static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct redis_bus *rb = t->data;
+    double now = clock_mono();
+    if (rb->pub.ac && rb->pub.inflight && now - rb->pub.last_reply > COMMAND_TIMEOUT) {
+        log_warn("redis: no answer for %.0f s; reconnecting", COMMAND_TIMEOUT);
+        drop(&rb->pub);
+    }
+    if (rb->sub.ac && rb->sub.up && rb->pub.up) {
+        if (now - rb->probe_seen_at > PROBE_TIMEOUT) {
+            log_warn("redis: the subscriber connection delivers nothing; reconnecting");
+            drop(&rb->sub);
+        } else if (rb->pub.ac) {
+            const char *argv[] = { "PUBLISH", rb->probe_chan, "probe" };
+            size_t lens[] = { 7, strlen(rb->probe_chan), 5 };
+            redisAsyncCommandArgv(rb->pub.ac, NULL, NULL, 3, argv, lens);
+        }
+    }
+}
+
+struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
+                                const char *url, const char *prefix)
+{
+    struct redis_bus *rb = calloc(1, sizeof *rb);
+    if (!rb)
+        return NULL;
+    if (pthread_mutex_init(&rb->lock, NULL) != 0) {
+        free(rb);
+        return NULL;
+    }
+    rb->loop = loop;
+    rb->bus = bus;
+    rb->prefix = strdup(prefix);
+    if (!rb->prefix || parse_url(rb, url) < 0) {
+        log_error("--redis wants redis://[:password@]host:port[/db], got \"%s\"", url);
+        redis_bus_free(rb);
+        return NULL;
+    }
+    rb->prefix_len = strlen(prefix);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(rb->probe_chan, sizeof rb->probe_chan, "%.40sprobe:%ld-%ld", prefix,
+             (long)getpid(), (long)ts.tv_nsec);
+    rb->q_tail = &rb->q_head;
+    rb->c_tail = &rb->c_head;
+    ev_async_init(&rb->kick, on_kick);
+    rb->kick.data = rb;
+    ev_async_start(loop, &rb->kick);
+    ev_timer_init(&rb->tick, on_tick, PROBE_EVERY, PROBE_EVERY);
+    rb->tick.data = rb;
+    ev_timer_start(loop, &rb->tick);
+    struct rconn *cs[] = { &rb->pub, &rb->sub };
+    for (int i = 0; i < 2; i++) {
+        cs[i]->rb = rb;
+        cs[i]->what = i == 0 ? "publish" : "subscriber";
+        cs[i]->backoff = BACKOFF_MIN;
+        ev_timer_init(&cs[i]->retry, on_retry, 0, 0);
+        cs[i]->retry.data = cs[i];
+    }
+    struct bus_upstream up = { upstream_publish, rb };
+    struct bus_listener l = { on_first, on_last, rb };
+    bus_set_upstream(bus, &up);
+    bus_set_listener(bus, &l);
+    log_info("redis: cluster mode with %s:%d, prefix \"%s\"", rb->host, rb->port, prefix);
+    connect_now(&rb->pub);
+    connect_now(&rb->sub);
+    return rb;
+}
+
+void redis_bus_free(struct redis_bus *rb)
+{
+    if (!rb)
+        return;
+    rb->closing = true;
+    if (rb->loop) {
+        ev_async_stop(rb->loop, &rb->kick);
+        ev_timer_stop(rb->loop, &rb->tick);
+        ev_timer_stop(rb->loop, &rb->pub.retry);
+        ev_timer_stop(rb->loop, &rb->sub.retry);
+    }
+    drop(&rb->pub);
+    drop(&rb->sub);
+    struct pub_req *q = rb->q_head;
+    while (q) {
+        struct pub_req *next = q->next;
+        free(q);
+        q = next;
+    }
+    struct sub_change *c = rb->c_head;
+    while (c) {
+        struct sub_change *next = c->next;
+        free(c);
+        c = next;
+    }
+    struct rchan *ch, *tmp;
+    HASH_ITER(hh, rb->chans, ch, tmp) {
+        HASH_DEL(rb->chans, ch);
+        struct held *h = ch->held;
+        while (h) {
+            struct held *next = h->next;
+            free(h);
+            h = next;
+        }
+        free(ch);
+    }
+    pthread_mutex_destroy(&rb->lock);
+    free(rb->host);
+    free(rb->password);
+    free(rb->prefix);
+    free(rb);
+}

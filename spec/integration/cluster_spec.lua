@@ -1,0 +1,216 @@
+-- Several nodes as one service through Redis (--redis): a real
+-- redis-server on a free loopback port, started and stopped here, and two
+-- sluice nodes on it. What a user sees: an event published on one node
+-- reaches the subscribers of every node once, with one id and in one
+-- order; Redis away means 503 for publishes while streams stay open, and
+-- Redis back means events flow again.
+local server = require "server"
+local redis = require "redis"
+local socket = require "socket"
+
+local APP = [[
+local sluice = require "sluice"
+local app = sluice.app()
+
+app:stream("/s", function(req, s)
+  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
+end)
+
+-- Redis unreachable: nil and an error, not a raised error; the client is
+-- told to come back.
+app:post("/pub/:ch", function(req)
+  local ok, err = sluice.publish(req.params.ch, { data = req.body })
+  if not ok then return 503, err, { ["Retry-After"] = "1" } end
+  return 202, "queued"
+end)
+
+-- n events in one request: "<tag> <i>"
+app:post("/burst/:ch", function(req)
+  local n = tonumber(req.query.n) or 1
+  for i = 1, n do
+    local ok, err = sluice.publish(req.params.ch, { data = req.query.tag .. " " .. i })
+    if not ok then return 503, err, { ["Retry-After"] = "1" } end
+  end
+  return 202, "queued " .. n
+end)
+
+return app
+]]
+
+local function node(r, workers, extra)
+  local args = { "--no-watch", "--heartbeat", "0.3", "--workers", tostring(workers or 1),
+                 "--redis", r:url(), "--redis-prefix", "t" .. r.port .. ":" }
+  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+  local srv = server.start { apps = { ["app.lua"] = APP }, args = args }
+  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
+  return srv
+end
+
+-- Until the node has subscribed upstream: a publish right after opening a
+-- stream may otherwise go by before the SUBSCRIBE is in place (a stream
+-- without Last-Event-ID starts from what comes next).
+local function settle() socket.sleep(0.3) end
+
+describe("#cluster several nodes through Redis", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, a, b
+  setup(function()
+    r = redis.start()
+    a = node(r, 1)
+    b = node(r, 1)
+  end)
+  teardown(function()
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  it("delivers an event published on node A to a subscriber on node B, with the same id", function()
+    local sa = a:stream("/s?ch=x1")
+    local sb = b:stream("/s?ch=x1")
+    settle()
+    local res = a:post("/pub/x1", "hello")
+    assert.equal(202, res.status)
+    local eb = assert(sb:next(5), "node B's subscriber got nothing")
+    local ea = assert(sa:next(5), "node A's subscriber got nothing")
+    assert.equal("hello", eb.data)
+    assert.equal("hello", ea.data)
+    assert.equal(ea.id, eb.id)
+    assert.truthy(tonumber(eb.id) > 1e15, "an id from Redis's clock: " .. tostring(eb.id))
+    sa:close()
+    sb:close()
+  end)
+
+  it("fills a gap from the channel's stream in Redis: an event written there without its live message is delivered, in order", function()
+    local sb = b:stream("/s?ch=g")
+    settle()
+    assert.equal(202, a:post("/pub/g", "one").status)
+    local one = assert(sb:next(5))
+    assert.equal("one", one.data)
+    -- Written into Redis as the publish script would, without the live
+    -- message: only the next event's previous id tells of it.
+    local p = "t" .. r.port .. ":"
+    local id = ("%.0f"):format(tonumber(one.id) + 1)
+    assert.equal(id .. "-0", r:cli(("XADD %sch:g %s-0 prev %s event - data injected"):format(p, id, one.id)))
+    r:cli(("HSET %slast g %s"):format(p, id))
+    r:cli(("SET %sseq %s"):format(p, id))
+    assert.equal(202, a:post("/pub/g", "two").status)
+    local e1 = assert(sb:next(5), "nothing after the gap")
+    local e2 = assert(sb:next(5), "only one event after the gap")
+    assert.equal("injected", e1.data)
+    assert.equal(id, e1.id)
+    assert.equal("two", e2.data)
+    assert.truthy(tonumber(e2.id) > tonumber(e1.id))
+    sb:close()
+  end)
+
+  it("a client resuming on another node is never silently short: it gets the reset event (history-lost) on each channel", function()
+    local sa = a:stream("/s?ch=r1,r2")
+    settle()
+    assert.equal(202, a:post("/pub/r1", "seen").status)
+    local seen = assert(sa:next(5))
+    sa:close()
+    assert.equal(202, a:post("/pub/r1", "missed1").status)
+    assert.equal(202, b:post("/pub/r2", "missed2").status)
+    local sb = b:stream("/s?ch=r1,r2", { last_event_id = seen.id })
+    local resets = {}
+    for _ = 1, 2 do
+      local ev = assert(sb:next(5), "no reset event")
+      assert.equal("sluice-reset", ev.event)
+      local d = require("cjson").decode(ev.data)
+      assert.equal("history-lost", d.reason)
+      resets[d.channel] = true
+    end
+    assert.same({ r1 = true, r2 = true }, resets)
+    sb:close()
+  end)
+
+  it("answers 503 with Retry-After while Redis is down, keeps streams open, and flows again when it is back", function()
+    local sb = b:stream("/s?ch=x2")
+    settle()
+    assert.equal(202, a:post("/pub/x2", "before").status)
+    local first = assert(sb:next(5))
+    assert.equal("before", first.data)
+    r:kill()
+    assert(a:wait_log("redis: unavailable", 10, true))
+    local res = a:post("/pub/x2", "while down")
+    assert.equal(503, res.status)
+    assert.equal("1", res.headers["retry-after"])
+    assert.equal("redis unavailable", res.body)
+    -- still open: heartbeats keep coming
+    local c0 = #sb.comments
+    sb:fill(1)
+    sb:fill(1)
+    assert.truthy(#sb.comments > c0, "no heartbeat while Redis was down")
+    assert.falsy(sb.ended)
+    r:start()
+    local deadline = socket.gettime() + 15
+    local status
+    repeat
+      socket.sleep(0.2)
+      status = a:post("/pub/x2", "after").status
+    until status == 202 or socket.gettime() > deadline
+    assert.equal(202, status)
+    local ev = assert(sb:next(10), "nothing after Redis came back")
+    assert.equal("after", ev.data)
+    assert.truthy(tonumber(ev.id) > tonumber(first.id))
+    sb:close()
+  end)
+end)
+
+describe("#cluster 2 nodes x 2 workers", function()
+  if not redis.available() then return end
+  local r, a, b
+  setup(function()
+    r = redis.start()
+    a = node(r, 2)
+    b = node(r, 2)
+  end)
+  teardown(function()
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  it("delivers every event of publishers on both nodes once, in one increasing id order", function()
+    local streams = {}
+    for i = 1, 3 do
+      streams[#streams + 1] = a:stream("/s?ch=many")
+      streams[#streams + 1] = b:stream("/s?ch=many")
+    end
+    socket.sleep(0.5)
+    local per, bursts = 250, 4   -- per node: 4 requests of 250 (spread over workers)
+    for i = 1, bursts do
+      assert.equal(202, a:post(("/burst/many?n=%d&tag=a%d"):format(per, i)).status)
+      assert.equal(202, b:post(("/burst/many?n=%d&tag=b%d"):format(per, i)).status)
+    end
+    local total = per * bursts * 2
+    local first_ids
+    for si, s in ipairs(streams) do
+      local evs = s:events_until(total, 30)
+      assert.equal(total, #evs, "stream " .. si .. " got " .. #evs .. " of " .. total)
+      local seen, last, ids = {}, 0, {}
+      for _, ev in ipairs(evs) do
+        assert.is_nil(seen[ev.data], "duplicate " .. ev.data)
+        seen[ev.data] = true
+        local id = tonumber(ev.id)
+        assert.truthy(id > last, "ids not increasing on stream " .. si)
+        last = id
+        ids[#ids + 1] = ev.id
+      end
+      -- the order of each publisher is kept
+      local next_i = {}
+      for _, ev in ipairs(evs) do
+        local tag, n = ev.data:match("^(%S+) (%d+)$")
+        n = tonumber(n)
+        assert.equal((next_i[tag] or 0) + 1, n, "publisher " .. tag .. " out of order")
+        next_i[tag] = n
+      end
+      if first_ids then assert.same(first_ids, ids) else first_ids = ids end
+      s:close()
+    end
+  end)
+end)
