@@ -305,7 +305,9 @@ describe("examples/deploy/sluice.service", function()
       i = i + (has_value and 2 or 1)
     end
     local trace = dir .. "/strace.out"
-    local spid = tonumber(server.sh(("exec %s -f -qq -o %s %s >%s/stdout.log 2>%s/stderr.log & echo $!")
+    -- LeakSanitizer cannot run under ptrace (a build from make asan)
+    local spid = tonumber(server.sh(("ASAN_OPTIONS=\"${ASAN_OPTIONS:-}:detect_leaks=0\" "
+      .. "exec %s -f -qq -o %s %s >%s/stdout.log 2>%s/stderr.log & echo $!")
       :format(q(strace), q(trace), table.concat(cmd, " "), q(dir), q(dir))))
     local pid
     local ok, err = pcall(function()
@@ -338,6 +340,14 @@ describe("examples/deploy/sluice.service", function()
         return l and l:find("/seen", 1, true) ~= nil
       end, 5, 0.1)
       assert.is_true(fresh, "after SIGUSR1 the access log was not reopened at its path")
+      -- the admin listener's answers, when this build has one
+      if opts["--admin-listen"] and sluice_knows("--admin-listen") then
+        for _, path in ipairs({ "/healthz", "/readyz", "/metrics" }) do
+          local r = raw.exchange(admin_port, raw.request("GET", path, { { "Connection", "close" } }))
+          assert(r, "no answer on the admin port's " .. path)
+          assert.equal(200, r.status, path)
+        end
+      end
       -- systemctl stop: SIGTERM; the stream is ended, sluice exits
       os.execute(("kill -TERM %d"):format(pid))
       assert.is_true(c:wait_closed(10), "the stream was not ended on SIGTERM")
