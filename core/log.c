@@ -89,17 +89,3 @@ void log_at(enum log_level level, const char *fmt, ...)
     if (write(STDERR_FILENO, line, n) < 0)
         return;
 }
-
-void log_now(enum log_level level, const char *fmt, ...)
-{
-    if (level < log_threshold)
-        return;
-    char line[1024], msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    size_t n = format_line(line, msg, sizeof line, level, fmt, ap);
-    va_end(ap);
-    /* Straight to the descriptor, as log_at: no stdio lock is taken. */
-    if (write(STDERR_FILENO, line, n) < 0)
-        return;
-}

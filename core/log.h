@@ -21,12 +21,6 @@ __attribute__((format(printf, 2, 3)))
 #endif
 void log_at(enum log_level level, const char *fmt, ...);
 
-/* Like log_at with a smaller stack buffer: for the signal thread's last
- * words, when another thread may be stuck anywhere. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-void log_now(enum log_level level, const char *fmt, ...);
 
 #define log_debug(...) \
     do { if (log_threshold <= LOG_DEBUG) log_at(LOG_DEBUG, __VA_ARGS__); } while (0)

@@ -47,7 +47,7 @@ int signals_block(void)
  * lock, the allocator): one write(2), unlink(2), _exit(2). */
 static _Noreturn void hard_exit(int sig)
 {
-    log_now(LOG_ERROR, "%s: shutdown did not finish within --shutdown-grace %g s + %g s "
+    log_at(LOG_ERROR, "%s: shutdown did not finish within --shutdown-grace %g s + %g s "
             "(the event loop is stuck); exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM",
             grace_seconds, SIGNALS_EXIT_MARGIN);
     if (pid_path)
