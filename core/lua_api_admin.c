@@ -12,6 +12,7 @@
 #include "counter.h"
 #include "disconnect.h"
 #include "keyhash.h"
+#include "metrics.h"
 #include "process.h"
 #include "quota.h"
 #include "tags.h"
@@ -58,6 +59,8 @@ int l_quota_take(lua_State *L)
         c->quota_key = k;
         c->quota_held = true;
     }
+    if (v != QUOTA_OK)
+        metrics_quota_refused(route, rlen, (int)v);   /* route: "METHOD pattern" */
     lua_pushstring(L, names[v]);
     lua_pushnumber(L, retry);
     return 2;
@@ -67,21 +70,9 @@ int l_quota_take(lua_State *L)
  * "queued_bytes" (--shed-queued-bytes) or NULL. */
 static const char *shedding(struct worker *w)
 {
-    const struct config *cfg = w->cfg;
-    if (!cfg->max_streams && !cfg->shed_queued_bytes)
-        return NULL;
     unsigned n;
     struct worker *all = all_workers(w, &n);
-    uint64_t streams = 0, queued = 0;
-    for (unsigned i = 0; i < n; i++) {
-        streams += gauge_get(&all[i].stats.streams);
-        queued += counter_get(&all[i].stats.queued_bytes);
-    }
-    if (cfg->max_streams && streams >= cfg->max_streams)
-        return "streams";
-    if (cfg->shed_queued_bytes && queued >= cfg->shed_queued_bytes)
-        return "queued_bytes";
-    return NULL;
+    return metrics_shed_reason(w->cfg, all, n);
 }
 
 /* core.shed() -> nil | reason: a new stream is about to open; when it must

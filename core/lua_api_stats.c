@@ -1,15 +1,18 @@
-/* sluice.core, counters: core.stats() for sluice.stats() and the
- * metrics endpoint, for the whole process: each worker's counters (one
- * writer each, read with relaxed loads: counter.h) summed, the bus's
- * counts, and the connections and streams of each worker. */
+/* sluice.core, counters: core.stats() for sluice.stats(), for the whole
+ * process: each worker's counters (one writer each, read with relaxed
+ * loads: counter.h) summed, the bus's counts, and the connections and
+ * streams of each worker; core.stats("prometheus") for sluice.metrics(). */
 #include "lua_api_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
+#include "buf.h"
 #include "channel.h"
 #include "counter.h"
 #include "luavm.h"
+#include "metrics.h"
 #include "process.h"
 #include "worker.h"
 
@@ -19,10 +22,32 @@ static void set_int(lua_State *L, const char *k, double v)
     lua_setfield(L, -2, k);
 }
 
+/* core.stats("prometheus"): the admin listener's /metrics text (the
+ * whole process, metrics.c), for sluice.metrics(); nil without a process
+ * (the test kit's core), whose figures the Lua side renders instead. */
+static int prometheus_text(lua_State *L, struct worker *w)
+{
+    if (!w->proc || !metrics_worker(0)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    struct buf b = { 0 };
+    metrics_render(w->proc, &b);
+    if (b.failed) {
+        buf_free(&b);
+        return luaL_error(L, "out of memory rendering the metrics");
+    }
+    lua_pushlstring(L, b.data ? b.data : "", b.len);
+    buf_free(&b);
+    return 1;
+}
+
 int l_stats(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
     struct worker *w = vm->w;
+    if (lua_type(L, 1) == LUA_TSTRING && !strcmp(lua_tostring(L, 1), "prometheus"))
+        return prometheus_text(L, w);
     /* The test kit's core has one worker and no process. */
     struct worker *all = w->proc ? w->proc->workers : w;
     unsigned n = w->proc ? w->proc->nworkers : 1;

@@ -10,7 +10,10 @@
 #include "access_log.h"
 #include "buf.h"
 #include "bus.h"
+#include "config.h"
 #include "process.h"
+#include "quota.h"
+#include "tags.h"
 #include "worker.h"
 
 /* ---- the registry of routes and (route, variant) pairs ------------------
@@ -154,6 +157,87 @@ uint16_t metrics_key(const char *route, size_t route_len, const char *variant,
 uint16_t metrics_key_route(uint16_t key)
 {
     return key < METRICS_MAX_KEYS ? reg.keys[key].route : 0;
+}
+
+/* ---- quota refusals per (method, route) ---------------------------------
+ * Registered like the routes (appended under the lock, read below the
+ * count without it); the counts are process-wide atomics. Entry 0 is
+ * "other" (past QUOTA_IDS entries). */
+
+#define QUOTA_IDS METRICS_MAX_ROUTES
+#define QUOTA_REASONS 3   /* QUOTA_STREAMS, QUOTA_RATE, QUOTA_FULL */
+
+static struct {
+    pthread_mutex_t lock;
+    uint32_t n;
+    char method[QUOTA_IDS][16];
+    char route[QUOTA_IDS][ROUTE_TEXT];
+    uint64_t refused[QUOTA_IDS][QUOTA_REASONS];
+} qreg = { .lock = PTHREAD_MUTEX_INITIALIZER, .n = 1, .method = { "other" },
+           .route = { "other" } };
+
+static void copy_text(char *to, size_t size, const char *s, size_t n)
+{
+    if (n >= size)
+        n = size - 1;
+    memcpy(to, s, n);
+    to[n] = '\0';
+}
+
+static uint32_t find_quota_id(const char *m, size_t mlen, const char *r, size_t rlen,
+                              uint32_t count)
+{
+    if (mlen >= sizeof qreg.method[0])
+        mlen = sizeof qreg.method[0] - 1;
+    if (rlen >= ROUTE_TEXT)
+        rlen = ROUTE_TEXT - 1;
+    for (uint32_t i = 1; i < count; i++)
+        if (same(qreg.method[i], m, mlen) && same(qreg.route[i], r, rlen))
+            return i;
+    return 0;
+}
+
+void metrics_quota_refused(const char *id, size_t id_len, int verdict)
+{
+    if (verdict < QUOTA_STREAMS || verdict > QUOTA_FULL)
+        return;
+    /* "METHOD pattern": the method is everything before the first space. */
+    const char *space = memchr(id, ' ', id_len);
+    size_t mlen = space ? (size_t)(space - id) : 0;
+    const char *route = space ? space + 1 : id;
+    size_t rlen = id_len - (size_t)(route - id);
+    uint32_t i = find_quota_id(id, mlen, route, rlen, __atomic_load_n(&qreg.n, __ATOMIC_ACQUIRE));
+    if (!i) {
+        pthread_mutex_lock(&qreg.lock);
+        uint32_t n = qreg.n;
+        i = find_quota_id(id, mlen, route, rlen, n);
+        if (!i && n < QUOTA_IDS) {
+            copy_text(qreg.method[n], sizeof qreg.method[n], id, mlen);
+            copy_text(qreg.route[n], sizeof qreg.route[n], route, rlen);
+            i = n;
+            __atomic_store_n(&qreg.n, n + 1, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&qreg.lock);
+    }
+    __atomic_fetch_add(&qreg.refused[i][verdict - QUOTA_STREAMS], 1, __ATOMIC_RELAXED);
+}
+
+/* ---- load shedding --------------------------------------------------------- */
+
+const char *metrics_shed_reason(const struct config *cfg, struct worker *all, unsigned n)
+{
+    if (!cfg->max_streams && !cfg->shed_queued_bytes)
+        return NULL;
+    uint64_t streams = 0, queued = 0;
+    for (unsigned i = 0; i < n; i++) {
+        streams += gauge_get(&all[i].stats.streams);
+        queued += counter_get(&all[i].stats.queued_bytes);
+    }
+    if (cfg->max_streams && streams >= cfg->max_streams)
+        return "streams";
+    if (cfg->shed_queued_bytes && queued >= cfg->shed_queued_bytes)
+        return "queued_bytes";
+    return NULL;
 }
 
 /* ---- hooks -------------------------------------------------------------- */
@@ -323,6 +407,7 @@ struct totals {
     uint64_t resumes_exact, resumes_reset, lua_errors, budget_stops, reloads_ok, reloads_failed;
     size_t channels, subs, hevents, hbytes;
     uint64_t published;
+    uint64_t shed_streams, shed_queued, admin_disconnects;
 };
 
 static void sum(struct process *p, struct totals *t)
@@ -339,6 +424,9 @@ static void sum(struct process *p, struct totals *t)
         t->delivered += counter_get(&w->stats.delivered);
         t->conns += gauge_get(&w->stats.connections);
         t->streams += gauge_get(&w->stats.streams);
+        t->shed_streams += counter_get(&w->stats.shed_streams);
+        t->shed_queued += counter_get(&w->stats.shed_queued);
+        t->admin_disconnects += counter_get(&w->stats.admin_disconnected);
         struct worker_metrics *m = metrics_worker(i);
         if (!m)
             continue;
@@ -380,6 +468,58 @@ static void key_labels(struct buf *b, unsigned k)
 static bool key_shown(unsigned k, uint32_t nkeys, const struct totals *t)
 {
     return k < nkeys || (k == METRICS_MAX_KEYS - 1 && (t->key_requests[k] || t->key_streams[k]));
+}
+
+/* Quotas, load shedding, admin disconnects, the access log. */
+static void render_admin(struct process *p, struct buf *b, const struct totals *t)
+{
+    const char *shed = metrics_shed_reason(p->cfg, p->workers, p->nworkers);
+    one(b, "shedding", "gauge",
+        "1 while new streams are refused 503 (--max-streams, --shed-queued-bytes).",
+        shed ? 1 : 0);
+    head(b, "shedding_reason", "gauge", "1 for the reason new streams are refused now.");
+    buf_printf(b, "sluice_shedding_reason{reason=\"streams\"} %d\n",
+               shed && !strcmp(shed, "streams"));
+    buf_printf(b, "sluice_shedding_reason{reason=\"queued_bytes\"} %d\n",
+               shed && !strcmp(shed, "queued_bytes"));
+    head(b, "shed_refused_total", "counter", "New streams refused 503 by load shedding.");
+    buf_printf(b, "sluice_shed_refused_total{reason=\"streams\"} %" PRIu64 "\n", t->shed_streams);
+    buf_printf(b, "sluice_shed_refused_total{reason=\"queued_bytes\"} %" PRIu64 "\n",
+               t->shed_queued);
+
+    static const char *const reasons[QUOTA_REASONS] = { "streams", "rate", "full" };
+    head(b, "quota_refused_total", "counter",
+         "Requests a route's quota refused (429; 503 for \"full\"), per route and reason.");
+    uint32_t nq = __atomic_load_n(&qreg.n, __ATOMIC_ACQUIRE);
+    for (uint32_t i = 0; i < nq; i++) {
+        uint64_t v[QUOTA_REASONS];
+        bool any = false;
+        for (unsigned r = 0; r < QUOTA_REASONS; r++) {
+            v[r] = __atomic_load_n(&qreg.refused[i][r], __ATOMIC_RELAXED);
+            any = any || v[r];
+        }
+        if (i == 0 && !any)   /* "other": only once something fell in */
+            continue;
+        for (unsigned r = 0; r < QUOTA_REASONS; r++) {
+            buf_puts(b, "sluice_quota_refused_total{method=\"");
+            label_value(b, qreg.method[i]);
+            buf_puts(b, "\",route=\"");
+            label_value(b, qreg.route[i]);
+            buf_printf(b, "\",reason=\"%s\"} %" PRIu64 "\n", reasons[r], v[r]);
+        }
+    }
+    struct quota_counts q;
+    quota_counts(&q);
+    one(b, "quota_keys", "gauge", "Entries in the quota table (route, key).", (double)q.keys);
+    one(b, "quota_streams", "gauge", "Stream slots held in the quota table.", (double)q.open);
+    one(b, "quota_evictions_total", "counter",
+        "Quota entries dropped (idle, or for room past --quota-keys).", (double)q.evicted);
+    one(b, "admin_disconnects_total", "counter", "Streams ended by sluice.disconnect.",
+        (double)t->admin_disconnects);
+    one(b, "tagged_streams", "gauge", "Open streams with tags (s:tag).", (double)tags_count());
+    one(b, "access_log_lines_lost_total", "counter",
+        "Access-log lines lost to failed writes (disk full, a closed pipe).",
+        (double)access_log_lost());
 }
 
 void metrics_render(struct process *p, struct buf *b)
@@ -461,6 +601,7 @@ void metrics_render(struct process *p, struct buf *b)
         "Script calls stopped by --lua-cpu-budget.", (double)t->budget_stops);
     one(b, "up_seconds", "gauge", "Seconds since the process started.",
         clock_mono() - p->started);
+    render_admin(p, b, t);
 
     if (per_worker && per_worker[0].out.histograms) {
         head(b, "publish_to_written_seconds", "histogram",

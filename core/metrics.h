@@ -18,7 +18,9 @@
 #include "stream.h"
 
 struct buf;
+struct config;
 struct process;
+struct worker;
 
 /* ---- histograms: fixed buckets, counts per bucket (not cumulative:
  * one store per observation), summed and made cumulative when rendered --- */
@@ -122,6 +124,18 @@ void metrics_stream_closed(unsigned wid, uint16_t key, enum stream_end why, doub
 void metrics_resume(unsigned wid, bool reset);
 void metrics_script_error(unsigned wid, const char *msg, bool budget);
 void metrics_reload(unsigned wid, int problems);
+
+/* A route's quota refused a request (core.quota_take): id is the
+ * route's "METHOD pattern", verdict a quota.h enum quota_verdict other
+ * than QUOTA_OK. Counted process-wide (refusals are rare next to
+ * requests: one relaxed atomic add each), per (method, route) registered
+ * like the routes (at most METRICS_MAX_ROUTES - 1, then "other"). */
+void metrics_quota_refused(const char *id, size_t id_len, int verdict);
+
+/* Why a new stream must be refused now: "streams" (--max-streams),
+ * "queued_bytes" (--shed-queued-bytes) or NULL; from the n workers' own
+ * counts (relaxed loads), so any thread may ask. */
+const char *metrics_shed_reason(const struct config *cfg, struct worker *all, unsigned n);
 
 /* A ring of recent reloads and script errors for the status page. */
 struct metrics_note {

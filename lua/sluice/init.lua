@@ -123,9 +123,10 @@ function sluice.stats()
   return s
 end
 
--- sluice.stats() in the Prometheus text format (serve it from a route).
+-- The Prometheus text format (serve it from a route): what the admin
+-- listener's /metrics says, plus the Lua side's own families.
 function sluice.metrics()
-  return require("sluice.metrics").render(sluice.stats())
+  return require("sluice.metrics").render(sluice.stats(), core.stats("prometheus"))
 end
 
 -- The policy toolkit, loaded on first use.

@@ -2,6 +2,10 @@
 -- rollout can be watched and compared per variant from any scraper:
 --   app:get("/metrics", function() return 200, sluice.metrics(),
 --     { ["Content-Type"] = "text/plain; version=0.0.4" } end)
+-- In the server, the text starts with what the admin listener's /metrics
+-- says (core/metrics.c: the whole process, histograms, quotas, shedding),
+-- followed by the families only the Lua side knows (this worker's Lua
+-- memory and timers, per-route script errors, refusals and views).
 local metrics = {}
 
 local function escape(v)
@@ -17,9 +21,12 @@ local function labels(t)
   return "{" .. table.concat(parts, ",") .. "}"
 end
 
--- stats: what sluice.stats() returns.
-function metrics.render(stats)
+-- stats: what sluice.stats() returns; core_text: the C side's exposition
+-- (core.stats("prometheus")), nil where there is none (the test kit):
+-- then the server's figures are rendered from stats here.
+function metrics.render(stats, core_text)
   local out = {}
+  if core_text then out[1] = (core_text:gsub("\n$", "")) end
   local function metric(name, kind, help, samples)
     out[#out + 1] = ("# HELP sluice_%s %s"):format(name, help)
     out[#out + 1] = ("# TYPE sluice_%s %s"):format(name, kind)
@@ -29,28 +36,32 @@ function metrics.render(stats)
   end
   local function one(name, kind, help, v) metric(name, kind, help, { { v or 0 } }) end
 
-  one("connections", "gauge", "Open connections.", stats.connections)
-  one("accepted_total", "counter", "Connections accepted.", stats.accepted)
-  one("refused_busy_total", "counter", "Connections refused with 503 over --max-conns.", stats.refused_busy)
-  one("requests_total", "counter", "Requests dispatched.", stats.requests)
-  one("streams_opened_total", "counter", "SSE streams opened.", stats.streams_opened)
-  one("slow_consumers_closed_total", "counter", "Streams closed over the queue cap.", stats.slow_closed)
-  one("slow_consumers_gapped_total", "counter", "Times a drop-oldest stream lost events.", stats.slow_gapped)
-  one("published_total", "counter", "Events published.", stats.published)
-  one("delivered_total", "counter", "Event deliveries queued for subscribers.", stats.delivered)
-  one("channels", "gauge", "Channels with subscribers or history.", stats.channels)
-  one("subscriptions", "gauge", "Stream subscriptions.", stats.subscriptions)
-  one("history_events", "gauge", "Events held in channel histories.", stats.history_events)
-  one("history_bytes", "gauge", "Bytes held in channel histories (bounded by --max-history-bytes).",
-    stats.history_bytes)
-  one("lua_memory_bytes", "gauge", "Memory held by the Lua state.", stats.lua_memory)
-  local wc, ws = {}, {}
-  for i, w in ipairs(stats.workers or {}) do
-    wc[#wc + 1] = { w.connections, { worker = tostring(i - 1) } }
-    ws[#ws + 1] = { w.streams, { worker = tostring(i - 1) } }
+  if not core_text then   -- the server's figures, where C does not render them
+    one("connections", "gauge", "Open connections.", stats.connections)
+    one("accepted_total", "counter", "Connections accepted.", stats.accepted)
+    one("refused_busy_total", "counter", "Connections refused with 503 over --max-conns.", stats.refused_busy)
+    one("requests_total", "counter", "Requests dispatched.", stats.requests)
+    one("streams_opened_total", "counter", "SSE streams opened.", stats.streams_opened)
+    one("slow_consumers_closed_total", "counter", "Streams closed over the queue cap.", stats.slow_closed)
+    one("slow_consumers_gapped_total", "counter", "Times a drop-oldest stream lost events.", stats.slow_gapped)
+    one("published_total", "counter", "Events published.", stats.published)
+    one("delivered_total", "counter", "Event deliveries queued for subscribers.", stats.delivered)
+    one("channels", "gauge", "Channels with subscribers or history.", stats.channels)
+    one("subscriptions", "gauge", "Stream subscriptions.", stats.subscriptions)
+    one("history_events", "gauge", "Events held in channel histories.", stats.history_events)
+    one("history_bytes", "gauge", "Bytes held in channel histories (bounded by --max-history-bytes).",
+      stats.history_bytes)
+    local wc, ws = {}, {}
+    for i, w in ipairs(stats.workers or {}) do
+      wc[#wc + 1] = { w.connections, { worker = tostring(i - 1) } }
+      ws[#ws + 1] = { w.streams, { worker = tostring(i - 1) } }
   end
   metric("worker_connections", "gauge", "Open connections per worker thread.", wc)
   metric("worker_streams", "gauge", "Open streams per worker thread.", ws)
+  end
+  -- Below: only the Lua side knows these (the calling worker's state and
+  -- its runtime's counts).
+  one("lua_memory_bytes", "gauge", "Memory held by the Lua state.", stats.lua_memory)
 
   local rt = stats.runtime or {}
   one("reloads_total", "counter", "Reloads of the apps directory.", rt.reloads)
