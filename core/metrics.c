@@ -701,7 +701,16 @@ void metrics_status_json(struct process *p, struct buf *b)
         access_log_json_string(b, recent[i].text, strlen(recent[i].text));
         buf_puts(b, "}");
     }
-    buf_printf(b, "],\"reloads_ok\":%" PRIu64 ",\"reloads_failed\":%" PRIu64 "}", t->reloads_ok,
+    /* Load shedding now (its reason, or null), streams it refused, and
+     * requests the routes' quotas refused. */
+    const char *shed = metrics_shed_reason(p->cfg, p->workers, p->nworkers);
+    struct quota_counts q;
+    quota_counts(&q);
+    buf_printf(b, "],\"shedding\":%s%s%s,\"shed_refused\":%" PRIu64 ",\"quota_refused\":%" PRIu64,
+               shed ? "\"" : "", shed ? shed : "null", shed ? "\"" : "",
+               t->shed_streams + t->shed_queued,
+               q.refused_streams + q.refused_rate + q.refused_full);
+    buf_printf(b, ",\"reloads_ok\":%" PRIu64 ",\"reloads_failed\":%" PRIu64 "}", t->reloads_ok,
                t->reloads_failed);
     free(t);
 }
