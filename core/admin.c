@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -11,6 +12,7 @@
 #include <ev.h>
 
 #include "buf.h"
+#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "process.h"
@@ -126,7 +128,18 @@ static void route(struct admin_client *c, const char *method, const char *path, 
     }
 #define IS(lit) (plen == sizeof lit - 1 && memcmp(path, lit, plen) == 0)
     if (IS("/healthz")) {
-        answer(c, head_only, 200, "OK", "text/plain", "ok\n", 3);
+        /* This loop answers; and every worker's loop must turn too (a
+         * script stuck in a loop with no CPU budget hangs its clients). */
+        double age = 0;
+        int stuck = metrics_stalled_worker(METRICS_STALL_S + p->cfg->lua_cpu_ms / 1000.0, &age);
+        if (stuck >= 0) {
+            char why[96];
+            int n = snprintf(why, sizeof why, "worker %d stalled for %.0f s\n", stuck, age);
+            answer(c, head_only, 503, "Service Unavailable", "text/plain", why,
+                   n > 0 && (size_t)n < sizeof why ? (size_t)n : strlen(why));
+        } else {
+            answer(c, head_only, 200, "OK", "text/plain", "ok\n", 3);
+        }
     } else if (IS("/readyz")) {
         const char *why = p->draining ? "draining\n"
                           : p->nready < p->nworkers ? "loading apps\n"

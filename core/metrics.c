@@ -222,6 +222,30 @@ void metrics_quota_refused(const char *id, size_t id_len, int verdict)
     __atomic_fetch_add(&qreg.refused[i][verdict - QUOTA_STREAMS], 1, __ATOMIC_RELAXED);
 }
 
+/* ---- liveness of the workers' loops --------------------------------------- */
+
+void metrics_heartbeat(unsigned wid, bool running)
+{
+    struct worker_metrics *m = metrics_worker(wid);
+    if (m) {
+        uint64_t ms = (uint64_t)(clock_mono() * 1000.0);
+        __atomic_store_n(&m->heartbeat_ms, running ? (ms ? ms : 1) : 0, __ATOMIC_RELAXED);
+    }
+}
+
+int metrics_stalled_worker(double stall, double *age)
+{
+    double now_ms = clock_mono() * 1000.0;
+    for (unsigned i = 0; i < nper_worker; i++) {
+        uint64_t beat = __atomic_load_n(&per_worker[i].heartbeat_ms, __ATOMIC_RELAXED);
+        if (beat && now_ms - (double)beat > stall * 1000.0) {
+            *age = (now_ms - (double)beat) / 1000.0;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
 /* ---- load shedding --------------------------------------------------------- */
 
 const char *metrics_shed_reason(const struct config *cfg, struct worker *all, unsigned n)

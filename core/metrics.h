@@ -101,6 +101,8 @@ struct worker_metrics {
     uint64_t lua_errors;                       /* script errors caught (core.run) */
     uint64_t budget_stops;                     /* calls stopped by --lua-cpu-budget */
     uint64_t reloads_ok, reloads_failed;       /* counted by worker 0 only */
+    uint64_t heartbeat_ms;                     /* clock_mono() in ms when its loop last
+                                                  turned; 0: not running */
 };
 
 /* The process, before any worker starts: one struct per worker. */
@@ -124,6 +126,18 @@ void metrics_stream_closed(unsigned wid, uint16_t key, enum stream_end why, doub
 void metrics_resume(unsigned wid, bool reset);
 void metrics_script_error(unsigned wid, const char *msg, bool budget);
 void metrics_reload(unsigned wid, int problems);
+
+/* Liveness of the workers' loops: each worker's loop says it turned
+ * every METRICS_HEARTBEAT_S (a timer, so an idle worker says so too);
+ * /healthz answers 503 while a running worker has not for
+ * METRICS_STALL_S plus the CPU budget (a script call may legitimately
+ * hold its loop that long). */
+#define METRICS_HEARTBEAT_S 1.0
+#define METRICS_STALL_S 5.0
+void metrics_heartbeat(unsigned wid, bool running);   /* the worker's thread */
+/* The first running worker whose loop has not turned for more than stall
+ * seconds (*age: for how long), or -1. Any thread. */
+int metrics_stalled_worker(double stall, double *age);
 
 /* A route's quota refused a request (core.quota_take): id is the
  * route's "METHOD pattern", verdict a quota.h enum quota_verdict other

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "lua_api.h"
 #include "luavm.h"
+#include "metrics.h"
 #include "process.h"
 #include "response.h"
 #include "signals.h"
@@ -322,6 +323,14 @@ static void on_queued_sample(struct ev_loop *loop, ev_timer *t, int revents)
     __atomic_store_n(&w->stats.queued_bytes, sum, __ATOMIC_RELAXED);
 }
 
+/* Once a second, even when idle: the loop turns (/healthz reads it). */
+static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    metrics_heartbeat(((struct worker *)t->data)->id, true);
+}
+
 /* In the worker's thread: everything that must belong to it. The Lua
  * state above all: the CPU budget's timer signals the thread that creates
  * it, and the current state is a thread-local. */
@@ -364,6 +373,10 @@ static int setup(struct worker *w)
     w->queued_sampler.data = w;
     if (cfg->shed_queued_bytes)
         ev_timer_start(w->loop, &w->queued_sampler);
+    ev_timer_init(&w->heartbeat, on_heartbeat, METRICS_HEARTBEAT_S, METRICS_HEARTBEAT_S);
+    w->heartbeat.data = w;
+    ev_timer_start(w->loop, &w->heartbeat);
+    metrics_heartbeat(w->id, true);
     peer_set(w, w);   /* others may post to it from now on */
     return 0;
 }
@@ -391,6 +404,8 @@ static void teardown(struct worker *w)
     ev_idle_stop(w->loop, &w->flush_pending);
     ev_timer_stop(w->loop, &w->shutdown_timer);
     ev_timer_stop(w->loop, &w->queued_sampler);
+    ev_timer_stop(w->loop, &w->heartbeat);
+    metrics_heartbeat(w->id, false);   /* gone: no longer a stalled loop */
     if (w->own_listen_fd && close(w->listen_fd) < 0)
         log_warn("close listener: %s", strerror(errno));
     w->own_listen_fd = false;

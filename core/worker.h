@@ -68,6 +68,7 @@ struct worker {
     ev_idle flush_pending;     /* active while output remains queued */
     ev_timer shutdown_timer;
     ev_timer queued_sampler;   /* --shed-queued-bytes: sums queued output */
+    ev_timer heartbeat;        /* says the loop turns, for /healthz (metrics.h) */
 
     TAILQ_HEAD(, conn) flush_queue;
 

@@ -17,6 +17,7 @@ app:stream("/tenant", function(req, s) s:subscribe("t") end,
 app:stream("/tagged", function(req, s) s:tag("user", req.query.user) end)
 app:post("/revoke", function(req) return 200, tostring(sluice.disconnect { user = req.query.user }) end)
 app:get("/boom", function() error("boom on purpose") end)
+app:get("/spin", function() while true do end end)
 app:get("/metrics", function()
   return 200, sluice.metrics(), { ["Content-Type"] = "text/plain; version=0.0.4" }
 end)
@@ -124,6 +125,39 @@ describe("the admin /metrics", function()
     assert.are.equal(1, sample(text, "sluice_tagged_streams"))
     assert.are.equal(0, sample(text, "sluice_access_log_lines_lost_total"))
     pinned.close(b)
+  end)
+end)
+
+describe("/healthz", function()
+  local srv
+  after_each(function()
+    if srv then srv:stop(1) end   -- a stuck worker never drains: killed
+    srv = nil
+  end)
+
+  it("stays 200 while the workers idle, and says 503 once a worker's loop is stuck", function()
+    srv = start({ "--workers", "2", "--lua-cpu-budget", "0" })
+    local port = admin_port(srv)
+    local function health()
+      return http.request("127.0.0.1", port, { method = "GET", path = "/healthz", timeout = 5 })
+    end
+    -- Longer than the stall bound (5 s) with nothing to do: idle is not stuck.
+    local socket = require "socket"
+    local deadline = socket.gettime() + 6.5
+    repeat
+      assert.are.equal(200, health().status)
+      socket.sleep(0.5)
+    until socket.gettime() > deadline
+    -- A script that never returns, with no CPU budget to stop it.
+    local c = pinned.connect(srv.port, 1)
+    assert(c:send(client.build("GET", "/spin")))
+    local r = raw.eventually(function()
+      local x = health()
+      return x.status == 503 and x
+    end, 15, 0.25)
+    assert.truthy(r, "healthz never said 503 with a stuck worker")
+    assert.truthy(r.body:find("worker 1 stalled", 1, true), r.body)
+    c:close()
   end)
 end)
 
