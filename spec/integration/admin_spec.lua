@@ -92,7 +92,7 @@ describe("the admin listener", function()
     assert.falsy(srv:log():find("admin endpoints", 1, true))
   end)
 
-  it("counts traffic: requests per route, streams, closes, resumes, latency, errors, reloads", function()
+  it("counts traffic: requests per route, streams, closes, resumes, latency, errors and CPU budget stops, reloads", function()
     srv = start({ "--lua-cpu-budget", "50" })
     local port = admin_port(srv)
     local before = admin_get(port, "/metrics").body
