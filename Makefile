@@ -132,13 +132,11 @@ sluice-asan: $(CORE_OBJ) $(LLHTTP_OBJ)
 # spec/tsan.supp names what is allowed. TSAN_SPECS: busted arguments. Left
 # out by default: a script stopped by its CPU budget, because TSan holds a
 # timer's signal until the thread enters instrumented code, which a script
-# spinning in LuaJIT never does (the budget never fires under TSan: the
-# admin spec's traffic count includes one); and two
+# spinning in LuaJIT never does (the budget never fires under TSan); and two
 # bounds TSan's own cost breaks (a 30 ms budget, an RSS bound).
 TSAN_SPECS ?= --exclude-pattern=isolation_spec --filter-out=CPU.budget \
               --filter-out=never.returns --filter-out=stops.a.loop \
-              --filter-out=big.publish --filter-out=memory.within \
-              --filter-out=counts.traffic
+              --filter-out=big.publish --filter-out=memory.within
 tsan: deps
 	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
 	        LDFLAGS="-fsanitize=thread" sluice-tsan
