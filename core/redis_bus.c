@@ -1131,6 +1131,11 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
     return rb;
 }
 
+bool redis_bus_reachable(const struct redis_bus *rb)
+{
+    return !rb || __atomic_load_n(&rb->available, __ATOMIC_ACQUIRE) != 0;
+}
+
 void redis_bus_free(struct redis_bus *rb)
 {
     if (!rb)
