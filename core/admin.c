@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "process.h"
+#include "redis_bus.h"
 #include "status_page.h"
 
 #define ADMIN_MAX_CLIENTS 64      /* scrapers, probes, status pages */
@@ -48,11 +49,10 @@ struct admin {
 };
 
 /* The hook for "ready" beyond the workers: in cluster mode, whether Redis
- * is reachable. There is no cluster mode yet: always ready. */
+ * is reachable (always, without --redis). */
 static bool cluster_ready(const struct process *p)
 {
-    (void)p;
-    return true;
+    return redis_bus_reachable(p->redis);
 }
 
 static void client_free(struct admin_client *c)

@@ -488,6 +488,25 @@ struct bus *bus_new(struct ev_loop *loop, unsigned nworkers, size_t history_len,
     return cs;
 }
 
+void bus_resumed_free(struct bus_resumed *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->replay.len; i++)
+        bus_event_unref(r->replay.items[i].ev);
+    free(r->replay.items);
+    free(r);
+}
+
+static void free_resumed_list(struct bus_resumed *r)
+{
+    while (r) {
+        struct bus_resumed *next = r->next;
+        bus_resumed_free(r);
+        r = next;
+    }
+}
+
 void bus_free(struct bus *cs)
 {
     if (!cs)
@@ -508,6 +527,7 @@ void bus_free(struct bus *cs)
         for (size_t j = 0; j < q->len; j++)
             bus_event_unref(q->evs[j]);
         free(q->evs);
+        free_resumed_list(q->resumed);
     }
     free(cs->inboxes);
     pthread_mutex_destroy(&cs->lock);
@@ -592,6 +612,8 @@ void bus_detach(struct bus *b, unsigned wid)
     for (size_t j = 0; j < in->q.len; j++)
         bus_event_unref(in->q.evs[j]);
     in->q.len = 0;
+    free_resumed_list(in->q.resumed);
+    in->q.resumed = NULL;
     unlock(b);
 }
 
@@ -691,7 +713,7 @@ static void append(struct bus *cs, struct bchan *ch, struct hist_entry e)
             struct inbox *in = &cs->inboxes[w];
             if (!ch->wsubs[w] || !in->loop)
                 continue;
-            bool was_empty = in->q.len == 0;
+            bool was_empty = in->q.len == 0 && !in->q.resumed;
             if (!batch_push(&in->q, e.ev)) {
                 log_warn("out of memory: worker %u misses event %llu", w,
                          (unsigned long long)e.ev->src.id);
@@ -807,6 +829,44 @@ int bus_deliver(struct bus *cs, const char *name, size_t name_len, uint64_t id,
     return 0;
 }
 
+struct bus_event *bus_event_make(const char *chan, size_t chan_len, uint64_t id,
+                                 const char *event, size_t event_len,
+                                 const char *data, size_t data_len)
+{
+    struct bus_event *ev = event_new(id, chan, chan_len, event, event_len, data, data_len);
+    size_t added;
+    if (ev && !frame_raw(ev, &added)) {
+        bus_event_unref(ev);
+        return NULL;
+    }
+    return ev;
+}
+
+int bus_resume(struct bus *b, unsigned wid, uint64_t token, const char *const *names,
+               const size_t *lens, int n, uint64_t last_id)
+{
+    if (!b->upstream.resume || n > BUS_MAX_RESUME)
+        return -1;
+    return b->upstream.resume(b->upstream.ctx, wid, token, names, lens, n, last_id);
+}
+
+void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r)
+{
+    lock(b);
+    struct inbox *in = wid < b->nworkers ? &b->inboxes[wid] : NULL;
+    if (!in || !in->loop) {
+        unlock(b);
+        bus_resumed_free(r);
+        return;
+    }
+    bool was_empty = in->q.len == 0 && !in->q.resumed;
+    r->next = in->q.resumed;   /* order among answers does not matter */
+    in->q.resumed = r;
+    if (was_empty)
+        ev_async_send(in->loop, in->wake);
+    unlock(b);
+}
+
 void bus_take(struct bus *b, unsigned wid, struct bus_batch *batch)
 {
     lock(b);
@@ -905,10 +965,9 @@ int bus_subscribe(struct bus *cs, unsigned wid, const struct subscription_req *r
                                        * (two views) cannot shift pos[] */
         if (cs->upstream.publish)
             /* Cluster mode: the local history holds only what came while
-             * this node followed the channel; replaying from it could miss
-             * events silently, so the client is told (the replay from the
-             * Redis stream is not built yet). */
-            resets[i] = BUS_RESET_LOST;
+             * this node followed the channel; the replay is read from the
+             * channel's stream in Redis (the caller asks, bus_resume). */
+            resets[i] = last_id ? BUS_RESET_REMOTE : BUS_RESET_UNKNOWN_ID;
         else if (last_id <= cs->boot_id || last_id > cs->last_id)
             resets[i] = BUS_RESET_UNKNOWN_ID;
         else if (last_id + 1 < ch->complete_from)

@@ -39,10 +39,15 @@ struct bus_event {
 
 void bus_event_unref(struct bus_event *ev);
 
-/* What a worker takes from its inbox at once. */
+struct bus_resumed;
+
+/* What a worker takes from its inbox at once: events in id order, and the
+ * answers of cluster resumes (order between the two does not matter: a
+ * resuming stream drops what it got twice by id). */
 struct bus_batch {
     struct bus_event **evs;
     size_t len, cap;
+    struct bus_resumed *resumed;
 };
 
 /* Told (under the bus's lock) when a channel gets its first subscriber in
@@ -64,6 +69,11 @@ struct bus_upstream {
                    const char *event, size_t event_len,
                    const char *data, size_t data_len,
                    size_t history_len, double history_ttl);
+    /* A stream of worker wid resumes after last_id on n channels: the
+     * answer comes back later through bus_resumed (token names it). 0
+     * when asked, -1 when it cannot be. */
+    int (*resume)(void *ctx, unsigned wid, uint64_t token, const char *const *names,
+                  const size_t *lens, int n, uint64_t last_id);
     void *ctx;
 };
 
@@ -118,7 +128,10 @@ void bus_take(struct bus *b, unsigned wid, struct bus_batch *batch);
 /* Reset reasons a subscription can get instead of its replay. */
 /* BUS_RESET_LOST: cluster mode, where this node's history is a cache of
  * the channels it followed and cannot tell what it missed. */
-enum bus_reset { BUS_RESET_NONE, BUS_RESET_UNKNOWN_ID, BUS_RESET_EXPIRED, BUS_RESET_LOST };
+/* BUS_RESET_REMOTE: cluster mode, the replay is asked of Redis
+ * (bus_resume) and comes back as a bus_resumed in the worker's inbox. */
+enum bus_reset { BUS_RESET_NONE, BUS_RESET_UNKNOWN_ID, BUS_RESET_EXPIRED, BUS_RESET_LOST,
+                 BUS_RESET_REMOTE };
 
 struct bus_replay_item {
     struct bus_event *ev;         /* a reference the caller drops */
@@ -141,6 +154,38 @@ int bus_subscribe(struct bus *b, unsigned wid, const struct subscription_req *re
                   int n, bool has_last, uint64_t last_id,
                   struct bus_batch *pending, struct bus_replay *replay,
                   enum bus_reset *resets);
+
+#define BUS_MAX_RESUME 64
+
+/* The answer to a cluster resume: per channel of the request a reset (or
+ * none), and the last id the channel had when it was read (live events up
+ * to it are in the replay or reset), and the replay of all channels merged
+ * in id order (req: the channel's index in the request). */
+struct bus_resumed {
+    struct bus_resumed *next;
+    uint64_t token;
+    int n;
+    enum bus_reset resets[BUS_MAX_RESUME];
+    uint64_t upto[BUS_MAX_RESUME];
+    struct bus_replay replay;
+};
+
+void bus_resumed_free(struct bus_resumed *r);
+
+/* Asks the upstream for the replay of a resuming stream (cluster mode).
+ * -1: no upstream, or it cannot ask. */
+int bus_resume(struct bus *b, unsigned wid, uint64_t token, const char *const *names,
+               const size_t *lens, int n, uint64_t last_id);
+
+/* From the upstream (any thread): r goes to worker wid's inbox, which
+ * owns it from now on (freed if the worker is gone). */
+void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r);
+
+/* A new event (one reference, raw view framed) that is not kept in any
+ * history: a replay read from Redis. NULL out of memory. */
+struct bus_event *bus_event_make(const char *chan, size_t chan_len, uint64_t id,
+                                 const char *event, size_t event_len,
+                                 const char *data, size_t data_len);
 
 /* Counts one subscription of worker wid less on each channel. */
 void bus_unsubscribe(struct bus *b, unsigned wid, const char *const *names,

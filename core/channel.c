@@ -16,12 +16,35 @@
 #include "sse.h"
 #include "stream.h"
 
+struct resume_wait;
+
 struct sub {
     struct sub *next_in_stream;
     struct sse_stream *stream;
     struct lchan *chan;
     int view;
     uint32_t index;               /* in its chan_view's arrays */
+    /* Cluster resume: not in the view's arrays yet but on its channel's
+     * resuming list; while wait is set its live events are kept for the
+     * answer from Redis, then those up to floor are ones it got in the
+     * replay (dropped) and the first one past it moves it to the view. */
+    bool resuming;
+    struct sub *next_resuming;
+    struct resume_wait *wait;
+    int req;                      /* its index in the wait's request */
+    uint64_t floor;
+};
+
+/* A stream waiting for its replay from Redis: the live events of its
+ * channels that came meanwhile, to merge with the replay. */
+struct resume_wait {
+    struct resume_wait *next;
+    uint64_t token;
+    struct sse_stream *stream;
+    char *last_raw;
+    int n;
+    struct sub *subs[BUS_MAX_RESUME];
+    struct bus_replay kept;       /* req: the sub's index */
 };
 
 /* A channel's subscribers on one view. Delivery walks streams[] front to
@@ -39,6 +62,7 @@ struct chan_view {
  * it has some; the history is the bus's. */
 struct lchan {
     UT_hash_handle hh;
+    struct sub *resuming;         /* cluster resumes not in a view yet */
     struct chan_view *views;
     uint32_t nviews;
     uint32_t nsubs;
@@ -61,6 +85,8 @@ struct channels {
     bool draining;
     ev_async wake;                /* the bus queued events for this worker */
     struct bus_batch batch;       /* taken from the inbox */
+    struct resume_wait *waits;    /* cluster resumes waiting for Redis */
+    uint64_t next_token;
 };
 
 /* ---- framing ---------------------------------------------------------- */
@@ -95,6 +121,49 @@ static struct lchan *find(struct channels *cs, const char *name, size_t len)
     return ch;
 }
 
+static bool add_to_view(struct lchan *ch, struct sub *s);
+
+static bool keep_push(struct bus_replay *r, struct bus_event *ev, int req)
+{
+    if (r->len == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        struct bus_replay_item *items = realloc(r->items, sizeof *items * cap);
+        if (!items)
+            return false;
+        r->items = items;
+        r->cap = cap;
+    }
+    __atomic_add_fetch(&ev->refs, 1, __ATOMIC_RELAXED);
+    r->items[r->len++] = (struct bus_replay_item){ ev, req };
+    return true;
+}
+
+/* A live event of a channel with resuming subscribers: kept for the ones
+ * still waiting for Redis, dropped for the ones that had it in their
+ * replay, and the first one past the replay moves the subscriber into
+ * its view (the fan-out then gives it this event). */
+static void deliver_resuming(struct channels *cs, struct lchan *ch, struct bus_event *ev)
+{
+    (void)cs;
+    struct sub **link = &ch->resuming;
+    while (*link) {
+        struct sub *s = *link;
+        if (s->wait) {
+            if (!keep_push(&s->wait->kept, ev, s->req))
+                stream_abort(s->stream);   /* never a silent hole */
+        } else if (ev->src.id > s->floor) {
+            if (add_to_view(ch, s)) {
+                *link = s->next_resuming;
+                s->resuming = false;
+                s->next_resuming = NULL;
+                continue;
+            }
+            stream_abort(s->stream);   /* stays on the list till it is freed */
+        }
+        link = &s->next_resuming;
+    }
+}
+
 /* One event to this worker's subscribers of its channel, framed once per
  * view. Returns the streams that took it. */
 static uint64_t deliver(struct channels *cs, struct bus_event *ev)
@@ -102,6 +171,8 @@ static uint64_t deliver(struct channels *cs, struct bus_event *ev)
     struct lchan *ch = find(cs, ev->chan, ev->chan_len);
     if (!ch)
         return 0;   /* its last local subscriber left meanwhile */
+    if (ch->resuming)
+        deliver_resuming(cs, ch, ev);
     uint64_t n = 0;
     uint32_t stamp = metrics_stamp_now();   /* one clock read per event */
     for (uint32_t v = 0; v < ch->nviews; v++) {
@@ -126,6 +197,8 @@ static uint64_t deliver(struct channels *cs, struct bus_event *ev)
     return n;
 }
 
+static void resumed(struct channels *cs, struct bus_resumed *r);
+
 /* Delivers b in order; returns the streams that took event id. */
 static uint64_t deliver_batch(struct channels *cs, struct bus_batch *b, uint64_t id)
 {
@@ -137,6 +210,11 @@ static uint64_t deliver_batch(struct channels *cs, struct bus_batch *b, uint64_t
         bus_event_unref(b->evs[i]);
     }
     b->len = 0;
+    while (b->resumed) {
+        struct bus_resumed *r = b->resumed;
+        b->resumed = r->next;
+        resumed(cs, r);
+    }
     return reached;
 }
 
@@ -198,6 +276,15 @@ struct channels *channels_new(struct ev_loop *loop, size_t history_len,
     return cs;
 }
 
+static void wait_free(struct resume_wait *w)
+{
+    for (size_t i = 0; i < w->kept.len; i++)
+        bus_event_unref(w->kept.items[i].ev);
+    free(w->kept.items);
+    free(w->last_raw);
+    free(w);
+}
+
 static void free_lchan(struct channels *cs, struct lchan *ch)
 {
     HASH_DEL(cs->by_name, ch);
@@ -222,6 +309,16 @@ void channels_free(struct channels *cs)
     for (size_t i = 0; i < cs->batch.len; i++)
         bus_event_unref(cs->batch.evs[i]);
     free(cs->batch.evs);
+    while (cs->batch.resumed) {
+        struct bus_resumed *r = cs->batch.resumed;
+        cs->batch.resumed = r->next;
+        bus_resumed_free(r);
+    }
+    while (cs->waits) {
+        struct resume_wait *w = cs->waits;
+        cs->waits = w->next;
+        wait_free(w);
+    }
     if (cs->own_bus)
         bus_free(cs->bus);
     free(cs);
@@ -297,54 +394,68 @@ static int view_index(struct lchan *ch, int view, bool create)
     return (int)ch->nviews++;
 }
 
-static bool add_sub(struct channels *cs, struct sse_stream *st, const char *name,
-                    size_t len, int view)
+/* Into its view's arrays (made if need be). False out of memory. */
+static bool add_to_view(struct lchan *ch, struct sub *s)
 {
-    struct lchan *ch = get(cs, name, len);
-    if (!ch)
-        return false;
-    int vi = view_index(ch, view, true);
+    int vi = view_index(ch, s->view, true);
     if (vi < 0)
-        goto fail;
+        return false;
     struct chan_view *cv = &ch->views[vi];
-    struct sub *s = NULL;
     if (cv->nsubs == cv->cap) {
         uint32_t cap = cv->cap ? cv->cap * 2 : 4;
         struct sse_stream **streams = realloc(cv->streams, sizeof *streams * cap);
-        if (!streams)
-            goto fail_view;
-        cv->streams = streams;
-        struct sub **subs = realloc(cv->subs, sizeof *subs * cap);
-        if (!subs)
-            goto fail_view;
-        cv->subs = subs;
+        if (streams)
+            cv->streams = streams;
+        struct sub **subs = streams ? realloc(cv->subs, sizeof *subs * cap) : NULL;
+        if (subs)
+            cv->subs = subs;
+        if (!streams || !subs) {
+            if (cv->nsubs == 0) {   /* a view made for this one: delivery must not frame it */
+                free(cv->streams);
+                free(cv->subs);
+                ch->views[vi] = ch->views[--ch->nviews];
+            }
+            return false;
+        }
         cv->cap = cap;
     }
-    s = calloc(1, sizeof *s);
+    s->index = cv->nsubs;
+    cv->streams[cv->nsubs] = s->stream;
+    cv->subs[cv->nsubs] = s;
+    cv->nsubs++;
+    return true;
+}
+
+/* resuming: onto the channel's resuming list instead of the view. */
+static struct sub *add_sub(struct channels *cs, struct sse_stream *st, const char *name,
+                           size_t len, int view, bool resuming)
+{
+    struct lchan *ch = get(cs, name, len);
+    if (!ch)
+        return NULL;
+    struct sub *s = calloc(1, sizeof *s);
     if (!s)
-        goto fail_view;
+        goto fail;
     s->stream = st;
     s->chan = ch;
     s->view = view;
-    s->index = cv->nsubs;
-    cv->streams[cv->nsubs] = st;
-    cv->subs[cv->nsubs] = s;
-    cv->nsubs++;
+    if (resuming) {
+        s->resuming = true;
+        s->next_resuming = ch->resuming;
+        ch->resuming = s;
+    } else if (!add_to_view(ch, s)) {
+        goto fail;
+    }
     ch->nsubs++;
     cs->nsubs++;
     s->next_in_stream = st->subs;
     st->subs = s;
-    return true;
-fail_view:
-    if (cv->nsubs == 0) {   /* a view made for this one: delivery must not frame it */
-        free(cv->streams);
-        free(cv->subs);
-        ch->views[vi] = ch->views[--ch->nviews];
-    }
+    return s;
 fail:
+    free(s);
     if (ch->nsubs == 0)
         free_lchan(cs, ch);
-    return false;
+    return NULL;
 }
 
 static void json_string(struct buf *b, const char *s, size_t n)
@@ -387,6 +498,123 @@ static void send_reset(struct sse_stream *s, const char *chan, size_t chan_len,
 
 #define MAX_SUBSCRIBE 64
 
+static const char *reset_reason(enum bus_reset r)
+{
+    return r == BUS_RESET_UNKNOWN_ID ? "unknown-id" :
+           r == BUS_RESET_LOST ? "history-lost" : "history-expired";
+}
+
+/* Subscribers that cannot get their replay: told, and live from now on. */
+static void resume_lost(struct sub **subs, int n, const char *last_raw)
+{
+    for (int i = 0; i < n; i++) {
+        struct sub *s = subs[i];
+        s->wait = NULL;
+        s->floor = 0;
+        send_reset(s->stream, s->chan->name, s->chan->name_len, "history-lost", last_raw);
+    }
+}
+
+/* Cluster mode: the replay of subs is read from Redis; meanwhile their
+ * live events are kept (deliver_resuming). */
+static void ask_resume(struct channels *cs, struct sse_stream *st, struct sub **subs,
+                       int n, const char *last_raw, uint64_t last_id)
+{
+    struct resume_wait *w = calloc(1, sizeof *w);
+    char *raw = strdup(last_raw);
+    if (!w || !raw) {
+        free(w);
+        free(raw);
+        resume_lost(subs, n, last_raw);
+        return;
+    }
+    w->token = ++cs->next_token;
+    w->stream = st;
+    w->last_raw = raw;
+    w->n = n;
+    const char *names[MAX_SUBSCRIBE];
+    size_t lens[MAX_SUBSCRIBE];
+    for (int i = 0; i < n; i++) {
+        w->subs[i] = subs[i];
+        subs[i]->wait = w;
+        subs[i]->req = i;
+        names[i] = subs[i]->chan->name;
+        lens[i] = subs[i]->chan->name_len;
+    }
+    if (bus_resume(cs->bus, cs->wid, w->token, names, lens, n, last_id) < 0) {
+        resume_lost(subs, n, last_raw);
+        wait_free(w);
+        return;
+    }
+    w->next = cs->waits;
+    cs->waits = w;
+}
+
+static int by_id_then_req(const void *a, const void *b)
+{
+    const struct bus_replay_item *x = a, *y = b;
+    if (x->ev->src.id != y->ev->src.id)
+        return x->ev->src.id < y->ev->src.id ? -1 : 1;
+    return x->req < y->req ? -1 : x->req > y->req;
+}
+
+/* Redis answered a resume: resets, then the replay merged with the live
+ * events that came meanwhile, in id order, each once; after it a
+ * subscriber drops live events up to what it got (they may still be on
+ * their way) and joins its view with the first one past. */
+static void resumed(struct channels *cs, struct bus_resumed *r)
+{
+    struct resume_wait **link = &cs->waits;
+    while (*link && (*link)->token != r->token)
+        link = &(*link)->next;
+    struct resume_wait *w = *link;
+    if (!w) {   /* the stream went meanwhile */
+        bus_resumed_free(r);
+        return;
+    }
+    *link = w->next;
+    struct sse_stream *st = w->stream;
+    if (r->n != w->n) {
+        resume_lost(w->subs, w->n, w->last_raw);
+        wait_free(w);
+        bus_resumed_free(r);
+        return;
+    }
+    uint64_t sent[BUS_MAX_RESUME] = { 0 };
+    for (int i = 0; i < w->n; i++)
+        if (r->resets[i] != BUS_RESET_NONE)
+            send_reset(st, w->subs[i]->chan->name, w->subs[i]->chan->name_len,
+                       reset_reason(r->resets[i]), w->last_raw);
+    /* Both lists into kept (which owns them all), sorted once. */
+    bool ok = true;
+    for (size_t i = 0; i < r->replay.len && ok; i++)
+        ok = keep_push(&w->kept, r->replay.items[i].ev, r->replay.items[i].req);
+    if (!ok) {
+        stream_abort(st);
+    } else {
+        if (w->kept.len > 1)
+            qsort(w->kept.items, w->kept.len, sizeof *w->kept.items, by_id_then_req);
+        for (size_t i = 0; i < w->kept.len && stream_is_open(st); i++) {
+            struct bus_replay_item *it = &w->kept.items[i];
+            if (it->req < 0 || it->req >= w->n || it->ev->src.id <= sent[it->req])
+                continue;   /* had it: live and in the replay */
+            sent[it->req] = it->ev->src.id;
+            struct frame *f = frame_for(cs, it->ev, w->subs[it->req]->view);
+            if (f) {
+                stream_replay(st, f);
+                frame_unref(f);
+            }
+        }
+    }
+    for (int i = 0; i < w->n; i++) {
+        struct sub *s = w->subs[i];
+        s->wait = NULL;
+        s->floor = r->upto[i] > sent[i] ? r->upto[i] : sent[i];
+    }
+    wait_free(w);
+    bus_resumed_free(r);
+}
+
 int channels_subscribe(struct channels *cs, struct sse_stream *st,
                        const struct subscription_req *reqs, int n,
                        const char *last_raw, uint64_t last_id)
@@ -418,10 +646,8 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
     free(pending.evs);
     if (rc == 0) {
         for (int i = 0; i < m; i++) {
-            if (resets[i] != BUS_RESET_NONE)
-                send_reset(st, want[i].name, want[i].name_len,
-                           resets[i] == BUS_RESET_UNKNOWN_ID ? "unknown-id" :
-                           resets[i] == BUS_RESET_LOST ? "history-lost" : "history-expired",
+            if (resets[i] != BUS_RESET_NONE && resets[i] != BUS_RESET_REMOTE)
+                send_reset(st, want[i].name, want[i].name_len, reset_reason(resets[i]),
                            last_raw);
         }
         for (size_t i = 0; i < replay.len && stream_is_open(st); i++) {
@@ -438,8 +664,14 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
     free(replay.items);
     if (rc < 0)
         return -1;   /* the bus counted nothing */
+    struct sub *remote[MAX_SUBSCRIBE];
+    int nremote = 0;
     for (int i = 0; i < m; i++) {
-        if (!add_sub(cs, st, want[i].name, want[i].name_len, want[i].view)) {
+        struct sub *s = add_sub(cs, st, want[i].name, want[i].name_len, want[i].view,
+                                resets[i] == BUS_RESET_REMOTE);
+        if (s && s->resuming)
+            remote[nremote++] = s;
+        if (!s) {
             /* Not local, so not counted either. */
             const char *names[MAX_SUBSCRIBE];
             size_t lens[MAX_SUBSCRIBE];
@@ -451,6 +683,8 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
             return -1;
         }
     }
+    if (nremote)
+        ask_resume(cs, st, remote, nremote, last_raw, last_id);
     return 0;
 }
 
@@ -459,6 +693,18 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
 static void remove_sub(struct channels *cs, struct sub *s)
 {
     struct lchan *ch = s->chan;
+    if (s->resuming) {
+        struct sub **link = &ch->resuming;
+        while (*link != s)
+            link = &(*link)->next_resuming;
+        *link = s->next_resuming;
+        ch->nsubs--;
+        cs->nsubs--;
+        if (ch->nsubs == 0)
+            free_lchan(cs, ch);
+        free(s);
+        return;
+    }
     int vi = view_index(ch, s->view, false);
     struct chan_view *cv = &ch->views[vi];
     uint32_t last = --cv->nsubs;   /* the last one fills the hole */
@@ -479,6 +725,17 @@ static void remove_sub(struct channels *cs, struct sub *s)
 
 void channels_unsubscribe(struct channels *cs, struct sse_stream *st)
 {
+    for (struct resume_wait **link = &cs->waits; *link;) {
+        struct resume_wait *w = *link;
+        if (w->stream == st) {   /* its answer will find no one */
+            *link = w->next;
+            for (int i = 0; i < w->n; i++)
+                w->subs[i]->wait = NULL;
+            wait_free(w);
+        } else {
+            link = &w->next;
+        }
+    }
     /* In groups, one lock of the bus per group: names stay valid until
      * their records go, after the bus has counted them out. */
     while (st->subs) {

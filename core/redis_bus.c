@@ -47,6 +47,19 @@ static const char PUBLISH_SCRIPT[] =
     "redis.call('PUBLISH', KEYS[3], ids .. '\\n' .. prev .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
     "return ids\n";
 
+/* A resume, in one step so that no publish falls between the channels
+ * read: the last id of all, then per channel its last id and what its
+ * stream holds after the client's id. KEYS: seq, hash of each channel's
+ * last id, the stream of each channel. ARGV: the client's id, the name of
+ * each channel. */
+static const char RESUME_SCRIPT[] =
+    "local out = { redis.call('GET', KEYS[1]) or '0' }\n"
+    "for i = 3, #KEYS do\n"
+    "  out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i - 1]) or '0'\n"
+    "  out[#out + 1] = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1] .. '-0', '+')\n"
+    "end\n"
+    "return out\n";
+
 /* Publishes queued and not yet answered by Redis: past it, a publish is
  * refused (503) rather than buffered without bound. */
 #define MAX_QUEUED 100000
@@ -84,12 +97,28 @@ struct rchan {
     UT_hash_handle hh;
     bool wanted;                  /* subscribers on this node */
     bool subscribed;              /* on the current subscriber connection */
+    unsigned sub_pending;         /* SUBSCRIBEs sent and not yet confirmed */
     bool catch_up;                /* fill from last_seen once subscribed */
     bool filling;                 /* an XRANGE in flight: live ones are held */
     uint64_t last_seen;           /* 0: none yet since subscribing */
     struct held *held, **held_tail;
     size_t name_len;
     char name[];
+};
+
+/* A stream of worker wid resuming: waits on the main loop until its
+ * channels are subscribed here (so that what is published after the read
+ * comes live), then is read from Redis in one step. */
+struct resume_req {
+    struct resume_req *next;
+    struct redis_bus *rb;
+    unsigned wid;
+    uint64_t token, last_id;
+    bool in_flight;
+    int n;
+    const char *names[BUS_MAX_RESUME];
+    size_t lens[BUS_MAX_RESUME];
+    char bytes[];
 };
 
 /* First or last subscriber of a channel, from a worker's thread. */
@@ -128,7 +157,9 @@ struct redis_bus {
     struct pub_req *q_head, **q_tail;
     size_t q_len;
     struct sub_change *c_head, **c_tail;
+    struct resume_req *r_head, **r_tail;
     ev_async kick;
+    struct resume_req *resumes;   /* main loop: waiting or in flight */
 
     struct rconn pub, sub;
     struct rchan *chans;
@@ -235,6 +266,7 @@ static void on_down(struct rconn *c)
         struct rchan *ch, *tmp;
         HASH_ITER(hh, rb->chans, ch, tmp) {
             ch->subscribed = false;
+            ch->sub_pending = 0;
             ch->filling = false;   /* its reply is lost with the connection */
             if (ch->last_seen)
                 ch->catch_up = true;
@@ -287,6 +319,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 }
 
 static void subscribe_chan(struct redis_bus *rb, struct rchan *ch);
+static void try_resumes(struct redis_bus *rb);
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv);
 static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
 
@@ -427,6 +460,7 @@ static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv)
     c->up = true;
     c->backoff = BACKOFF_MIN;
     set_available(c->rb);
+    try_resumes(c->rb);
 }
 
 /* From any worker's thread: queue it for the main loop. */
@@ -458,7 +492,7 @@ static int upstream_publish(void *ctx, const char *name, size_t name_len,
         free(req);
         return BUS_UNAVAILABLE;
     }
-    bool was_empty = rb->q_len == 0 && !rb->c_head;
+    bool was_empty = rb->q_len == 0 && !rb->c_head && !rb->r_head;
     *rb->q_tail = req;
     rb->q_tail = &req->next;
     rb->q_len++;
@@ -645,7 +679,11 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
     if (!ch)
         return;
     if (strcmp(kind, "subscribe") == 0) {
-        ch->subscribed = true;
+        if (ch->sub_pending)
+            ch->sub_pending--;
+        ch->subscribed = ch->wanted && ch->sub_pending == 0;
+        if (ch->subscribed)
+            try_resumes(rb);
         if (ch->catch_up && ch->wanted && ch->last_seen && !ch->filling) {
             ch->catch_up = false;
             start_fill(rb, ch);   /* what it missed while not subscribed */
@@ -666,6 +704,8 @@ static void subscribe_chan(struct redis_bus *rb, struct rchan *ch)
     size_t lens[] = { 9, strlen(live) };
     if (redisAsyncCommandArgv(rb->sub.ac, on_sub_message, NULL, 2, argv, lens) != REDIS_OK)
         log_warn("redis: cannot subscribe to %s", live);
+    else
+        ch->sub_pending++;
     free(live);
 }
 
@@ -713,6 +753,235 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
     }
 }
 
+/* ---- resume ---------------------------------------------------------------- */
+
+/* From a worker's thread: queued for the main loop. */
+static int upstream_resume(void *ctx, unsigned wid, uint64_t token, const char *const *names,
+                           const size_t *lens, int n, uint64_t last_id)
+{
+    struct redis_bus *rb = ctx;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += lens[i];
+    struct resume_req *req = malloc(sizeof *req + total);
+    if (!req || n > BUS_MAX_RESUME) {
+        free(req);
+        return -1;
+    }
+    req->next = NULL;
+    req->rb = rb;
+    req->wid = wid;
+    req->token = token;
+    req->last_id = last_id;
+    req->in_flight = false;
+    req->n = n;
+    char *p = req->bytes;
+    for (int i = 0; i < n; i++) {
+        memcpy(p, names[i], lens[i]);
+        req->names[i] = p;
+        req->lens[i] = lens[i];
+        p += lens[i];
+    }
+    pthread_mutex_lock(&rb->lock);
+    bool was_empty = rb->q_len == 0 && !rb->c_head && !rb->r_head;
+    *rb->r_tail = req;
+    rb->r_tail = &req->next;
+    if (was_empty)
+        ev_async_send(rb->loop, &rb->kick);
+    pthread_mutex_unlock(&rb->lock);
+    return 0;
+}
+
+static void unlink_resume(struct redis_bus *rb, struct resume_req *req)
+{
+    struct resume_req **link = &rb->resumes;
+    while (*link && *link != req)
+        link = &(*link)->next;
+    if (*link)
+        *link = req->next;
+}
+
+static bool reply_u64(const redisReply *r, uint64_t *out)
+{
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= 0) {
+        *out = (uint64_t)r->integer;
+        return true;
+    }
+    return r->type == REDIS_REPLY_STRING && parse_u64(r->str, r->len, out);
+}
+
+/* One channel of a resume answer: its replay into out, or a reset. */
+static enum bus_reset resume_chan(const struct resume_req *req, int i, uint64_t seq,
+                                  const redisReply *last, const redisReply *entries,
+                                  struct bus_resumed *out)
+{
+    uint64_t last_c = 0;
+    if (!reply_u64(last, &last_c) || entries->type != REDIS_REPLY_ARRAY)
+        return BUS_RESET_LOST;
+    if (req->last_id > seq)
+        return BUS_RESET_LOST;   /* an id Redis does not know: it lost data */
+    out->upto[i] = last_c;
+    for (size_t k = 0; k < entries->elements; k++) {
+        const redisReply *e = entries->element[k];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2)
+            return BUS_RESET_LOST;
+        const redisReply *rid = e->element[0], *fields = e->element[1];
+        const char *dash = rid->str ? memchr(rid->str, '-', rid->len) : NULL;
+        uint64_t id, prev;
+        const redisReply *p = fields->type == REDIS_REPLY_ARRAY ? field(fields, "prev") : NULL;
+        const redisReply *ev = p ? field(fields, "event") : NULL;
+        const redisReply *data = ev ? field(fields, "data") : NULL;
+        if (!dash || !parse_u64(rid->str, (size_t)(dash - rid->str), &id) || !data ||
+            !parse_u64(p->str, p->len, &prev))
+            return BUS_RESET_LOST;
+        if (k == 0 && prev > req->last_id)
+            return BUS_RESET_EXPIRED;   /* what came between is trimmed */
+        bool has_event = ev->len > 0 && ev->str[0] == '+';
+        struct bus_event *be = bus_event_make(req->names[i], req->lens[i], id,
+                                              has_event ? ev->str + 1 : NULL,
+                                              has_event ? ev->len - 1 : 0, data->str,
+                                              data->len);
+        struct bus_replay *r = &out->replay;
+        if (be && r->len == r->cap) {
+            size_t cap = r->cap ? r->cap * 2 : 16;
+            struct bus_replay_item *items = realloc(r->items, sizeof *items * cap);
+            if (items) {
+                r->items = items;
+                r->cap = cap;
+            }
+        }
+        if (!be || r->len == r->cap) {
+            bus_event_unref(be);
+            log_warn("redis: out of memory replaying %.*s", (int)req->lens[i], req->names[i]);
+            return BUS_RESET_LOST;
+        }
+        r->items[r->len++] = (struct bus_replay_item){ be, i };
+        if (id > out->upto[i])
+            out->upto[i] = id;
+    }
+    if (entries->elements == 0 && last_c > req->last_id)
+        return BUS_RESET_EXPIRED;   /* trimmed to nothing, or kept no history */
+    return BUS_RESET_NONE;
+}
+
+/* A channel's replay items go when it gets a reset instead. */
+static void drop_replay_of(struct bus_resumed *out, int i)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < out->replay.len; j++) {
+        if (out->replay.items[j].req == i)
+            bus_event_unref(out->replay.items[j].ev);
+        else
+            out->replay.items[k++] = out->replay.items[j];
+    }
+    out->replay.len = k;
+    out->upto[i] = 0;   /* live events from now on are all new to it */
+}
+
+static void on_resume_read(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct resume_req *req = priv;
+    struct redis_bus *rb = req->rb;
+    redisReply *reply = r;
+    req->in_flight = false;
+    if (rb->pub.ac == ac) {
+        rb->pub.inflight--;
+        rb->pub.last_reply = clock_mono();
+    }
+    if (!reply)
+        return;   /* the connection went: read again once it is back */
+    unlink_resume(rb, req);
+    struct bus_resumed *out = calloc(1, sizeof *out);
+    if (!out) {
+        log_warn("redis: out of memory answering a resume");
+        free(req);
+        return;   /* the stream waits, heartbeats going, till it reconnects */
+    }
+    out->token = req->token;
+    out->n = req->n;
+    uint64_t seq = 0;
+    bool ok = reply->type == REDIS_REPLY_ARRAY && reply->elements == 1 + 2 * (size_t)req->n &&
+              reply_u64(reply->element[0], &seq);
+    if (!ok)
+        log_warn("redis: cannot read the history for a resume: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+    for (int i = 0; i < req->n; i++) {
+        out->resets[i] = ok ? resume_chan(req, i, seq, reply->element[1 + 2 * i],
+                                          reply->element[2 + 2 * i], out)
+                            : BUS_RESET_LOST;
+        if (out->resets[i] != BUS_RESET_NONE)
+            drop_replay_of(out, i);
+    }
+    bus_resumed_push(rb->bus, req->wid, out);
+    free(req);
+}
+
+static void send_resume(struct redis_bus *rb, struct resume_req *req)
+{
+    int n = req->n;
+    const char *argv[3 + 2 + BUS_MAX_RESUME + 1 + BUS_MAX_RESUME];
+    size_t lens[3 + 2 + BUS_MAX_RESUME + 1 + BUS_MAX_RESUME];
+    char *keys[2 + BUS_MAX_RESUME] = { 0 };
+    char nkeys[16], last[24];
+    snprintf(nkeys, sizeof nkeys, "%d", 2 + n);
+    snprintf(last, sizeof last, "%" PRIu64, req->last_id);
+    keys[0] = key_of(rb, "seq", "", 0);
+    keys[1] = key_of(rb, "last", "", 0);
+    bool ok = keys[0] && keys[1];
+    for (int i = 0; i < n; i++) {
+        keys[2 + i] = key_of(rb, "ch:", req->names[i], req->lens[i]);
+        ok = ok && keys[2 + i];
+    }
+    int argc = 0;
+    argv[argc] = "EVAL";
+    lens[argc++] = 4;
+    argv[argc] = RESUME_SCRIPT;
+    lens[argc++] = sizeof RESUME_SCRIPT - 1;
+    argv[argc] = nkeys;
+    lens[argc++] = strlen(nkeys);
+    for (int i = 0; ok && i < 2 + n; i++) {
+        argv[argc] = keys[i];
+        lens[argc++] = strlen(keys[i]);
+    }
+    argv[argc] = last;
+    lens[argc++] = strlen(last);
+    for (int i = 0; i < n; i++) {
+        argv[argc] = req->names[i];
+        lens[argc++] = req->lens[i];
+    }
+    if (ok && redisAsyncCommandArgv(rb->pub.ac, on_resume_read, req, argc, argv, lens) ==
+                  REDIS_OK) {
+        req->in_flight = true;
+        rb->pub.inflight++;
+    }
+    for (int i = 0; i < 2 + n; i++)
+        free(keys[i]);
+}
+
+/* Reads the history of every resume whose channels are all subscribed
+ * here; drops the ones whose stream went (a channel no longer wanted). */
+static void try_resumes(struct redis_bus *rb)
+{
+    struct resume_req **link = &rb->resumes;
+    while (*link) {
+        struct resume_req *req = *link;
+        bool gone = false, ready = true;
+        for (int i = 0; i < req->n && !gone; i++) {
+            struct rchan *ch = find_chan(rb, req->names[i], req->lens[i]);
+            gone = !ch || !ch->wanted;
+            ready = ready && ch && ch->subscribed;
+        }
+        if (gone && !req->in_flight) {
+            *link = req->next;
+            free(req);
+            continue;
+        }
+        if (ready && !req->in_flight && rb->pub.up && rb->pub.ac)
+            send_resume(rb, req);
+        link = &req->next;
+    }
+}
+
 /* ---- the main loop's side ----------------------------------------------- */
 
 static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
@@ -723,6 +992,9 @@ static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
     pthread_mutex_lock(&rb->lock);
     struct pub_req *q = rb->q_head;
     struct sub_change *chg = rb->c_head;
+    struct resume_req *res = rb->r_head;
+    rb->r_head = NULL;
+    rb->r_tail = &rb->r_head;
     rb->q_head = NULL;
     rb->q_tail = &rb->q_head;
     rb->q_len = 0;
@@ -734,6 +1006,13 @@ static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
         apply_change(rb, chg);
         free(chg);
         chg = next;
+    }
+    if (res) {   /* after the changes: their channels are wanted by now */
+        struct resume_req **tail = &rb->resumes;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = res;
+        try_resumes(rb);
     }
     while (q) {
         struct pub_req *next = q->next;
@@ -760,7 +1039,7 @@ static void queue_change(struct redis_bus *rb, bool first, const char *name, siz
     chg->len = len;
     memcpy(chg->name, name, len);
     pthread_mutex_lock(&rb->lock);
-    bool was_empty = rb->q_len == 0 && !rb->c_head;
+    bool was_empty = rb->q_len == 0 && !rb->c_head && !rb->r_head;
     *rb->c_tail = chg;
     rb->c_tail = &chg->next;
     if (was_empty)
@@ -827,6 +1106,7 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
              (long)getpid(), (long)ts.tv_nsec);
     rb->q_tail = &rb->q_head;
     rb->c_tail = &rb->c_head;
+    rb->r_tail = &rb->r_head;
     ev_async_init(&rb->kick, on_kick);
     rb->kick.data = rb;
     ev_async_start(loop, &rb->kick);
@@ -841,7 +1121,7 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
         ev_timer_init(&cs[i]->retry, on_retry, 0, 0);
         cs[i]->retry.data = cs[i];
     }
-    struct bus_upstream up = { upstream_publish, rb };
+    struct bus_upstream up = { upstream_publish, upstream_resume, rb };
     struct bus_listener l = { on_first, on_last, rb };
     bus_set_upstream(bus, &up);
     bus_set_listener(bus, &l);
@@ -849,6 +1129,11 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
     connect_now(&rb->pub);
     connect_now(&rb->sub);
     return rb;
+}
+
+bool redis_bus_reachable(const struct redis_bus *rb)
+{
+    return !rb || __atomic_load_n(&rb->available, __ATOMIC_ACQUIRE) != 0;
 }
 
 void redis_bus_free(struct redis_bus *rb)
@@ -870,6 +1155,13 @@ void redis_bus_free(struct redis_bus *rb)
         free(q);
         q = next;
     }
+    struct resume_req *rq[] = { rb->r_head, rb->resumes };
+    for (int i = 0; i < 2; i++)
+        while (rq[i]) {
+            struct resume_req *next = rq[i]->next;
+            free(rq[i]);
+            rq[i] = next;
+        }
     struct sub_change *c = rb->c_head;
     while (c) {
         struct sub_change *next = c->next;

@@ -11,6 +11,7 @@
 #define SLUICE_REDIS_BUS_H
 
 #include <ev.h>
+#include <stdbool.h>
 
 struct bus;
 struct redis_bus;
@@ -20,6 +21,10 @@ struct redis_bus;
  * NULL: a bad URL or out of memory (logged). */
 struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
                                 const char *url, const char *prefix);
+
+/* Whether Redis answers (the publishing connection is up): for
+ * readiness. Any thread; NULL: not in cluster mode, true. */
+bool redis_bus_reachable(const struct redis_bus *rb);
 
 /* In loop's thread, after every worker has stopped. */
 void redis_bus_free(struct redis_bus *rb);
