@@ -498,6 +498,15 @@ void bus_resumed_free(struct bus_resumed *r)
     free(r);
 }
 
+static void free_notices(struct bus_notice *n)
+{
+    while (n) {
+        struct bus_notice *next = n->next;
+        free(n);
+        n = next;
+    }
+}
+
 static void free_resumed_list(struct bus_resumed *r)
 {
     while (r) {
@@ -528,6 +537,7 @@ void bus_free(struct bus *cs)
             bus_event_unref(q->evs[j]);
         free(q->evs);
         free_resumed_list(q->resumed);
+        free_notices(q->notices);
     }
     free(cs->inboxes);
     pthread_mutex_destroy(&cs->lock);
@@ -614,6 +624,8 @@ void bus_detach(struct bus *b, unsigned wid)
     in->q.len = 0;
     free_resumed_list(in->q.resumed);
     in->q.resumed = NULL;
+    free_notices(in->q.notices);
+    in->q.notices = NULL;
     unlock(b);
 }
 
@@ -713,7 +725,7 @@ static void append(struct bus *cs, struct bchan *ch, struct hist_entry e)
             struct inbox *in = &cs->inboxes[w];
             if (!ch->wsubs[w] || !in->loop)
                 continue;
-            bool was_empty = in->q.len == 0 && !in->q.resumed;
+            bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
             if (!batch_push(&in->q, e.ev)) {
                 log_warn("out of memory: worker %u misses event %llu", w,
                          (unsigned long long)e.ev->src.id);
@@ -859,11 +871,36 @@ void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r)
         bus_resumed_free(r);
         return;
     }
-    bool was_empty = in->q.len == 0 && !in->q.resumed;
+    bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
     r->next = in->q.resumed;   /* order among answers does not matter */
     in->q.resumed = r;
     if (was_empty)
         ev_async_send(in->loop, in->wake);
+    unlock(b);
+}
+
+void bus_notice_lost(struct bus *b, const char *name, size_t len, uint64_t last_id)
+{
+    lock(b);
+    struct bchan *ch = find(b, name, len);
+    for (unsigned w = 0; ch && w < b->nworkers; w++) {
+        struct inbox *in = &b->inboxes[w];
+        if (!ch->wsubs[w] || !in->loop)
+            continue;
+        struct bus_notice *n = malloc(sizeof *n + len);
+        if (!n) {
+            log_warn("out of memory: worker %u misses a history-lost notice", w);
+            continue;
+        }
+        n->last_id = last_id;
+        n->chan_len = len;
+        memcpy(n->chan, name, len);
+        bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
+        n->next = in->q.notices;   /* one per channel: order does not matter */
+        in->q.notices = n;
+        if (was_empty)
+            ev_async_send(in->loop, in->wake);
+    }
     unlock(b);
 }
 

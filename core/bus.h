@@ -41,13 +41,26 @@ void bus_event_unref(struct bus_event *ev);
 
 struct bus_resumed;
 
-/* What a worker takes from its inbox at once: events in id order, and the
+/* Cluster mode: a channel whose events this node can no longer vouch for
+ * (a gap Redis's history no longer covers, or Redis lost its data): its
+ * open streams get the reset event with reason history-lost. last_id: the
+ * last id the node had of it (the reset's last_event_id). */
+struct bus_notice {
+    struct bus_notice *next;
+    uint64_t last_id;
+    size_t chan_len;
+    char chan[];
+};
+
+/* What a worker takes from its inbox at once: events in id order, the
  * answers of cluster resumes (order between the two does not matter: a
- * resuming stream drops what it got twice by id). */
+ * resuming stream drops what it got twice by id) and notices (handled
+ * before the events of the same batch). */
 struct bus_batch {
     struct bus_event **evs;
     size_t len, cap;
     struct bus_resumed *resumed;
+    struct bus_notice *notices;
 };
 
 /* Told (under the bus's lock) when a channel gets its first subscriber in
@@ -180,6 +193,10 @@ int bus_resume(struct bus *b, unsigned wid, uint64_t token, const char *const *n
 /* From the upstream (any thread): r goes to worker wid's inbox, which
  * owns it from now on (freed if the worker is gone). */
 void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r);
+
+/* From the upstream (any thread): a history-lost notice for channel name
+ * to every worker with subscribers of it. */
+void bus_notice_lost(struct bus *b, const char *name, size_t len, uint64_t last_id);
 
 /* A new event (one reference, raw view framed) that is not kept in any
  * history: a replay read from Redis. NULL out of memory. */

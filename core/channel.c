@@ -198,11 +198,19 @@ static uint64_t deliver(struct channels *cs, struct bus_event *ev)
 }
 
 static void resumed(struct channels *cs, struct bus_resumed *r);
+static void notice_lost(struct channels *cs, const struct bus_notice *n);
 
 /* Delivers b in order; returns the streams that took event id. */
 static uint64_t deliver_batch(struct channels *cs, struct bus_batch *b, uint64_t id)
 {
     uint64_t reached = 0;
+    /* Before the events: they come after what was lost. */
+    while (b->notices) {
+        struct bus_notice *n = b->notices;
+        b->notices = n->next;
+        notice_lost(cs, n);
+        free(n);
+    }
     for (size_t i = 0; i < b->len; i++) {
         uint64_t n = deliver(cs, b->evs[i]);
         if (b->evs[i]->src.id == id)
@@ -313,6 +321,11 @@ void channels_free(struct channels *cs)
         struct bus_resumed *r = cs->batch.resumed;
         cs->batch.resumed = r->next;
         bus_resumed_free(r);
+    }
+    while (cs->batch.notices) {
+        struct bus_notice *n = cs->batch.notices;
+        cs->batch.notices = n->next;
+        free(n);
     }
     while (cs->waits) {
         struct resume_wait *w = cs->waits;
@@ -513,6 +526,36 @@ static void resume_lost(struct sub **subs, int n, const char *last_raw)
         s->floor = 0;
         send_reset(s->stream, s->chan->name, s->chan->name_len, "history-lost", last_raw);
     }
+}
+
+/* Cluster mode: events of a channel are gone for good; every stream of it
+ * here that is live (not waiting for its resume answer, which tells it
+ * itself) gets the reset event. The streams are listed first: a failed
+ * send aborts its stream, which may change the views. */
+static void notice_lost(struct channels *cs, const struct bus_notice *n)
+{
+    struct lchan *ch = find(cs, n->chan, n->chan_len);
+    if (!ch)
+        return;
+    size_t total = 0;
+    for (uint32_t v = 0; v < ch->nviews; v++)
+        total += ch->views[v].nsubs;
+    struct sse_stream **list = total ? malloc(sizeof *list * total) : NULL;
+    if (!list) {
+        if (total)
+            log_warn("out of memory: %zu streams of %.*s miss a history-lost reset",
+                     total, (int)ch->name_len, ch->name);
+        return;
+    }
+    size_t k = 0;
+    for (uint32_t v = 0; v < ch->nviews; v++)
+        for (uint32_t i = 0; i < ch->views[v].nsubs; i++)
+            list[k++] = ch->views[v].streams[i];
+    char last[24];
+    snprintf(last, sizeof last, "%" PRIu64, n->last_id);
+    for (size_t i = 0; i < k; i++)   /* n's name: ch may go with an abort */
+        send_reset(list[i], n->chan, n->chan_len, "history-lost", last);
+    free(list);
 }
 
 /* Cluster mode: the replay of subs is read from Redis; meanwhile their

@@ -114,6 +114,7 @@ static int open_core(lua_State *L)
         { "publish", l_publish }, { "subscribe", l_subscribe },
         { "subscribers", l_subscribers }, { "history", l_history },
         { "timer", l_timer }, { "timer_stop", l_timer_stop },
+        { "timers_active", l_timers_active },
         { "now", l_now }, { "log", l_log }, { "stats", l_stats },
         { "set_hooks", l_set_hooks }, { "drain", l_drain },
         { "access_note", l_access_note }, { "quota_take", l_quota_take },

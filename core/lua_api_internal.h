@@ -57,6 +57,7 @@ struct frame *lua_api_frame_for_view(void *ctx, int view, const struct event_src
 #define MIN_TIMER_REPEAT_S 0.001
 int l_timer(lua_State *L);
 int l_timer_stop(lua_State *L);
+int l_timers_active(lua_State *L);
 int l_now(lua_State *L);
 
 /* lua_api_access.c */

@@ -1,5 +1,5 @@
-/* sluice.core, the clock and script timers: core.now, core.timer and
- * core.timer_stop on the worker's event loop. (The test kit's core
+/* sluice.core, the clock and script timers: core.now, core.timer,
+ * core.timer_stop on the worker's event loop, and core.timers_active. (The test kit's core
  * replaces this file with a clock the test moves.) */
 #include "lua_api_internal.h"
 
@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 
 #include "luavm.h"
+#include "redis_bus.h"
 #include "worker.h"
 
 struct script_timer {
@@ -101,5 +102,13 @@ void lua_api_stop_timers(struct luavm *vm)
 int l_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(vm_of(L)->w->loop));
+    return 1;
+}
+
+/* core.timers_active() -> whether this node runs the app timers now (in
+ * cluster mode: it holds the timer lease). */
+int l_timers_active(lua_State *L)
+{
+    lua_pushboolean(L, redis_bus_timers_active());
     return 1;
 }

@@ -54,11 +54,60 @@ static const char PUBLISH_SCRIPT[] =
  * each channel. */
 static const char RESUME_SCRIPT[] =
     "local out = { redis.call('GET', KEYS[1]) or '0' }\n"
+    "local since = tonumber(redis.call('GET', KEYS[1] .. ':since') or '0')\n"
+    "if tonumber(ARGV[1]) < since then out[1] = '0' end\n"
     "for i = 3, #KEYS do\n"
     "  out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i - 1]) or '0'\n"
     "  out[#out + 1] = redis.call('XRANGE', KEYS[i], '(' .. ARGV[1] .. '-0', '+')\n"
     "end\n"
     "return out\n";
+
+/* On every connect of the publishing connection: which data set Redis
+ * holds (the epoch, a random value set once per data set), and ids stay
+ * increasing across a Redis that lost its data (seq raised to the highest
+ * id this node saw; ids up to it from before are recorded in seq:since as
+ * unknown to this data set, so a resume from one of them is a reset).
+ * KEYS: epoch, seq. ARGV: a new epoch, this node's highest id, the epoch
+ * this node knew ("" none). Returns the epoch. */
+static const char EPOCH_SCRIPT[] =
+    "local e = redis.call('GET', KEYS[1])\n"
+    "local top = tonumber(ARGV[2])\n"
+    "local lost = not e or (ARGV[3] ~= '' and e ~= ARGV[3])\n"
+    "if not e then e = ARGV[1]; redis.call('SET', KEYS[1], e) end\n"
+    "if lost and top > 0 then\n"
+    "  local since = tonumber(redis.call('GET', KEYS[2] .. ':since') or '0')\n"
+    "  if top > since then redis.call('SET', KEYS[2] .. ':since', ARGV[2]) end\n"
+    "end\n"
+    "if top > tonumber(redis.call('GET', KEYS[2]) or '0') then\n"
+    "  redis.call('SET', KEYS[2], ARGV[2])\n"
+    "end\n"
+    "return e\n";
+
+/* The app-timer lease: taken when free, renewed when ours, in one step.
+ * KEYS: the lease. ARGV: this node's id, the lease's length (ms). 1: ours. */
+static const char LEASE_SCRIPT[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end\n"
+    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end\n"
+    "return 0\n";
+
+/* One node runs the app timers: the holder of a LEASE_MS lease, renewed
+ * every LEASE_EVERY. It stops running them once LEASE_TRUST has passed
+ * since the last renewal it sent that Redis confirmed (well inside the
+ * lease: another node can take it only after it expired), so they never
+ * run on two nodes at once; a tick may be skipped around a takeover. */
+#define LEASE_MS 5000
+#define LEASE_EVERY 1.5
+#define LEASE_TRUST 3.0
+
+/* Process-wide: whether this node runs app timers (1 outside cluster
+ * mode). Read by any worker's thread. */
+static int timers_active = 1;
+
+bool redis_bus_timers_active(void)
+{
+    return __atomic_load_n(&timers_active, __ATOMIC_ACQUIRE) != 0;
+}
 
 /* Publishes queued and not yet answered by Redis: past it, a publish is
  * refused (503) rather than buffered without bound. */
@@ -167,6 +216,12 @@ struct redis_bus {
     bool closing;
     bool was_down_logged;
     uint64_t lost_in_flight;
+    char epoch[40];               /* the data set Redis holds ("" unknown yet) */
+    char node_id[64];             /* for the timer lease */
+    ev_timer lease_tick;
+    bool lease_in_flight;
+    double lease_sent_at, lease_ok_at;   /* lease_ok_at 0: not ours */
+    uint64_t max_seen;            /* highest id this node got from Redis */
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -305,6 +360,12 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK && c->ac == ac) {
         c->ac = NULL;   /* hiredis frees it */
         on_down(c);
+    } else if (status == REDIS_OK && c->ac == ac && c == &c->rb->sub) {
+        /* Up once connected, not when asked: a refused connect is then
+         * no "lost" line, and the backoff grows while Redis is away. */
+        c->up = true;
+        c->backoff = BACKOFF_MIN;
+        c->rb->probe_seen_at = clock_mono();
     }
 }
 
@@ -354,9 +415,7 @@ static void connect_now(struct rconn *c)
         c->inflight++;
         redisAsyncCommand(ac, on_script_loaded, NULL, "SCRIPT LOAD %s", PUBLISH_SCRIPT);
     } else {
-        c->up = true;   /* subscribed channels are confirmed one by one */
-        c->backoff = BACKOFF_MIN;
-        rb->probe_seen_at = clock_mono();
+        /* Up in on_connect; subscribed channels are confirmed one by one. */
         redisAsyncCommand(ac, on_sub_message, NULL, "SUBSCRIBE %s", rb->probe_chan);
         struct rchan *ch, *tmp;
         HASH_ITER(hh, rb->chans, ch, tmp)
@@ -399,6 +458,10 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
     if (reply->type == REDIS_REPLY_ERROR)
         log_warn("redis: publish to %.*s failed: %s", (int)req->name_len, req->bytes,
                  reply->str);
+    uint64_t id;
+    if (rb && reply->type == REDIS_REPLY_STRING && parse_u64(reply->str, reply->len, &id) &&
+        id > rb->max_seen)
+        rb->max_seen = id;
     free(req);
 }
 
@@ -440,6 +503,37 @@ static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_bo
     rb->pub.inflight++;
 }
 
+static void on_epoch(redisAsyncContext *ac, void *r, void *priv);
+static void lease_step(struct redis_bus *rb);
+
+/* Publishes wait for the answer: none may take an id below one seen. */
+static void check_epoch(struct rconn *c)
+{
+    struct redis_bus *rb = c->rb;
+    char *epoch = key_of(rb, "epoch", "", 0);
+    char *seq = key_of(rb, "seq", "", 0);
+    char fresh[40], top[24];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(fresh, sizeof fresh, "%lx-%lx-%x", (long)ts.tv_sec, (long)ts.tv_nsec,
+             (unsigned)getpid() ^ (unsigned)random());
+    snprintf(top, sizeof top, "%" PRIu64, rb->max_seen);
+    int rc = REDIS_ERR;
+    if (epoch && seq) {
+        const char *argv[] = { "EVAL", EPOCH_SCRIPT, "2", epoch, seq, fresh, top, rb->epoch };
+        size_t lens[] = { 4, sizeof EPOCH_SCRIPT - 1, 1, strlen(epoch), strlen(seq),
+                          strlen(fresh), strlen(top), strlen(rb->epoch) };
+        rc = redisAsyncCommandArgv(c->ac, on_epoch, NULL, 8, argv, lens);
+    }
+    free(epoch);
+    free(seq);
+    if (rc != REDIS_OK) {
+        drop(c);
+        return;
+    }
+    c->inflight++;
+}
+
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv)
 {
     (void)priv;
@@ -457,10 +551,54 @@ static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv)
     }
     memcpy(c->rb->sha, reply->str, 40);
     c->rb->sha[40] = '\0';
+    check_epoch(c);
+}
+
+/* Every channel followed here: what the streams had of it is gone. */
+static void lost_everything(struct redis_bus *rb)
+{
+    struct rchan *ch, *tmp;
+    HASH_ITER(hh, rb->chans, ch, tmp) {
+        if (!ch->wanted)
+            continue;
+        bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+        /* New ids follow no id of the old data set: start afresh. */
+        ch->last_seen = 0;
+        ch->catch_up = false;
+    }
+}
+
+static void on_epoch(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!reply || c->ac != ac)
+        return;
+    struct redis_bus *rb = c->rb;
+    c->inflight--;
+    c->last_reply = clock_mono();
+    if (reply->type != REDIS_REPLY_STRING || reply->len == 0 ||
+        reply->len >= sizeof rb->epoch) {
+        log_warn("redis: cannot read the epoch: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+        drop(c);
+        return;
+    }
+    if (rb->epoch[0] && (strlen(rb->epoch) != reply->len ||
+                         memcmp(rb->epoch, reply->str, reply->len) != 0)) {
+        log_warn("redis: it lost its data (restarted empty or failed over); open "
+                 "streams get history-lost, new ids continue after %" PRIu64,
+                 rb->max_seen);
+        lost_everything(rb);
+    }
+    memcpy(rb->epoch, reply->str, reply->len);
+    rb->epoch[reply->len] = '\0';
     c->up = true;
     c->backoff = BACKOFF_MIN;
-    set_available(c->rb);
-    try_resumes(c->rb);
+    set_available(rb);
+    try_resumes(rb);
+    lease_step(rb);
 }
 
 /* From any worker's thread: queue it for the main loop. */
@@ -519,6 +657,8 @@ static void deliver(struct redis_bus *rb, struct rchan *ch, uint64_t id,
                     has_event ? event_len - 1 : 0, data, data_len) < 0)
         log_warn("redis: out of memory delivering event %" PRIu64, id);
     ch->last_seen = id;
+    if (id > rb->max_seen)
+        rb->max_seen = id;
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch);
@@ -593,6 +733,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
     c->inflight--;
     c->last_reply = clock_mono();
     ch->filling = false;
+    bool gap_told = false;
     if (reply->type != REDIS_REPLY_ARRAY) {
         log_warn("redis: cannot read the history of %.*s: %s", (int)ch->name_len,
                  ch->name, reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
@@ -611,10 +752,30 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
                 continue;
             if (id <= ch->last_seen)
                 continue;
-            if (i == 0 && ch->last_seen && prev > ch->last_seen)
+            if (!gap_told && ch->last_seen && prev > ch->last_seen) {
+                /* Trimmed away before it could be read: said, not skipped
+                 * over in silence (the notice goes before these events). */
                 log_warn("redis: events of %.*s after %" PRIu64 " are gone from "
-                         "its history", (int)ch->name_len, ch->name, ch->last_seen);
+                         "its history; its streams get history-lost",
+                         (int)ch->name_len, ch->name, ch->last_seen);
+                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+            }
+            gap_told = true;
             deliver(rb, ch, id, ev->str, ev->len, data->str, data->len);
+        }
+        /* Nothing in the stream leads to the first held one (trimmed, or
+         * the channel keeps no history): it cannot be filled, so it is
+         * said, and the held ones go out after it (else the fill would be
+         * asked again and again). */
+        struct held *h = ch->held;
+        if (h && ch->last_seen && h->prev > ch->last_seen && h->id > ch->last_seen) {
+            if (!gap_told) {
+                log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
+                         "history; its streams get history-lost", (int)ch->name_len,
+                         ch->name, ch->last_seen);
+                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+            }
+            ch->last_seen = h->prev;
         }
     }
     release_held(rb, ch);
@@ -982,6 +1143,71 @@ static void try_resumes(struct redis_bus *rb)
     }
 }
 
+/* ---- the app-timer lease --------------------------------------------------- */
+
+static void set_timers_active(struct redis_bus *rb, bool on)
+{
+    int v = on ? 1 : 0;
+    if (__atomic_exchange_n(&timers_active, v, __ATOMIC_RELEASE) != v)
+        log_info(on ? "redis: this node runs the app timers (holds the lease)" :
+                      "redis: this node no longer runs the app timers");
+    if (!on)
+        rb->lease_ok_at = 0;
+}
+
+static void on_lease(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!c)
+        return;
+    struct redis_bus *rb = c->rb;
+    rb->lease_in_flight = false;
+    if (!reply || c->ac != ac)
+        return;
+    c->inflight--;
+    c->last_reply = clock_mono();
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        rb->lease_ok_at = rb->lease_sent_at;
+        set_timers_active(rb, clock_mono() - rb->lease_ok_at < LEASE_TRUST);
+    } else {
+        if (reply->type == REDIS_REPLY_ERROR)
+            log_warn("redis: the timer lease: %s", reply->str);
+        set_timers_active(rb, false);
+    }
+}
+
+static void lease_step(struct redis_bus *rb)
+{
+    double now = clock_mono();
+    if (rb->lease_ok_at && now - rb->lease_ok_at >= LEASE_TRUST)
+        set_timers_active(rb, false);   /* not confirmed lately: may be someone else's */
+    if (rb->lease_in_flight || !rb->pub.up || !rb->pub.ac)
+        return;
+    char *key = key_of(rb, "timer-lease", "", 0);
+    if (!key)
+        return;
+    char ms[16];
+    snprintf(ms, sizeof ms, "%d", LEASE_MS);
+    const char *argv[] = { "EVAL", LEASE_SCRIPT, "1", key, rb->node_id, ms };
+    size_t lens[] = { 4, sizeof LEASE_SCRIPT - 1, 1, strlen(key), strlen(rb->node_id),
+                      strlen(ms) };
+    if (redisAsyncCommandArgv(rb->pub.ac, on_lease, NULL, 6, argv, lens) == REDIS_OK) {
+        rb->lease_in_flight = true;
+        rb->lease_sent_at = now;
+        rb->pub.inflight++;
+    }
+    free(key);
+}
+
+static void on_lease_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    lease_step(t->data);
+}
+
 /* ---- the main loop's side ----------------------------------------------- */
 
 static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
@@ -1113,6 +1339,12 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
     ev_timer_init(&rb->tick, on_tick, PROBE_EVERY, PROBE_EVERY);
     rb->tick.data = rb;
     ev_timer_start(loop, &rb->tick);
+    snprintf(rb->node_id, sizeof rb->node_id, "%ld-%ld", (long)getpid(), (long)ts.tv_nsec);
+    /* App timers wait for the lease. */
+    __atomic_store_n(&timers_active, 0, __ATOMIC_RELEASE);
+    ev_timer_init(&rb->lease_tick, on_lease_tick, LEASE_EVERY, LEASE_EVERY);
+    rb->lease_tick.data = rb;
+    ev_timer_start(loop, &rb->lease_tick);
     struct rconn *cs[] = { &rb->pub, &rb->sub };
     for (int i = 0; i < 2; i++) {
         cs[i]->rb = rb;
@@ -1144,6 +1376,7 @@ void redis_bus_free(struct redis_bus *rb)
     if (rb->loop) {
         ev_async_stop(rb->loop, &rb->kick);
         ev_timer_stop(rb->loop, &rb->tick);
+        ev_timer_stop(rb->loop, &rb->lease_tick);
         ev_timer_stop(rb->loop, &rb->pub.retry);
         ev_timer_stop(rb->loop, &rb->sub.retry);
     }

@@ -26,6 +26,11 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
  * readiness. Any thread; NULL: not in cluster mode, true. */
 bool redis_bus_reachable(const struct redis_bus *rb);
 
+/* Whether this node runs the app timers (app:every, app:after): in
+ * cluster mode only while it holds the timer lease in Redis; true
+ * without --redis. Any thread. */
+bool redis_bus_timers_active(void);
+
 /* In loop's thread, after every worker has stopped. */
 void redis_bus_free(struct redis_bus *rb);
 

@@ -465,9 +465,20 @@ local function activate(rec, old)
   if old then timers.stop_owned(old) end
   timers.running = rec
   -- App timers once per process: in worker 0, or everywhere if asked.
+  -- In cluster mode once per service: scheduled on every node, run only
+  -- on the node holding the timer lease (core.timers_active); a tick may
+  -- be skipped around a takeover, never run on two nodes.
   local first = (core.worker_id or 0) == 0
   for _, t in ipairs(rec.app.timers) do
-    if first or t.every_worker then timers.start(t.after, t.every, t.fn, rec) end
+    if t.every_worker then
+      timers.start(t.after, t.every, t.fn, rec)
+    elseif first then
+      local fn = t.fn
+      timers.start(t.after, t.every, function(...)
+        if core.timers_active and not core.timers_active() then return end
+        return fn(...)
+      end, rec)
+    end
   end
   timers.running = nil
   for _, hist in ipairs(rec.app.histories) do

@@ -45,6 +45,16 @@ function Redis:kill()
   end
 end
 
+-- SHUTDOWN NOSAVE, then started again on the same port: a Redis that
+-- comes back without its data (it never persists here anyway).
+function Redis:restart_empty()
+  self:cli("SHUTDOWN NOSAVE")
+  if self.pid then
+    os.execute(("while kill -0 %d 2>/dev/null; do sleep 0.02; done"):format(self.pid))
+  end
+  return self:start()
+end
+
 function Redis:stop()
   self:kill()
   if self.dir then os.execute("rm -rf " .. self.dir) end

@@ -5,6 +5,8 @@ local server = require "server"
 local redis = require "redis"
 local raw = require "raw"
 local http = require "sluice.testing.http"
+local socket = require "socket"
+local cjson = require "cjson"
 
 local APP = [[
 local sluice = require "sluice"
@@ -47,5 +49,125 @@ describe("#cluster readiness", function()
     r:start()
     assert.truthy(raw.eventually(function() return admin_get(port, "/readyz").status == 200 end, 10),
                   "not ready again after Redis came back")
+  end)
+end)
+
+describe("#cluster Redis back empty", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, a, b
+  teardown(function()
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  local function node(app)
+    local srv = server.start { apps = { ["app.lua"] = app },
+                               args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
+                                        "--redis-prefix", "e" .. r.port .. ":" } }
+    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
+    return srv
+  end
+
+  it("sends open streams the reset event (history-lost) and keeps new ids above the old ones", function()
+    local app = APP:gsub("return app", [[
+app:post("/pub/:ch", function(req)
+  local ok, err = sluice.publish(req.params.ch, { data = req.body })
+  if not ok then return 503, err end
+  return 202, "queued"
+end)
+return app]])
+    r = redis.start()
+    a = node(app)
+    b = node(app)
+    local sb = b:stream("/s?ch=e1")
+    socket.sleep(0.3)
+    assert.equal(202, a:post("/pub/e1", "before").status)
+    local first = assert(sb:next(5), "nothing before the restart")
+    assert.equal("before", first.data)
+    r:restart_empty()
+    local reset = assert(sb:next(15), "no reset after Redis came back empty")
+    assert.equal("sluice-reset", reset.event)
+    local body = cjson.decode(reset.data)
+    assert.equal("e1", body.channel)
+    assert.equal("history-lost", body.reason)
+    assert.equal(first.id, body.last_event_id)
+    local deadline = socket.gettime() + 15
+    local status
+    repeat
+      status = a:post("/pub/e1", "after").status
+      if status ~= 202 then socket.sleep(0.2) end
+    until status == 202 or socket.gettime() > deadline
+    assert.equal(202, status)
+    local ev = assert(sb:next(10), "nothing after the reset")
+    assert.equal("after", ev.data)
+    assert.truthy(tonumber(ev.id) > tonumber(first.id), ev.id .. " <= " .. first.id)
+    assert.falsy(sb.ended)
+    sb:close()
+  end)
+end)
+
+describe("#cluster app timers", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, a, b, sb
+  teardown(function()
+    if sb then sb:close() end
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  local TICK_APP = APP:gsub("return app", [[
+app:every(0.2, function() sluice.publish("ticks", { data = "tick" }) end)
+return app]])
+
+  local function node()
+    local srv = server.start { apps = { ["app.lua"] = TICK_APP },
+                               args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
+                                        "--redis-prefix", "l" .. r.port .. ":" } }
+    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
+    return srv
+  end
+
+  -- Ticks seen by s over secs seconds.
+  local function count(s, secs)
+    local n, deadline = 0, socket.gettime() + secs
+    while socket.gettime() < deadline do
+      local ev = s:next(math.max(0.05, deadline - socket.gettime()))
+      if ev and ev.data == "tick" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("run on one node of two, and on the other within seconds once that one is killed", function()
+    r = redis.start()
+    a = node()
+    b = node()
+    local holder = raw.eventually(function()
+      if a:log():find("runs the app timers", 1, true) then return "a" end
+      if b:log():find("runs the app timers", 1, true) then return "b" end
+    end, 10)
+    assert.truthy(holder, "no node took the timer lease")
+    local other = holder == "a" and b or a
+    sb = other:stream("/s?ch=ticks")
+    socket.sleep(0.5)
+    -- 0.2 s apart: ~10 ticks in 2 s from one node, ~20 if both ran them.
+    local n = count(sb, 2)
+    assert.truthy(n >= 5 and n <= 14, "ticks in 2 s: " .. n)
+    local victim = holder == "a" and a or b
+    os.execute(("kill -9 %d"):format(victim.pid))
+    local back = raw.eventually(function()
+      local ev = sb:next(0.5)
+      return ev and ev.data == "tick"
+    end, 10)
+    assert.truthy(back, "no tick from the other node within 10 s of killing the holder")
+    n = count(sb, 2)
+    assert.truthy(n >= 5 and n <= 14, "ticks in 2 s after the takeover: " .. n)
   end)
 end)
