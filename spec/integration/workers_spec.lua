@@ -217,7 +217,11 @@ describe("workers", function()
   end
 
   it("resumes a stream cut on one worker on another, across two channels", function()
-    local srv = start(2)
+    -- --reuseport: the kernel spreads connections over the workers by
+    -- their addresses, so a reconnect lands elsewhere about every other
+    -- try; on a shared socket an idle machine may hand every one to the
+    -- same worker.
+    local srv = start(2, { "--reuseport" })
     local ok, err = pcall(function()
       local pub = connect(srv.port)
       local function publish(ch, data)
