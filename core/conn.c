@@ -16,10 +16,8 @@
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
-#include "quota.h"
 #include "response.h"
 #include "sse.h"
-#include "tags.h"
 #include "worker.h"
 
 static void on_io(struct ev_loop *loop, ev_io *io, int revents);
@@ -123,22 +121,11 @@ static void log_stream_end(struct conn *c)
         access_log_stream(c->w->loop, c->rec, &c->st);
 }
 
-void conn_release_quota(struct conn *c)
-{
-    if (c->quota_held) {
-        c->quota_held = false;
-        quota_release(c->quota_key);
-    }
-}
-
 void conn_free(struct conn *c)
 {
     struct worker *w = c->w;
     log_stream_end(c);
-    /* Whatever ended it: its quota slot and its tags go with it. */
-    conn_release_quota(c);
-    tags_remove(c->tags);
-    c->tags = NULL;
+    w->handler->gone(c);   /* whatever ended it: what the handler holds goes */
     access_rec_free(c->rec);
     c->rec = NULL;
     set_state(c, CONN_DEAD);   /* on_close handlers may still hold its handle */
@@ -383,7 +370,7 @@ static void respond(struct conn *c, const char *head, size_t head_len,
         conn_abort(c);
         return;
     }
-    conn_release_quota(c);   /* an answer, not a stream: the slot is free again */
+    c->w->handler->answered(c);
     access_log_answer(c->w->loop, c->rec, head_status(head, head_len), f->len);
     if (c->dispatched) {
         c->dispatched = false;

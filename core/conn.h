@@ -81,11 +81,9 @@ struct conn {
 struct conn_handler {
     void (*dispatch)(struct conn *c);       /* a whole request has arrived */
     void (*stream_gone)(struct conn *c);    /* before a stream's conn is freed */
+    void (*answered)(struct conn *c);       /* a plain answer is going out */
+    void (*gone)(struct conn *c);           /* any conn, before it is freed */
 };
-
-/* Gives back the quota slot c holds, if any: it answers (no stream after
- * all) or its stream ended. */
-void conn_release_quota(struct conn *c);
 
 struct sockaddr;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);

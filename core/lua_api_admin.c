@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "counter.h"
 #include "disconnect.h"
+#include "dispatch.h"
 #include "keyhash.h"
 #include "metrics.h"
 #include "process.h"
