@@ -24,23 +24,13 @@ end)
 return app
 ]]
 
-local function admin_port(srv)
-  assert(srv:wait_log("admin endpoints at 127%.0%.0%.1:%d+"), srv:log())
-  return tonumber(srv:log():match("admin endpoints at 127%.0%.0%.1:(%d+)"))
-end
+local admin = require "admin"
+local admin_port, sample = admin.port, admin.sample
 
 local function scrape(port)
-  local r = http.request("127.0.0.1", port, { method = "GET", path = "/metrics", timeout = 5 })
+  local r = admin.get(port, "/metrics")
   assert.are.equal(200, r.status)
   return r.body
-end
-
--- The value of one sample ("name{labels}" exactly as rendered), or nil.
-local function sample(text, series)
-  for line in text:gmatch("[^\n]+") do
-    if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
-  end
-  return nil
 end
 
 local function promtool(srv, text)

@@ -36,22 +36,8 @@ app:get("/ab", function() return "canary" end, { variant = "canary" })
 return app
 ]]
 
-local function admin_port(srv)
-  assert(srv:wait_log("admin endpoints at 127%.0%.0%.1:%d+"), srv:log())
-  return tonumber(srv:log():match("admin endpoints at 127%.0%.0%.1:(%d+)"))
-end
-
-local function admin_get(port, path, timeout)
-  return http.request("127.0.0.1", port, { method = "GET", path = path, timeout = timeout or 5 })
-end
-
--- The value of one sample ("name{labels}" exactly as rendered), or nil.
-local function sample(text, series)
-  for line in text:gmatch("[^\n]+") do
-    if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
-  end
-  return nil
-end
+local admin = require "admin"
+local admin_port, admin_get, sample = admin.port, admin.get, admin.sample
 
 local function start(extra)
   local args = { "--admin-listen", "127.0.0.1:0" }

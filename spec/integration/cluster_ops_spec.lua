@@ -4,7 +4,6 @@
 local server = require "server"
 local redis = require "redis"
 local raw = require "raw"
-local http = require "sluice.testing.http"
 local socket = require "socket"
 local cjson = require "cjson"
 
@@ -15,9 +14,8 @@ app:stream("/s", function(req, s) s:subscribe(req.query.ch or "a") end)
 return app
 ]]
 
-local function admin_get(port, path)
-  return http.request("127.0.0.1", port, { method = "GET", path = path, timeout = 5 })
-end
+local admin = require "admin"
+local admin_get = admin.get
 
 describe("#cluster readiness", function()
   if not redis.available() then
@@ -35,8 +33,7 @@ describe("#cluster readiness", function()
     srv = server.start { apps = { ["app.lua"] = APP },
                          args = { "--no-watch", "--admin-listen", "127.0.0.1:0",
                                   "--redis", r:url(), "--redis-prefix", "o" .. r.port .. ":" } }
-    assert(srv:wait_log("admin endpoints at 127%.0%.0%.1:%d+"), srv:log())
-    local port = tonumber(srv:log():match("admin endpoints at 127%.0%.0%.1:(%d+)"))
+    local port = admin.port(srv)
     assert.truthy(raw.eventually(function() return admin_get(port, "/readyz").status == 200 end, 10),
                   "never ready with Redis up")
     r:kill()
