@@ -87,9 +87,28 @@ struct channels {
     struct bus_batch batch;       /* taken from the inbox */
     struct resume_wait *waits;    /* cluster resumes waiting for Redis */
     uint64_t next_token;
+    struct replay_slot *replay_cache;   /* made on the first masked replay */
+    size_t replay_cache_bytes;
 };
 
 /* ---- framing ---------------------------------------------------------- */
+
+/* Masked frames made for replays, per worker: a resume storm (a deploy
+ * reconnecting thousands of clients with one Last-Event-ID) runs a view's
+ * transform once per (event, view), not once per resuming stream. Ids are
+ * unique, so (id, view) names one frame. Direct-mapped and bounded in
+ * bytes; emptied on reload, when a view's transform may change. Live
+ * delivery frames once per view anyway and neither reads nor fills it (a
+ * live frame carries its publish stamp, a replay none). */
+#define REPLAY_CACHE_SLOTS 512
+#define REPLAY_CACHE_BYTES (1u << 20)
+
+struct replay_slot {
+    uint64_t id;                  /* 0: empty */
+    int view;
+    bool dropped;                 /* the view's transform dropped the event */
+    struct frame *frame;
+};
 
 /* The frame of ev for a view, new for the caller: the raw view is a local
  * header on the bus's shared bytes (framed once per process); a masked
@@ -106,6 +125,52 @@ static struct frame *frame_for(struct channels *cs, struct bus_event *ev, int vi
     if (f)
         f->id = ev->src.id;   /* a new frame of ours: no one else holds it yet */
     return f;
+}
+
+static void replay_slot_clear(struct channels *cs, struct replay_slot *slot)
+{
+    if (slot->frame) {
+        cs->replay_cache_bytes -= slot->frame->len;
+        frame_unref(slot->frame);
+    }
+    *slot = (struct replay_slot){ 0 };
+}
+
+/* frame_for for a replay: a masked view's frame of ev from the cache, or
+ * framed and kept there. */
+static struct frame *replay_frame_for(struct channels *cs, struct bus_event *ev, int view)
+{
+    uint64_t id = ev->src.id;
+    if (view == 0 || id == 0)
+        return frame_for(cs, ev, view);
+    if (!cs->replay_cache) {
+        cs->replay_cache = calloc(REPLAY_CACHE_SLOTS, sizeof *cs->replay_cache);
+        if (!cs->replay_cache)
+            return frame_for(cs, ev, view);
+    }
+    struct replay_slot *slot =
+        &cs->replay_cache[(id * 31u + (unsigned)view) % REPLAY_CACHE_SLOTS];
+    if (slot->id == id && slot->view == view)
+        return slot->dropped ? NULL : frame_ref(slot->frame);
+    struct frame *f = frame_for(cs, ev, view);
+    if (!cs->framer)
+        return f;   /* no transform ran: nothing to remember */
+    replay_slot_clear(cs, slot);
+    if (f && cs->replay_cache_bytes + f->len > REPLAY_CACHE_BYTES)
+        return f;   /* over the bound: framed, not kept */
+    *slot = (struct replay_slot){ .id = id, .view = view, .dropped = f == NULL,
+                                  .frame = f ? frame_ref(f) : NULL };
+    if (f)
+        cs->replay_cache_bytes += f->len;
+    return f;
+}
+
+void channels_views_changed(struct channels *cs)
+{
+    if (!cs || !cs->replay_cache)
+        return;
+    for (size_t i = 0; i < REPLAY_CACHE_SLOTS; i++)
+        replay_slot_clear(cs, &cs->replay_cache[i]);
 }
 
 /* ---- delivery ----------------------------------------------------------- */
@@ -332,6 +397,8 @@ void channels_free(struct channels *cs)
         cs->waits = w->next;
         wait_free(w);
     }
+    channels_views_changed(cs);
+    free(cs->replay_cache);
     if (cs->own_bus)
         bus_free(cs->bus);
     free(cs);
@@ -642,7 +709,7 @@ static void resumed(struct channels *cs, struct bus_resumed *r)
             if (it->req < 0 || it->req >= w->n || it->ev->src.id <= sent[it->req])
                 continue;   /* had it: live and in the replay */
             sent[it->req] = it->ev->src.id;
-            struct frame *f = frame_for(cs, it->ev, w->subs[it->req]->view);
+            struct frame *f = replay_frame_for(cs, it->ev, w->subs[it->req]->view);
             if (f) {
                 stream_replay(st, f);
                 frame_unref(f);
@@ -695,7 +762,7 @@ int channels_subscribe(struct channels *cs, struct sse_stream *st,
         }
         for (size_t i = 0; i < replay.len && stream_is_open(st); i++) {
             struct bus_replay_item *it = &replay.items[i];
-            struct frame *f = frame_for(cs, it->ev, want[it->req].view);
+            struct frame *f = replay_frame_for(cs, it->ev, want[it->req].view);
             if (f) {
                 stream_replay(st, f);
                 frame_unref(f);

@@ -51,6 +51,10 @@ struct channels *channels_new(struct ev_loop *loop, size_t history_len,
 void channels_free(struct channels *cs);
 void channels_set_framer(struct channels *cs, view_framer fn, void *ctx);
 
+/* A view's transform may have changed (a reload): masked frames kept for
+ * replays are forgotten. */
+void channels_views_changed(struct channels *cs);
+
 /* History limits for channels whose name starts with prefix ("" = all),
  * longest prefix wins; applies to channels created from now on and to
  * existing ones. */

@@ -289,4 +289,5 @@ void lua_api_reload(struct luavm *vm)
     } else {
         metrics_reload(vm->w->id, 1);
     }
+    channels_views_changed(vm->w->channels);   /* a view's transform may be new */
 }

@@ -98,6 +98,26 @@ static struct frame *test_framer(void *ctx, int view, const struct event_src *sr
     return f;
 }
 
+static int framer_calls;
+
+/* test_framer, counting its calls; the masked text says which call made
+ * it, so a test can tell a kept frame from a new one. */
+static struct frame *counting_framer(void *ctx, int view, const struct event_src *src)
+{
+    (void)ctx;
+    (void)src;
+    framer_calls++;
+    if (view != 1)
+        return NULL;
+    char text[32];
+    int n = snprintf(text, sizeof text, "masked %d", framer_calls);
+    struct sse_event ev = { .data = text, .data_len = (size_t)n, .retry_ms = -1 };
+    struct frame *f = frame_sse(&ev);
+    if (f)
+        f->flags |= FRAME_EVENT;
+    return f;
+}
+
 /* ---- fan-out ----------------------------------------------------------- */
 
 static void publish_to_no_one(void)
@@ -296,6 +316,45 @@ static void resume_merged_across_channels(void)
     done(cs, &s, 1);
 }
 
+/* A resume storm on masked views: every stream gets its replay, and each
+ * view's transform runs once per event, not once per stream; a view that
+ * drops the event is remembered too; a reload (views changed) frames
+ * afresh. */
+static void resume_frames_once_per_view(void)
+{
+    enum { N = 20, EVENTS = 5 };
+    struct channels *cs = new_channels(10, 60, 0);
+    channels_set_framer(cs, counting_framer, NULL);
+    uint64_t first = publish(cs, "a", "e0", NULL);
+    for (int i = 1; i < EVENTS; i++)
+        publish(cs, "a", "e", NULL);
+    char last[24];
+    id_text(last, sizeof last, first);
+    framer_calls = 0;
+    struct sse_stream s[N];
+    for (int i = 0; i < N; i++) {
+        fake_stream_open(&s[i]);
+        const char *name = "a";
+        int view = i % 2 ? 1 : 2;   /* masked, or a view that drops every event */
+        subscribe(cs, &s[i], &name, &view, 1, last);
+        CHECK_EQ(fake_count_for(&s[i]), i % 2 ? EVENTS - 1 : 0);
+    }
+    CHECK_EQ(framer_calls, 2 * (EVENTS - 1));   /* per view, not per stream */
+    const struct delivery *d1 = fake_nth(&s[1], 0), *d3 = fake_nth(&s[3], 0);
+    CHECK(d1 && d3 && d1->frame == d3->frame && d1->replay);
+    CHECK(d1 && body_has(d1->frame, "data: masked 5\n"));   /* after view 2 framed 4 */
+    channels_views_changed(cs);
+    struct sse_stream t;
+    fake_stream_open(&t);
+    const char *name = "a";
+    int view = 1;
+    subscribe(cs, &t, &name, &view, 1, last);
+    CHECK_EQ(framer_calls, 3 * (EVENTS - 1));
+    CHECK(fake_nth(&t, 0) && body_has(fake_nth(&t, 0)->frame, "data: masked 9\n"));
+    channels_unsubscribe(cs, &t);
+    done(cs, s, N);
+}
+
 static void reset_unknown_id(void)
 {
     struct channels *cs = new_channels(10, 60, 0);
@@ -441,6 +500,7 @@ int main(void)
     RUN(history_by_count);
     RUN(history_by_ttl);
     RUN(resume_merged_across_channels);
+    RUN(resume_frames_once_per_view);
     RUN(reset_unknown_id);
     RUN(history_bytes_bound);
     RUN(unsubscribe_frees_records);
