@@ -44,6 +44,8 @@
 #define READ_BUF_SIZE 65536
 #define CHURN_GIVE_UP_ERRORS 2000
 #define MAX_SUB_PATHS 8
+#define MAX_SUB_PORTS 8
+#define MAX_ALSO_PIDS 4
 #define MAX_PATH_LEN 300
 #define MAX_PAYLOAD_FIELDS 4000
 
@@ -80,6 +82,10 @@ struct config {
 	int verbose;
 	const char *sub_paths[MAX_SUB_PATHS];	/* --sub-path, round-robin */
 	unsigned nsub_paths;
+	struct sockaddr_in sub_dsts[MAX_SUB_PORTS];	/* --sub-port, round-robin */
+	int sub_ports[MAX_SUB_PORTS];
+	unsigned nsub_ports;
+	long aux_pid;		/* --aux-pid: CPU reported apart (Redis) */
 	const char *payload_fields;	/* extra JSON members in every event */
 	const char *path;		/* http, get, hup-wait */
 	unsigned conns;
@@ -164,6 +170,25 @@ static long long read_proc_cpu_ns(long pid)
 	return (long long)((utime + stime) * (NS_PER_S / (unsigned long long)tck));
 }
 
+/* --also-pid: more server processes (other nodes), their CPU added to the
+ * server's. A global, so the cpu_window helpers keep their one pid. */
+static long also_pids[MAX_ALSO_PIDS];
+static unsigned nalso_pids;
+
+/* CPU time of the server (pid) plus every --also-pid, -1 if one is
+ * unreadable */
+static long long server_cpu_ns(long pid)
+{
+	if (pid <= 0)
+		return -1;
+	long long sum = read_proc_cpu_ns(pid);
+	for (unsigned i = 0; i < nalso_pids && sum >= 0; i++) {
+		long long v = read_proc_cpu_ns(also_pids[i]);
+		sum = v >= 0 ? sum + v : -1;
+	}
+	return sum;
+}
+
 static long long self_cpu_ns(void)
 {
 	struct rusage ru;
@@ -183,7 +208,7 @@ struct cpu_window {
 static void cpu_window_start(struct cpu_window *w, long server_pid)
 {
 	w->t0 = now_ns();
-	w->server0 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	w->server0 = server_cpu_ns(server_pid);
 	w->self0 = self_cpu_ns();
 }
 
@@ -191,7 +216,7 @@ static void cpu_window_end(const struct cpu_window *w, long server_pid, double *
 			   double *self_pct)
 {
 	uint64_t wall = now_ns() - w->t0;
-	long long server1 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	long long server1 = server_cpu_ns(server_pid);
 	long long self1 = self_cpu_ns();
 	*server_pct = (wall && w->server0 >= 0 && server1 >= 0)
 		? 100.0 * (double)(server1 - w->server0) / (double)wall : -1;
@@ -201,7 +226,7 @@ static void cpu_window_end(const struct cpu_window *w, long server_pid, double *
 /* server CPU time (ns) since the window started, -1 if unknown */
 static long long cpu_window_server_ns(const struct cpu_window *w, long server_pid)
 {
-	long long server1 = server_pid > 0 ? read_proc_cpu_ns(server_pid) : -1;
+	long long server1 = server_cpu_ns(server_pid);
 	return (server1 >= 0 && w->server0 >= 0) ? server1 - w->server0 : -1;
 }
 
@@ -377,7 +402,9 @@ static void sub_start(struct bench *b, struct sub *s)
 	sp_init(&s->sp);
 	b->pending++;
 	/* a stream sends one request: no TCP_NODELAY needed */
-	int fd = net_connect_from(&b->cfg.dst, next_source(b), 0);
+	const struct sockaddr_in *dst = b->cfg.nsub_ports
+		? &b->cfg.sub_dsts[s->index % b->cfg.nsub_ports] : &b->cfg.dst;
+	int fd = net_connect_from(dst, next_source(b), 0);
 	if (fd < 0) {
 		b->last_errno = -fd;
 		sub_fail(b, s, ERR_CONNECT);
@@ -744,6 +771,11 @@ static void print_target(const struct bench *b, const char *mode)
 	       b->npaths > 1 ? "s (round-robin)" : "");
 	for (unsigned p = 0; p < b->npaths; p++)
 		printf(" %s", b->paths[p].path);
+	if (b->cfg.nsub_ports) {
+		printf("  streams on port%s", b->cfg.nsub_ports > 1 ? "s (round-robin)" : "");
+		for (unsigned i = 0; i < b->cfg.nsub_ports; i++)
+			printf(" %d", b->cfg.sub_ports[i]);
+	}
 	if (b->cfg.src_addrs)
 		printf("  source addresses 127.0.0.1-%u", b->cfg.src_addrs);
 	else
@@ -830,6 +862,7 @@ static int run_fanout(struct bench *b)
 	uint64_t last_check = 0;
 	struct cpu_window cpu;
 	cpu_window_start(&cpu, c->server_pid);
+	long long aux0 = c->aux_pid > 0 ? read_proc_cpu_ns(c->aux_pid) : -1;
 	if (ready > 0)
 		pub_start(pub);
 	else
@@ -860,6 +893,11 @@ static int run_fanout(struct bench *b)
 	double server_cpu, self_cpu;
 	long long server_ns = cpu_window_server_ns(&cpu, c->server_pid);
 	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
+	long long aux1 = c->aux_pid > 0 ? read_proc_cpu_ns(c->aux_pid) : -1;
+	double aux_cpu_us_per_event = aux0 >= 0 && aux1 >= 0 && pub->ok > 0
+		? (double)(aux1 - aux0) / 1e3 / (double)pub->ok : -1;
+	double aux_cpu_pct = aux0 >= 0 && aux1 >= 0 && t_end > cpu.t0
+		? 100.0 * (double)(aux1 - aux0) / (double)(t_end - cpu.t0) : -1;
 	long rss_end = c->server_pid > 0 ? read_rss_kib(c->server_pid) : -1;
 	/* CPU time per event (fan-out to every stream included): unlike rates,
 	 * time other work takes on the server's core does not enter it */
@@ -960,6 +998,12 @@ static int run_fanout(struct bench *b)
 	if (cpu_us_per_event >= 0)
 		printf("  server CPU per published event: %.1f us (user+system while publishing and "
 		       "waiting / accepted events; includes the fan-out)\n", cpu_us_per_event);
+	if (nalso_pids)
+		printf("  (server CPU: the sum of pid %ld and %u more server process%s)\n",
+		       c->server_pid, nalso_pids, nalso_pids > 1 ? "es" : "");
+	if (aux_cpu_us_per_event >= 0)
+		printf("  aux process (pid %ld) CPU: %.0f%% of one core, %.1f us per published "
+		       "event\n", c->aux_pid, aux_cpu_pct, aux_cpu_us_per_event);
 	if (rss_before >= 0)
 		printf("  server RSS: %ld KiB before, %ld KiB with streams open, %ld KiB at end\n",
 		       rss_before, rss_open, rss_end);
@@ -983,9 +1027,13 @@ static int run_fanout(struct bench *b)
 	if (c->rate > 0)
 		result_hist("pub_lag", &pub->lag);
 	printf(" open_s=%.3f rss_before_kib=%ld rss_end_kib=%ld server_cpu_pct=%.0f"
-	       " loadgen_cpu_pct=%.0f server_cpu_us_per_event=%.1f\n",
+	       " loadgen_cpu_pct=%.0f server_cpu_us_per_event=%.1f",
 	       (double)(t_open - t0) / 1e9, rss_before, rss_end, server_cpu, self_cpu,
 	       cpu_us_per_event);
+	if (aux_cpu_us_per_event >= 0)
+		printf(" aux_cpu_pct=%.0f aux_cpu_us_per_event=%.1f", aux_cpu_pct,
+		       aux_cpu_us_per_event);
+	printf("\n");
 	pub_free(pub);
 	free(bits);
 	return ok ? 0 : 1;
@@ -1146,7 +1194,7 @@ static void on_http_window(void *ctx, int end)
 		cpu_window_start(&wc->w, wc->server_pid);
 		return;
 	}
-	long long server1 = wc->server_pid > 0 ? read_proc_cpu_ns(wc->server_pid) : -1;
+	long long server1 = server_cpu_ns(wc->server_pid);
 	cpu_window_end(&wc->w, wc->server_pid, &wc->server_pct, &wc->self_pct);
 	wc->server_ns = (server1 >= 0 && wc->w.server0 >= 0) ? server1 - wc->w.server0 : -1;
 	wc->done = 1;
@@ -1352,6 +1400,9 @@ static void usage(FILE *f)
 "                           0: no bind(), the kernel picks (2 system calls fewer\n"
 "                           per connection; fine while closed connections leave\n"
 "                           no TIME_WAIT on this side, as sluice's streams do)\n"
+"  --sub-port PORT          open the streams on PORT instead of --port (publishes\n"
+"                           still go to --port); repeat it (up to 8) to spread\n"
+"                           the streams round-robin over several servers\n"
 "  --sub-path PATH          subscribe on PATH instead of /sub/CHANNEL; repeat it\n"
 "                           (up to 8) to spread the streams round-robin over\n"
 "                           several paths, e.g. one per view\n"
@@ -1382,6 +1433,10 @@ static void usage(FILE *f)
 "\n"
 "idle:\n"
 "  --server-pid PID         server process for VmRSS (also reported by fanout)\n"
+"  --also-pid PID           fanout, churn, http: another server process (a second\n"
+"                           node), its CPU added to the server's (up to 4)\n"
+"  --aux-pid PID            fanout: a helper process (Redis), its CPU reported\n"
+"                           apart (aux_cpu_us_per_event)\n"
 "  --settle S               after all streams are open, wait S s, then read RSS (1)\n"
 "  --hold S                 then keep the streams open S s more and check none\n"
 "                           was dropped (0)\n"
@@ -1472,7 +1527,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
 		O_INFLIGHT, O_NO_RXTS, O_SPIN, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
-		O_PIPELINE, O_WARMUP, O_EXPECT, O_TIMEOUT,
+		O_PIPELINE, O_WARMUP, O_EXPECT, O_TIMEOUT, O_SUB_PORT, O_ALSO_PID, O_AUX_PID,
 	};
 	static const struct option opts[] = {
 		{ "mode", required_argument, NULL, O_MODE },
@@ -1510,6 +1565,9 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "warmup", required_argument, NULL, O_WARMUP },
 		{ "expect", required_argument, NULL, O_EXPECT },
 		{ "timeout", required_argument, NULL, O_TIMEOUT },
+		{ "sub-port", required_argument, NULL, O_SUB_PORT },
+		{ "also-pid", required_argument, NULL, O_ALSO_PID },
+		{ "aux-pid", required_argument, NULL, O_AUX_PID },
 		{ NULL, 0, NULL, 0 },
 	};
 	*c = (struct config){
@@ -1583,6 +1641,17 @@ static void parse_args(struct config *c, int argc, char **argv)
 			c->expect = optarg;
 			break;
 		case O_TIMEOUT: c->timeout_s = parse_double("--timeout", optarg, 0.1, 3600); break;
+		case O_SUB_PORT:
+			if (c->nsub_ports >= MAX_SUB_PORTS)
+				die("--sub-port: at most %d", MAX_SUB_PORTS);
+			c->sub_ports[c->nsub_ports++] = (int)parse_uint("--sub-port", optarg, 1, 65535);
+			break;
+		case O_ALSO_PID:
+			if (nalso_pids >= MAX_ALSO_PIDS)
+				die("--also-pid: at most %d", MAX_ALSO_PIDS);
+			also_pids[nalso_pids++] = (long)parse_uint("--also-pid", optarg, 1, 1u << 30);
+			break;
+		case O_AUX_PID: c->aux_pid = (long)parse_uint("--aux-pid", optarg, 1, 1u << 30); break;
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
@@ -1613,6 +1682,12 @@ static void parse_args(struct config *c, int argc, char **argv)
 			die("--port is required (see --help)");
 		c->dst.sin_port = htons((uint16_t)c->port);
 	}
+	for (unsigned i = 0; i < c->nsub_ports; i++) {
+		c->sub_dsts[i] = c->dst;
+		c->sub_dsts[i].sin_port = htons((uint16_t)c->sub_ports[i]);
+	}
+	if (nalso_pids && c->server_pid <= 0)
+		die("--also-pid needs --server-pid");
 	size_t cl = strlen(c->channel);
 	if (cl == 0 || cl > 100)
 		die("--channel must be 1..100 characters");
