@@ -50,6 +50,18 @@ app:post("/own/:ch", function(req)
                 sorted = table.concat(sorted, ","), after = after }
 end)
 
+-- After the wait, the handler is still script code like any other: its
+-- errors are 500s naming the line, and the CPU budget still stops it.
+app:post("/fails/:ch", function(req)
+  sluice.publish(req.params.ch, { data = "then fails" })
+  error("failed after publishing")
+end)
+
+app:post("/loops/:ch", function(req)
+  sluice.publish(req.params.ch, { data = "then loops" })
+  while true do end
+end)
+
 return app
 ]]
 
@@ -178,6 +190,33 @@ end)
 describe("#cluster sluice.publish returns the id from Redis, 2 workers per node", function()
   if not redis.available() then return end
   cluster_specs(2)
+end)
+
+describe("#cluster a handler that waited for Redis", function()
+  if not redis.available() then return end
+  local r, a
+  setup(function()
+    r = redis.start()
+    a = node(r, 1)
+  end)
+  teardown(function()
+    if a then a:stop() end
+    if r then r:stop() end
+  end)
+
+  it("fails with a 500 and a log line naming the script's line", function()
+    local res = a:post("/fails/f")
+    assert.equal(500, res.status)
+    assert(a:wait_log("app.lua:45: failed after publishing", 5, true), a:log())
+    assert.equal(202, a:post("/pub/f", "still serving").status)
+  end)
+
+  it("is still stopped by the CPU budget", function()
+    local res = a:post("/loops/l", nil, { timeout = 10 })
+    assert.equal(500, res.status)
+    assert(a:wait_log("exceeded its CPU budget", 5, true), a:log())
+    assert.equal(202, a:post("/pub/l", "still serving").status)
+  end)
 end)
 
 describe("#cluster sluice.publish while Redis goes away", function()
