@@ -93,6 +93,11 @@ struct bus {
     ev_timer sweeper;
 };
 
+static bool inbox_empty(const struct inbox *in)
+{
+    return in->q.len == 0 && !in->q.resumed && !in->q.notices && !in->q.answers;
+}
+
 static void lock(struct bus *b)
 {
     pthread_mutex_lock(&b->lock);
@@ -507,6 +512,15 @@ static void free_notices(struct bus_notice *n)
     }
 }
 
+static void free_answers(struct bus_answer *a)
+{
+    while (a) {
+        struct bus_answer *next = a->next;
+        free(a);
+        a = next;
+    }
+}
+
 static void free_resumed_list(struct bus_resumed *r)
 {
     while (r) {
@@ -538,6 +552,7 @@ void bus_free(struct bus *cs)
         free(q->evs);
         free_resumed_list(q->resumed);
         free_notices(q->notices);
+        free_answers(q->answers);
     }
     free(cs->inboxes);
     pthread_mutex_destroy(&cs->lock);
@@ -626,6 +641,8 @@ void bus_detach(struct bus *b, unsigned wid)
     in->q.resumed = NULL;
     free_notices(in->q.notices);
     in->q.notices = NULL;
+    free_answers(in->q.answers);
+    in->q.answers = NULL;
     unlock(b);
 }
 
@@ -725,7 +742,7 @@ static void append(struct bus *cs, struct bchan *ch, struct hist_entry e)
             struct inbox *in = &cs->inboxes[w];
             if (!ch->wsubs[w] || !in->loop)
                 continue;
-            bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
+            bool was_empty = inbox_empty(in);
             if (!batch_push(&in->q, e.ev)) {
                 log_warn("out of memory: worker %u misses event %llu", w,
                          (unsigned long long)e.ev->src.id);
@@ -764,7 +781,7 @@ static void append(struct bus *cs, struct bchan *ch, struct hist_entry e)
 
 /* Cluster mode: the event goes to Redis, which gives it its id and sends
  * it back to every node (this one too) through bus_deliver. */
-static int publish_upstream(struct bus *cs, const char *name, size_t name_len,
+static int publish_upstream(struct bus *cs, unsigned wid, const char *name, size_t name_len,
                             const char *event, size_t event_len,
                             const char *data, size_t data_len,
                             struct publish_result *out)
@@ -776,7 +793,8 @@ static int publish_upstream(struct bus *cs, const char *name, size_t name_len,
     unlock(cs);
     out->id = 0;
     out->reached = 0;
-    int rc = cs->upstream.publish(cs->upstream.ctx, name, name_len, event, event_len,
+    int rc = cs->upstream.publish(cs->upstream.ctx, wid, out->ticket, name, name_len,
+                                  event, event_len,
                                   data, data_len, history_len, history_ttl);
     if (rc == 0)
         __atomic_add_fetch(&cs->queued_upstream, 1, __ATOMIC_RELAXED);
@@ -789,7 +807,8 @@ int bus_publish(struct bus *cs, unsigned wid, const char *name, size_t name_len,
                 struct publish_result *out)
 {
     if (cs->upstream.publish)
-        return publish_upstream(cs, name, name_len, event, event_len, data, data_len, out);
+        return publish_upstream(cs, wid, name, name_len, event, event_len, data, data_len,
+                                out);
     lock(cs);
     struct bchan *ch = get(cs, name, name_len);
     if (!ch) {
@@ -871,9 +890,33 @@ void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r)
         bus_resumed_free(r);
         return;
     }
-    bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
+    bool was_empty = inbox_empty(in);
     r->next = in->q.resumed;   /* order among answers does not matter */
     in->q.resumed = r;
+    if (was_empty)
+        ev_async_send(in->loop, in->wake);
+    unlock(b);
+}
+
+void bus_answer_push(struct bus *b, unsigned wid, uint64_t ticket, bool ok, uint64_t id,
+                     uint32_t reached)
+{
+    struct bus_answer *a = malloc(sizeof *a);
+    if (!a) {   /* the request waits on: its client's timeout ends it */
+        log_warn("out of memory: worker %u misses the answer to a publish", wid);
+        return;
+    }
+    *a = (struct bus_answer){ .ticket = ticket, .id = id, .reached = reached, .ok = ok };
+    lock(b);
+    struct inbox *in = wid < b->nworkers ? &b->inboxes[wid] : NULL;
+    if (!in || !in->loop) {
+        unlock(b);
+        free(a);
+        return;
+    }
+    bool was_empty = inbox_empty(in);
+    a->next = in->q.answers;   /* each answer stands alone: order does not matter */
+    in->q.answers = a;
     if (was_empty)
         ev_async_send(in->loop, in->wake);
     unlock(b);
@@ -895,7 +938,7 @@ void bus_notice_lost(struct bus *b, const char *name, size_t len, uint64_t last_
         n->last_id = last_id;
         n->chan_len = len;
         memcpy(n->chan, name, len);
-        bool was_empty = in->q.len == 0 && !in->q.resumed && !in->q.notices;
+        bool was_empty = inbox_empty(in);
         n->next = in->q.notices;   /* one per channel: order does not matter */
         in->q.notices = n;
         if (was_empty)

@@ -61,6 +61,18 @@ struct bus_batch {
     size_t len, cap;
     struct bus_resumed *resumed;
     struct bus_notice *notices;
+    struct bus_answer *answers;
+};
+
+/* Cluster mode: what Redis answered to a publish a script waits for
+ * (ticket: the publishing worker's number for it). ok false: Redis was
+ * or became unreachable (the event may or may not have been published). */
+struct bus_answer {
+    struct bus_answer *next;
+    uint64_t ticket;
+    uint64_t id;
+    uint32_t reached;             /* nodes that received the live message */
+    bool ok;
 };
 
 /* Told (under the bus's lock) when a channel gets its first subscriber in
@@ -76,9 +88,11 @@ struct bus_listener {
  * being ordered here; the event comes back through bus_deliver with the id
  * Redis gave it. publish returns 0 when queued, BUS_UNAVAILABLE when the
  * upstream cannot take it (Redis down or too far behind), -1 out of
- * memory. */
+ * memory. A ticket other than 0: worker wid waits for the id, which comes
+ * back through bus_answer_push (always, once queued: an id or a failure). */
 struct bus_upstream {
-    int (*publish)(void *ctx, const char *name, size_t name_len,
+    int (*publish)(void *ctx, unsigned wid, uint64_t ticket,
+                   const char *name, size_t name_len,
                    const char *event, size_t event_len,
                    const char *data, size_t data_len,
                    size_t history_len, double history_ttl);
@@ -120,7 +134,8 @@ void bus_detach(struct bus *b, unsigned wid);
  * (including wid's own: the caller then drains it and adds what its own
  * streams took). reached: the subscribers of the other workers, when
  * published. -1 out of memory. With an upstream (cluster mode):
- * BUS_QUEUED (out->id 0) or BUS_UNAVAILABLE. */
+ * BUS_QUEUED (out->id 0; with out->ticket set, the answer comes back
+ * through the worker's inbox) or BUS_UNAVAILABLE. */
 int bus_publish(struct bus *b, unsigned wid, const char *name, size_t name_len,
                 const char *event, size_t event_len,
                 const char *data, size_t data_len,
@@ -193,6 +208,11 @@ int bus_resume(struct bus *b, unsigned wid, uint64_t token, const char *const *n
 /* From the upstream (any thread): r goes to worker wid's inbox, which
  * owns it from now on (freed if the worker is gone). */
 void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r);
+
+/* From the upstream (any thread): the answer to a publish worker wid
+ * waits for (ticket), to its inbox (dropped if the worker is gone). */
+void bus_answer_push(struct bus *b, unsigned wid, uint64_t ticket, bool ok, uint64_t id,
+                     uint32_t reached);
 
 /* From the upstream (any thread): a history-lost notice for channel name
  * to every worker with subscribers of it. */

@@ -89,6 +89,13 @@ struct channels {
     uint64_t next_token;
     struct replay_slot *replay_cache;   /* made on the first masked replay */
     size_t replay_cache_bytes;
+    /* Cluster mode: Redis's answers to publishes a script waits for,
+     * handed to answer_fn from the wake-up only, never from inside a
+     * script's own call (a subscribe drains the inbox too). */
+    struct bus_answer *answers;
+    bool in_wake;
+    publish_answer_fn answer_fn;
+    void *answer_ctx;
 };
 
 /* ---- framing ---------------------------------------------------------- */
@@ -283,6 +290,15 @@ static uint64_t deliver_batch(struct channels *cs, struct bus_batch *b, uint64_t
         bus_event_unref(b->evs[i]);
     }
     b->len = 0;
+    if (b->answers) {
+        struct bus_answer **tail = &cs->answers;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = b->answers;
+        b->answers = NULL;
+        if (!cs->in_wake)   /* handled in the wake-up, in this loop turn */
+            ev_feed_event(cs->loop, &cs->wake, EV_ASYNC);
+    }
     while (b->resumed) {
         struct bus_resumed *r = b->resumed;
         b->resumed = r->next;
@@ -311,7 +327,17 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)loop;
     (void)revents;
-    channels_drain(a->data);
+    struct channels *cs = a->data;
+    cs->in_wake = true;
+    channels_drain(cs);
+    cs->in_wake = false;
+    while (cs->answers) {
+        struct bus_answer *ans = cs->answers;
+        cs->answers = ans->next;
+        if (cs->answer_fn)
+            cs->answer_fn(cs->answer_ctx, ans);
+        free(ans);
+    }
 }
 
 /* ---- life --------------------------------------------------------------- */
@@ -392,6 +418,13 @@ void channels_free(struct channels *cs)
         cs->batch.notices = n->next;
         free(n);
     }
+    struct bus_answer *ans[] = { cs->batch.answers, cs->answers };
+    for (int i = 0; i < 2; i++)
+        while (ans[i]) {
+            struct bus_answer *next = ans[i]->next;
+            free(ans[i]);
+            ans[i] = next;
+        }
     while (cs->waits) {
         struct resume_wait *w = cs->waits;
         cs->waits = w->next;
@@ -413,6 +446,12 @@ void channels_set_framer(struct channels *cs, view_framer fn, void *ctx)
 {
     cs->framer = fn;
     cs->framer_ctx = ctx;
+}
+
+void channels_set_answer_fn(struct channels *cs, publish_answer_fn fn, void *ctx)
+{
+    cs->answer_fn = fn;
+    cs->answer_ctx = ctx;
 }
 
 int channels_configure(struct channels *cs, const char *prefix,

@@ -55,6 +55,12 @@ void channels_set_framer(struct channels *cs, view_framer fn, void *ctx);
  * replays are forgotten. */
 void channels_views_changed(struct channels *cs);
 
+struct bus_answer;
+/* Cluster mode: Redis answered a publish that asked for a ticket (struct
+ * publish_result). Called from the hub's wake-up, outside any script. */
+typedef void (*publish_answer_fn)(void *ctx, const struct bus_answer *a);
+void channels_set_answer_fn(struct channels *cs, publish_answer_fn fn, void *ctx);
+
 /* History limits for channels whose name starts with prefix ("" = all),
  * longest prefix wins; applies to channels created from now on and to
  * existing ones. */
@@ -66,6 +72,9 @@ struct publish_result {
     /* Subscribers of the whole process the event was queued for: counted
      * when it is published, on every worker. */
     uint32_t reached;
+    /* In, cluster mode only: not 0, the caller waits for Redis's answer,
+     * which comes back to the hub's answer handler under this number. */
+    uint64_t ticket;
 };
 
 int channels_publish(struct channels *cs, const char *name, size_t name_len,

@@ -263,8 +263,15 @@ static void enqueue_bytes(struct conn *c, const char *bytes, size_t len)
 /* After an answer: the next request on this connection, or closing. */
 static void finish_request(struct conn *c)
 {
+    if (c->answer_later) {   /* answered at last: the next request may be parsed */
+        c->answer_later = false;
+        c->sent_continue = false;
+        if (c->parser)
+            http_parser_next(c->parser);
+    }
     c->served = true;
-    if (c->keep_alive && !c->w->stopping) {
+    /* input_closed: the client half-closed while its answer was awaited. */
+    if (c->keep_alive && !c->w->stopping && !c->input_closed) {
         set_state(c, CONN_READING);
         deadline_arm(&c->w->keepalive_timeouts, &c->timeout);
     } else {
@@ -545,11 +552,33 @@ static void dispatch(struct conn *c)
     c->rec = access_rec_new(http_method(c->parser), c->parser->req.head,
                             c->parser->req.url_len, peer, xrid, xlen, tp, tlen);
     w->handler->dispatch(c);
-    if (c->state == CONN_DISPATCHING) {
+    if (c->state == CONN_DISPATCHING && !c->answer_later) {
         log_error("handler produced no answer for %s; answering 500",
                   http_method(c->parser));
         conn_respond_error(c, 500, NULL);
     }
+}
+
+bool conn_answer_later(struct conn *c)
+{
+    if (c->state != CONN_DISPATCHING)
+        return false;
+    c->answer_later = true;
+    return true;
+}
+
+/* Input read after a request whose answer comes later: kept, in order,
+ * for when it is answered (write_out feeds it then). */
+static void keep_input(struct conn *c, const char *data, size_t len)
+{
+    char *copy = malloc(len);
+    if (!copy) {
+        conn_abort(c);
+        return;
+    }
+    memcpy(copy, data, len);
+    c->backlog = copy;
+    c->backlog_len = (uint32_t)len;
 }
 
 static void park_input(struct conn *c, const char *data, size_t len)
@@ -590,6 +619,11 @@ static void feed(struct conn *c, const char *data, size_t len)
             return;
         }
         dispatch(c);
+        if (c->answer_later) {   /* keep the parser and the rest of the input */
+            if (len)
+                keep_input(c, data, len);
+            return;
+        }
         c->sent_continue = false;
         if (c->state != CONN_READING)
             break;
@@ -621,9 +655,33 @@ static void reset_on_close(struct conn *c)
         log_debug("SO_LINGER: %s", strerror(errno));
 }
 
+/* Waiting for a later answer: reads nothing (what comes next stays in
+ * the socket, in order), only notices a client that hung up. */
+static void peek_while_waiting(struct conn *c)
+{
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n < 0) {   /* reset: nobody will read the answer */
+        conn_free(c);
+        return;
+    }
+    /* More input, or an end of input (answered, then closed): either
+     * way nothing to read until the answer went out (write_out reads
+     * again). */
+    if (n == 0)
+        c->input_closed = true;
+    set_events(c, c->writing ? EV_WRITE : 0);
+}
+
 static void on_readable(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->answer_later) {
+        peek_while_waiting(c);
+        return;
+    }
     /* Pipelined requests whose answers the client is not reading: stop
      * reading until the answers drain, so memory stays bounded. */
     if (c->state == CONN_READING && c->st.out.bytes > w->cfg->max_queued) {

@@ -57,6 +57,9 @@ struct conn {
     bool input_closed;            /* read EOF: answer what was read, then close */
     bool keep_alive;
     bool sent_continue;
+    /* The handler answers after dispatch returned (a script waiting for
+     * Redis): nothing more is parsed until it has. */
+    bool answer_later;
     /* The request being answered, or the stream: ids, and what the access
      * log says of it (core/access_log.h). */
     struct access_rec *rec;
@@ -99,6 +102,12 @@ void conn_free(struct conn *c);              /* close now and free */
 void conn_answer(struct conn *c, int status, const char *fields, size_t fields_len,
                  const char *body, size_t body_len);
 void conn_respond_error(struct conn *c, int status, const char *extra_headers);
+
+/* During dispatch: the answer comes later, from another callback (a
+ * script waiting for Redis). Meanwhile the connection parses nothing
+ * more: what the client sends next waits (in the socket), and a client
+ * that half-closes still gets its answer. false: not dispatching. */
+bool conn_answer_later(struct conn *c);
 
 /* Opens an SSE stream: fields (as for conn_answer) follow the status
  * line, the transport adds the framing (chunked for HTTP/1.1, to the close

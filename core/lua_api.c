@@ -86,7 +86,7 @@ static int l_listdir(lua_State *L)
     return 1;
 }
 
-/* core.set_hooks{dispatch=, timer=, closed=, transform=, reload=} */
+/* core.set_hooks{dispatch=, timer=, closed=, transform=, reload=, published=} */
 static int l_set_hooks(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
@@ -94,7 +94,7 @@ static int l_set_hooks(lua_State *L)
     struct { const char *name; int *ref; } hooks[] = {
         { "dispatch", &vm->ref_dispatch }, { "timer", &vm->ref_timer },
         { "closed", &vm->ref_closed }, { "transform", &vm->ref_transform },
-        { "reload", &vm->ref_reload },
+        { "reload", &vm->ref_reload }, { "published", &vm->ref_published },
     };
     for (size_t i = 0; i < sizeof hooks / sizeof hooks[0]; i++) {
         lua_getfield(L, 1, hooks[i].name);
@@ -111,6 +111,7 @@ static int open_core(lua_State *L)
     static const luaL_Reg fns[] = {
         { "respond", l_respond }, { "open", l_open }, { "send", l_send },
         { "close", l_close }, { "alive", l_alive }, { "watch", l_watch },
+        { "answer_later", l_answer_later },
         { "publish", l_publish }, { "subscribe", l_subscribe },
         { "subscribers", l_subscribers }, { "history", l_history },
         { "timer", l_timer }, { "timer_stop", l_timer_stop },
@@ -131,6 +132,8 @@ static int open_core(lua_State *L)
     }
     lua_pushcfunction(L, luavm_sandbox_run);
     lua_setfield(L, -2, "run");
+    lua_pushcfunction(L, luavm_sandbox_resume);
+    lua_setfield(L, -2, "resume");
     lua_pushcfunction(L, luavm_budget_spent);
     lua_setfield(L, -2, "budget_spent");
     lua_pushcfunction(L, l_listdir);
@@ -156,6 +159,9 @@ static int open_core(lua_State *L)
     lua_pushboolean(L, vm->w && vm->w->cfg &&
                        (vm->w->cfg->max_streams || vm->w->cfg->shed_queued_bytes));
     lua_setfield(L, -2, "shed_enabled");
+    /* Cluster mode: a publish may wait for the id Redis gives it. */
+    lua_pushboolean(L, vm->w && vm->w->cfg && vm->w->cfg->redis_url);
+    lua_setfield(L, -2, "cluster");
     return 1;
 }
 
@@ -165,15 +171,17 @@ int lua_api_start(struct luavm *vm, const char *apps_dir, bool check_only)
 {
     lua_State *L = vm->L;
     vm->ref_dispatch = vm->ref_timer = vm->ref_closed = LUA_NOREF;
-    vm->ref_transform = vm->ref_reload = LUA_NOREF;
+    vm->ref_transform = vm->ref_reload = vm->ref_published = LUA_NOREF;
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
     lua_pushlightuserdata(L, vm);
     lua_pushcclosure(L, open_core, 1);
     lua_setfield(L, -2, "sluice.core");
     lua_pop(L, 2);
-    if (vm->w && vm->w->channels)
+    if (vm->w && vm->w->channels) {
         channels_set_framer(vm->w->channels, lua_api_frame_for_view, vm);
+        channels_set_answer_fn(vm->w->channels, lua_api_published, vm);
+    }
 
     lua_getglobal(L, "require");
     lua_pushstring(L, "sluice.runtime");

@@ -18,7 +18,9 @@
 
 /* ---- channels --------------------------------------------------------- */
 
-/* core.publish(channel, event, data) -> id, reached */
+/* core.publish(channel, event, data, wait) -> id, reached. Cluster mode:
+ * true, 0 once queued for Redis; with wait, true, 0, ticket: Redis's
+ * answer comes back to the runtime's published hook under ticket. */
 int l_publish(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
@@ -30,7 +32,9 @@ int l_publish(lua_State *L)
     const char *bad = sse_event_invalid(&ev);
     if (bad)
         return luaL_error(L, "cannot publish: %s", bad);
-    struct publish_result r;
+    struct publish_result r = { .ticket = 0 };
+    if (lua_toboolean(L, 4))   /* only the runtime's handler coroutine asks */
+        r.ticket = ++vm->last_ticket;
     /* Framing and fan-out are not the script's CPU: charged to it, a big
      * publish would take effect and then fail the script with a 500, and
      * a client that retries would publish twice. */
@@ -49,7 +53,10 @@ int l_publish(lua_State *L)
     if (rc == BUS_QUEUED) {   /* cluster mode: Redis assigns the id later */
         lua_pushboolean(L, 1);
         lua_pushinteger(L, 0);
-        return 2;
+        if (!r.ticket)
+            return 2;
+        lua_pushnumber(L, (lua_Number)r.ticket);
+        return 3;
     }
     if (rc < 0)
         return luaL_error(L, "out of memory publishing to %s", ch);
@@ -124,6 +131,26 @@ int l_history(lua_State *L)
     if (channels_configure(vm_of(L)->w->channels, prefix, (size_t)len, ttl) < 0)
         return luaL_error(L, "out of memory");
     return 0;
+}
+
+/* Redis answered a publish the runtime waits for: its published hook
+ * gets (ticket, id, reached) or (ticket, nil, "redis unavailable"). */
+void lua_api_published(void *ctx, const struct bus_answer *a)
+{
+    struct luavm *vm = ctx;
+    lua_State *L = vm->L;
+    if (vm->ref_published == LUA_NOREF)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->ref_published);
+    lua_pushnumber(L, (lua_Number)a->ticket);
+    if (a->ok) {
+        lua_pushnumber(L, (lua_Number)a->id);
+        lua_pushinteger(L, a->reached);
+    } else {
+        lua_pushnil(L);
+        lua_pushliteral(L, "redis unavailable");
+    }
+    luavm_call(vm, 3, 0, "publish answer");
 }
 
 /* Frames an event for a masked view by asking the runtime's transform. */

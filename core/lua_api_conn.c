@@ -243,6 +243,15 @@ int l_alive(lua_State *L)
     return 1;
 }
 
+/* core.answer_later(h): the request being dispatched is answered later
+ * (its handler waits for Redis). false: it cannot be. */
+int l_answer_later(lua_State *L)
+{
+    struct conn *c = conn_arg(L, 1);
+    lua_pushboolean(L, c && conn_answer_later(c));
+    return 1;
+}
+
 /* core.watch(h): call the runtime's closed hook when this stream ends. */
 int l_watch(lua_State *L)
 {

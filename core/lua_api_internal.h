@@ -42,6 +42,7 @@ int l_send(lua_State *L);
 int l_close(lua_State *L);
 int l_alive(lua_State *L);
 int l_watch(lua_State *L);
+int l_answer_later(lua_State *L);
 
 /* lua_api_channels.c */
 int l_publish(lua_State *L);
@@ -50,6 +51,8 @@ int l_subscribers(lua_State *L);
 int l_history(lua_State *L);
 /* A view_framer (channel.h); ctx is the luavm. */
 struct frame *lua_api_frame_for_view(void *ctx, int view, const struct event_src *src);
+struct bus_answer;
+void lua_api_published(void *ctx, const struct bus_answer *a);
 
 /* lua_api_timers.c (the test kit's core has its own, on a clock the test
  * moves, with the same bounds) */

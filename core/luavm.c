@@ -130,13 +130,17 @@ bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what)
 }
 
 
-int luavm_sandbox_run(lua_State *L)
+/* The bookkeeping around one sandboxed call (core.run, core.resume). */
+struct sandbox_call {
+    bool outermost;
+    sig_atomic_t uncharged;
+    bool budget_stop;
+};
+
+static void sandbox_enter(struct luavm *vm, struct sandbox_call *sc)
 {
-    struct luavm *vm = current_vm;
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    int nargs = lua_gettop(L) - 1;
-    bool outermost = vm->sandbox_depth == 0;
-    if (outermost) {
+    sc->outermost = vm->sandbox_depth == 0;
+    if (sc->outermost) {
         vm->budget_expired = 0;
         vm->mem_exceeded = false;
         vm->call_seq++;
@@ -144,33 +148,54 @@ int luavm_sandbox_run(lua_State *L)
     vm->sandbox_depth++;
     /* Script code called from inside an uncharged C call (a view
      * transform during a publish) is charged again while it runs. */
-    sig_atomic_t uncharged = vm->uncharged;
+    sc->uncharged = vm->uncharged;
     vm->uncharged = 0;
-    lua_pushcfunction(L, traceback);
-    lua_insert(L, 1);
-    int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
-    bool budget_stop = outermost && vm->budget_expired;   /* before it is cleared */
-    vm->uncharged = uncharged;
+}
+
+static void sandbox_leave(struct luavm *vm, lua_State *L, struct sandbox_call *sc)
+{
+    sc->budget_stop = sc->outermost && vm->budget_expired;   /* before it is cleared */
+    vm->uncharged = sc->uncharged;
     vm->sandbox_depth--;
-    if (outermost) {
+    if (sc->outermost) {
         /* Out of the call first, then clear: a late tick is harmless now. */
         lua_sethook(L, NULL, 0, 0);
         vm->budget_expired = 0;
     }
+}
+
+/* The error message on top of L (rc from the call) as the script's
+ * caller gets it: counted, and a memory error named as the limit. */
+static void sandbox_error(struct luavm *vm, lua_State *L, int rc, const struct sandbox_call *sc)
+{
+    if (vm->w)   /* counted for the metrics; the caller logs it */
+        metrics_script_error(vm->w->id, lua_tostring(L, -1), sc->budget_stop);
+    if (rc == LUA_ERRMEM || vm->mem_exceeded) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "script exceeded the Lua memory limit of %d MiB",
+                        (int)(vm->mem_limit >> 20));
+        if (sc->outermost)
+            lua_gc(L, LUA_GCCOLLECT, 0);
+    } else if (!lua_isstring(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushstring(L, "(error object is not a string)");
+    }
+}
+
+int luavm_sandbox_run(lua_State *L)
+{
+    struct luavm *vm = current_vm;
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int nargs = lua_gettop(L) - 1;
+    struct sandbox_call sc;
+    sandbox_enter(vm, &sc);
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, 1);
+    int rc = lua_pcall(L, nargs, LUA_MULTRET, 1);
+    sandbox_leave(vm, L, &sc);
     lua_remove(L, 1);   /* the traceback function */
-    if (rc != 0 && vm->w)   /* counted for the metrics; the caller logs it */
-        metrics_script_error(vm->w->id, lua_tostring(L, -1), budget_stop);
     if (rc != 0) {
-        if (rc == LUA_ERRMEM || vm->mem_exceeded) {
-            lua_pop(L, 1);
-            lua_pushfstring(L, "script exceeded the Lua memory limit of %d MiB",
-                            (int)(vm->mem_limit >> 20));
-            if (outermost)
-                lua_gc(L, LUA_GCCOLLECT, 0);
-        } else if (!lua_isstring(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushstring(L, "(error object is not a string)");
-        }
+        sandbox_error(vm, L, rc, &sc);
         lua_pushboolean(L, 0);
         lua_insert(L, -2);
         return 2;
@@ -178,6 +203,39 @@ int luavm_sandbox_run(lua_State *L)
     lua_pushboolean(L, 1);
     lua_insert(L, 1);
     return lua_gettop(L);
+}
+
+int luavm_sandbox_resume(lua_State *L)
+{
+    struct luavm *vm = current_vm;
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argcheck(L, co && co != L, 1, "coroutine expected");
+    int nargs = lua_gettop(L) - 1;
+    if (!lua_checkstack(co, nargs + LUA_MINSTACK))
+        return luaL_error(L, "too many arguments to resume");
+    lua_xmove(L, co, nargs);
+    struct sandbox_call sc;
+    sandbox_enter(vm, &sc);
+    int rc = lua_resume(co, nargs);
+    sandbox_leave(vm, L, &sc);
+    lua_settop(L, 0);
+    if (rc != 0 && rc != LUA_YIELD) {
+        /* The traceback of where the script failed, in its coroutine. */
+        const char *msg = lua_tostring(co, -1);
+        luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+        lua_pop(co, 1);
+        sandbox_error(vm, L, rc, &sc);
+        lua_pushboolean(L, 0);
+        lua_insert(L, -2);
+        return 2;
+    }
+    int nres = lua_gettop(co);
+    if (!lua_checkstack(L, nres + 2))
+        return luaL_error(L, "too many results to resume");
+    lua_pushboolean(L, 1);
+    lua_pushboolean(L, rc == 0);   /* done, or waiting (yielded) */
+    lua_xmove(co, L, nres);
+    return nres + 2;
 }
 
 void luavm_uncharged_begin(struct luavm *vm, struct luavm_charge *saved)

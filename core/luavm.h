@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 #include <lua.h>
@@ -31,7 +32,9 @@ struct luavm {
      * right after a call that already took effect. */
     volatile sig_atomic_t uncharged;
     /* Runtime entry points (registry references). */
-    int ref_dispatch, ref_timer, ref_closed, ref_transform, ref_reload;
+    int ref_dispatch, ref_timer, ref_closed, ref_transform, ref_reload, ref_published;
+    /* Cluster mode: the last ticket of a publish waiting for Redis. */
+    uint64_t last_ticket;
 };
 
 /* Creates the state, sets package.path to lua_dir, and installs the C
@@ -48,6 +51,12 @@ bool luavm_call(struct luavm *vm, int nargs, int nresults, const char *what);
 /* lua_CFunction: core.run(fn, ...) -> true, results... | false, message.
  * Runs script code under the CPU budget and the memory cap. */
 int luavm_sandbox_run(lua_State *L);
+
+/* lua_CFunction: core.resume(co, ...) -> true, done, results... | false,
+ * message (with co's traceback). Resumes a coroutine of script code under
+ * the CPU budget and the memory cap, each resume a budget of its own;
+ * done is false when it yielded. */
+int luavm_sandbox_resume(lua_State *L);
 
 /* Brackets a C API call whose CPU time is not charged to the calling
  * script: ticks seen meanwhile are forgotten, and a budget that ran out

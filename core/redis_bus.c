@@ -24,7 +24,9 @@
  * stream entry's id is the event id), trimmed by count and age, and the
  * live message "id\nprev\nevent\ndata" for every node. KEYS: seq, stream,
  * live channel, hash of each channel's last id. ARGV: name, event ("-"
- * none, "+name"), data, max length, max age (µs, 0: none). */
+ * none, "+name"), data, max length, max age (µs, 0: none). Returns the id
+ * and the nodes that received the live message (what sluice.publish
+ * returns). */
 static const char PUBLISH_SCRIPT[] =
     "local t = redis.call('TIME')\n"
     "local id = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
@@ -44,8 +46,8 @@ static const char PUBLISH_SCRIPT[] =
     "    redis.call('PEXPIRE', KEYS[2], math.ceil(age / 1000))\n"
     "  end\n"
     "end\n"
-    "redis.call('PUBLISH', KEYS[3], ids .. '\\n' .. prev .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
-    "return ids\n";
+    "local nodes = redis.call('PUBLISH', KEYS[3], ids .. '\\n' .. prev .. '\\n' .. ARGV[2] .. '\\n' .. ARGV[3])\n"
+    "return { ids, nodes }\n";
 
 /* A resume, in one step so that no publish falls between the channels
  * read: the last id of all, then per channel its last id and what its
@@ -125,6 +127,8 @@ bool redis_bus_timers_active(void)
 
 struct pub_req {
     struct pub_req *next;
+    unsigned wid;                 /* the publishing worker */
+    uint64_t ticket;              /* not 0: it waits for the answer */
     size_t name_len, event_len, data_len;
     bool has_event;
     size_t history_len;
@@ -435,6 +439,22 @@ static void on_retry(struct ev_loop *loop, ev_timer *t, int revents)
 
 static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_body);
 
+/* Tells the worker waiting for req (if any) how it went, and frees it. */
+static void answer_publish(struct redis_bus *rb, struct pub_req *req, bool ok, uint64_t id,
+                           uint32_t reached)
+{
+    if (req->ticket)
+        bus_answer_push(rb->bus, req->wid, req->ticket, ok, id, reached);
+    free(req);
+}
+
+/* Queued, but Redis is gone: lost, counted, and its waiter told. */
+static void publish_lost(struct redis_bus *rb, struct pub_req *req)
+{
+    rb->lost_in_flight++;
+    answer_publish(rb, req, false, 0, 0);
+}
+
 static void on_published(redisAsyncContext *ac, void *r, void *priv)
 {
     struct pub_req *req = priv;
@@ -444,25 +464,35 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
         rb->pub.inflight--;
         rb->pub.last_reply = clock_mono();
     }
-    if (!reply) {   /* the connection went away: lost, but counted */
-        if (rb)
-            rb->lost_in_flight++;
+    if (!rb) {   /* not ours to count: still, nothing may wait for ever */
         free(req);
         return;
     }
+    if (!reply) {   /* the connection went away: lost, but counted */
+        publish_lost(rb, req);
+        return;
+    }
     if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
-        rb && rb->pub.ac == ac) {
+        rb->pub.ac == ac) {
         send_publish(rb, req, true);   /* a restarted Redis: EVAL loads it again */
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR)
         log_warn("redis: publish to %.*s failed: %s", (int)req->name_len, req->bytes,
                  reply->str);
-    uint64_t id;
-    if (rb && reply->type == REDIS_REPLY_STRING && parse_u64(reply->str, reply->len, &id) &&
-        id > rb->max_seen)
-        rb->max_seen = id;
-    free(req);
+    uint64_t id = 0;
+    long long nodes = 0;
+    bool ok = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+              reply->element[0]->type == REDIS_REPLY_STRING &&
+              parse_u64(reply->element[0]->str, reply->element[0]->len, &id) &&
+              reply->element[1]->type == REDIS_REPLY_INTEGER;
+    if (ok) {
+        nodes = reply->element[1]->integer;
+        if (id > rb->max_seen)
+            rb->max_seen = id;
+    }
+    answer_publish(rb, req, ok, id,
+                   nodes < 0 ? 0 : nodes > UINT32_MAX ? UINT32_MAX : (uint32_t)nodes);
 }
 
 static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_body)
@@ -496,8 +526,7 @@ static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_bo
     free(event);
     if (rc != REDIS_OK) {
         log_warn("redis: could not send a publish to %.*s", (int)req->name_len, name);
-        rb->lost_in_flight++;
-        free(req);
+        publish_lost(rb, req);
         return;
     }
     rb->pub.inflight++;
@@ -602,7 +631,8 @@ static void on_epoch(redisAsyncContext *ac, void *r, void *priv)
 }
 
 /* From any worker's thread: queue it for the main loop. */
-static int upstream_publish(void *ctx, const char *name, size_t name_len,
+static int upstream_publish(void *ctx, unsigned wid, uint64_t ticket,
+                            const char *name, size_t name_len,
                             const char *event, size_t event_len,
                             const char *data, size_t data_len,
                             size_t history_len, double history_ttl)
@@ -614,6 +644,8 @@ static int upstream_publish(void *ctx, const char *name, size_t name_len,
     if (!req)
         return -1;
     req->next = NULL;
+    req->wid = wid;
+    req->ticket = ticket;
     req->name_len = name_len;
     req->has_event = event != NULL;
     req->event_len = event ? event_len : 0;
@@ -1242,12 +1274,10 @@ static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
     }
     while (q) {
         struct pub_req *next = q->next;
-        if (rb->pub.up && rb->pub.ac) {
+        if (rb->pub.up && rb->pub.ac)
             send_publish(rb, q, false);
-        } else {
-            rb->lost_in_flight++;
-            free(q);
-        }
+        else
+            publish_lost(rb, q);
         q = next;
     }
 }

@@ -16,11 +16,15 @@ local sluice = { json = json, log = log, version = core.version }
 
 sluice.app = app.new
 
+local cluster = core.cluster
+
 -- Publishes an event to a channel: ev is { event=, data= } (data may be a
 -- table, sent as JSON) or just the data. Returns the event id and the
 -- number of subscribers it was queued for. With --redis (several nodes)
--- the id comes from Redis later: it returns true, 0 once queued, and nil,
--- "redis unavailable" when Redis cannot take it (answer 503).
+-- the id comes from Redis: in a plain route's handler the handler waits
+-- for it and gets id and the nodes the event reached; elsewhere it
+-- returns true, 0 once queued; nil, "redis unavailable" when Redis cannot
+-- take it (answer 503).
 function sluice.publish(channel, ev)
   if type(channel) ~= "string" or channel == "" then
     error("publish(channel, event): channel must be a non-empty string", 2)
@@ -29,7 +33,9 @@ function sluice.publish(channel, ev)
   local data = ev.data
   if type(data) == "table" then data = json.encode(data)
   elseif data ~= nil then data = tostring(data) end
-  local id, reached = core.publish(channel, ev.event, data)
+  local id, reached, ticket = core.publish(channel, ev.event, data,
+                                          cluster and runtime.can_wait())
+  if ticket then return runtime.wait_published(ticket) end
   if id == nil or id == true then return id, reached end
   return ("%.0f"):format(id), reached
 end

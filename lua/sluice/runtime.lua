@@ -365,6 +365,91 @@ local function start_stream(h, group, req, s)
   forget_stream(s)
 end
 
+-- What the handler's run came to: an error, a rejection, a stream to
+-- open, or an answer.
+local function finish(h, group, req, ok, kind, a, b, c)
+  local s = serving_stream
+  serving_stream, timers.running = nil, nil
+  if not ok then
+    if s then forget_stream(s) end
+    return failed(h, group, req, kind)
+  end
+  if kind == "reject" then
+    group.stats.rejected[a] = (group.stats.rejected[a] or 0) + 1
+    return respond_status(h, a, b)
+  end
+  if kind == "stream" then
+    answering = nil   -- a HEAD request's answer is noted by open_stream
+    return start_stream(h, group, req, s)
+  end
+  if s then forget_stream(s) end
+  return answer(h, group, kind, a, b, c)
+end
+
+-- ---- waiting for Redis (cluster mode) ----------------------------------
+-- With --redis, Redis gives a published event its id a moment later. A
+-- plain route's handler runs in a coroutine the runtime owns (as
+-- OpenResty's cosockets do); sluice.publish there hands the event over
+-- with a ticket and yields, the request's answer waits, and the runtime
+-- resumes the handler when Redis answered (runtime.published), so it
+-- gets id, reached as on one node. Each resume has a CPU budget of its
+-- own. Anywhere else (a script's own coroutine, a stream handler, a
+-- timer, a view, on_close) a publish does not wait: true, 0. One node:
+-- none of this runs.
+local cluster = core.cluster
+local WAIT = {}          -- what a waiting publish yields to the runtime
+local handler_co         -- the handler's coroutine while it runs
+local waiting = {}       -- ticket -> the request waiting for it
+
+function runtime.can_wait()
+  return handler_co ~= nil and coroutine.running() == handler_co
+end
+
+-- In the handler's coroutine: waits for Redis's answer to ticket.
+function runtime.wait_published(ticket)
+  -- A yield across a C call (a table.sort comparator, a gsub callback)
+  -- fails: that publish is queued, with no id, as anywhere else.
+  local ok, id, reached = pcall(coroutine.yield, WAIT, ticket)
+  if not ok then return true, 0 end
+  return id, reached
+end
+
+-- Resumes w's handler coroutine with ...: it ends (answered), fails
+-- (500), or waits for another ticket (true).
+local function step(w, ...)
+  handler_co, timers.running, answering = w.co, w.script, w.req
+  local ok, done, kind, a, b, c = core.resume(w.co, ...)
+  handler_co = nil
+  if ok and not done then
+    if kind == WAIT then
+      w.script = timers.running
+      serving_stream, timers.running = nil, nil
+      waiting[a] = w
+      return true
+    end
+    ok, done = false, "the handler yielded outside a coroutine of its own"
+  end
+  if not ok then return finish(w.h, w.group, w.req, false, done) end
+  return finish(w.h, w.group, w.req, true, kind, a, b, c)
+end
+
+local function serve_waiting(h, group, req)
+  local w = { co = coroutine.create(serve), h = h, group = group, req = req }
+  if step(w, group, req, h) then core.answer_later(h) end
+end
+
+-- Redis answered ticket: id, reached, or nil, "redis unavailable".
+function runtime.published(ticket, id, reached)
+  local w = waiting[ticket]
+  if not w then return end   -- a publish that did not wait
+  waiting[ticket] = nil
+  -- A client gone meanwhile: the answer and the coroutine are dropped.
+  if not core.answer_later(w.h) then return end
+  if id then id = ("%.0f"):format(id) end
+  step(w, id, reached)
+  answering = nil
+end
+
 local shed_enabled = core.shed_enabled
 local SHED_RETRY_AFTER = "5"   -- as a refusal over --max-conns
 
@@ -398,23 +483,9 @@ local function dispatch(h, method, path, query, headers, body, peer, id, tracepa
     end
   end
   serving_stream = nil
+  if cluster and group.kind == "plain" then return serve_waiting(h, group, req) end
   local ok, kind, a, b, c = core.run(serve, group, req, h)
-  local s = serving_stream
-  serving_stream, timers.running = nil, nil
-  if not ok then
-    if s then forget_stream(s) end
-    return failed(h, group, req, kind)
-  end
-  if kind == "reject" then
-    group.stats.rejected[a] = (group.stats.rejected[a] or 0) + 1
-    return respond_status(h, a, b)
-  end
-  if kind == "stream" then
-    answering = nil   -- a HEAD request's answer is noted by open_stream
-    return start_stream(h, group, req, s)
-  end
-  if s then forget_stream(s) end
-  return answer(h, group, kind, a, b, c)
+  return finish(h, group, req, ok, kind, a, b, c)
 end
 
 function runtime.dispatch(...)
@@ -614,7 +685,7 @@ function runtime.start(dir)
   sandbox.install()
   core.set_hooks {
     dispatch = runtime.dispatch, timer = timers.fire, closed = runtime.closed,
-    transform = runtime.transform, reload = runtime.reload,
+    transform = runtime.transform, reload = runtime.reload, published = runtime.published,
   }
   local problems = load_all(dir, false)
   local n = 0
