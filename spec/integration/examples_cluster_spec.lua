@@ -125,9 +125,22 @@ local function messages(s, n, timeout)
   return got
 end
 
--- Until the node has subscribed to the channel in Redis: a stream without
--- Last-Event-ID starts from what comes next.
-local function settle() socket.sleep(0.5) end
+-- Until the stream's node has subscribed to the channel in Redis (a stream
+-- without Last-Event-ID starts from what comes next, and the subscription
+-- is asynchronous): publishes through nginx until the stream gets one,
+-- whichever node took it; returns the last event the stream got.
+local function warm_up(c, s, text)
+  local last
+  for _ = 1, 10 do
+    assert.equal(202, (publish(c, text)))
+    last = messages(s, 1, 1)[1]
+    if last then break end
+  end
+  assert(last, "the stream got none of 10 publishes of " .. text)
+  for _, ev in ipairs(messages(s, 10, 0.3)) do last = ev end   -- one that was late
+  assert.equal(text, cjson.decode(last.data).text)
+  return last
+end
 
 describe("examples/cluster/run", function()
   if not installed(NGINX) then
@@ -169,7 +182,7 @@ describe("examples/cluster/run", function()
     local hello = s:next_event(5)
     assert.equal("hello", hello and hello.event)
     assert.equal(on, cjson.decode(hello.data).node)
-    settle()
+    warm_up(c, s, "warm-up")
     local took, answers, want = {}, {}, {}
     for i = 1, 6 do
       local text = "event " .. i
@@ -207,10 +220,7 @@ describe("examples/cluster/run", function()
     local on = node_of(s.upstream)
     assert.truthy(on, "no X-Upstream naming a node on the stream")
     local other = on == "a" and "b" or "a"
-    settle()
-    assert.equal(202, (publish(c, "before")))
-    local seen = messages(s, 1, 5)[1]
-    assert.equal("before", seen and cjson.decode(seen.data).text)
+    local seen = warm_up(c, s, "before")
 
     os.execute(("kill -KILL %d"):format(c.pids["node " .. on]))
     assert.truthy(raw.eventually(function() return not server.alive(c.pids["node " .. on]) end, 5),
