@@ -34,27 +34,28 @@ end
 
 -- Starts the script with its ports (and the binaries under test) in the
 -- environment; returns its pid and the file its output goes to.
-local function launch(ports, args)
+local function launch(ports)
   local dir = server.tmpdir()
   local out = dir .. "/run.out"
   local env = ("REDIS_PORT=%d NODE_A_PORT=%d NODE_B_PORT=%d NGINX_PORT=%d SLUICE_BIN=%s NGINX_BIN=%s")
               :format(ports.redis, ports.a, ports.b, ports.nginx, q(BIN), q(NGINX))
-  local pid = tonumber(server.sh(("%s exec %s %s >%s 2>&1 </dev/null & echo $!")
-                                 :format(env, q(RUN), args or "", q(out))))
+  local pid = tonumber(server.sh(("%s exec %s >%s 2>&1 </dev/null & echo $!"):format(env, q(RUN), q(out))))
   return pid, out, dir
 end
 
+-- Four distinct free loopback ports (the kernel rarely hands one out twice
+-- in a row; ten tries at most).
 local function free_ports()
-  local p = {}
-  repeat
-    p.redis, p.a, p.b, p.nginx = raw.free_port(), raw.free_port(), raw.free_port(), raw.free_port()
+  for _ = 1, 10 do
+    local p = { redis = raw.free_port(), a = raw.free_port(), b = raw.free_port(), nginx = raw.free_port() }
     local seen, distinct = {}, true
     for _, v in pairs(p) do
       if seen[v] then distinct = false end
       seen[v] = true
     end
-  until distinct
-  return p
+    if distinct then return p end
+  end
+  error("no four distinct free ports in ten tries")
 end
 
 -- The cluster the script started, once it says it is ready: its pids and
