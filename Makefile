@@ -13,7 +13,7 @@ APPS    ?= apps
 
 # Every Debian package that building, running and testing needs.
 PACKAGES := gcc make pkg-config libluajit2-5.1-dev luajit2 libev-dev node-llhttp \
-            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx-light curl \
+            uthash-dev libssl-dev openssl lua-busted lua-cjson lua-socket nginx nginx-light curl \
             prometheus redis-server libhiredis-dev python3-yaml strace systemd
 
 CORE_SRC := $(wildcard core/*.c)
