@@ -360,7 +360,8 @@ static void on_down(struct rconn *c)
         HASH_ITER(hh, rb->chans, ch, tmp) {
             ch->subscribed = false;
             ch->sub_pending = 0;
-            ch->filling = false;   /* its reply is lost with the connection */
+            /* A fill in flight goes on: it is read on the publishing
+             * connection, and on_filled says when it ends either way. */
             if (ch->last_seen)
                 ch->catch_up = true;
         }
@@ -775,12 +776,16 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
     struct rchan *ch = priv;
     redisReply *reply = r;
     struct rconn *c = ac->data;
-    if (!reply || c->ac != ac)
-        return;   /* on_down cleared filling; catch_up redoes it */
+    ch->filling = false;
+    if (!reply || c->ac != ac) {
+        /* The publishing connection went: the held ones stay held, and
+         * the fill is asked again once it is back (on_quiet_tick). */
+        ch->catch_up = true;
+        return;
+    }
     struct redis_bus *rb = c->rb;
     c->inflight--;
     c->last_reply = clock_mono();
-    ch->filling = false;
     bool gap_told = false, lost = false, quiet = ch->quiet_fill;
     size_t got = 0;
     ch->quiet_fill = false;
@@ -850,10 +855,10 @@ static void start_fill(struct redis_bus *rb, struct rchan *ch)
         redisAsyncCommand(rb->pub.ac, on_filled, ch, "XRANGE %s %s +", stream, from) !=
             REDIS_OK) {
         free(stream);
-        /* Redis is away: the held events go out as they are, and the
-         * fill is tried again when the subscriber connection comes back. */
+        /* No publishing connection: the held events wait (releasing them
+         * would start this fill again, without end), and the fill is
+         * asked again once it is back (on_quiet_tick). */
         ch->catch_up = true;
-        release_held(rb, ch);
         return;
     }
     free(stream);

@@ -299,6 +299,31 @@ describe("#cluster gaps", function()
     sb:close()
   end)
 
+  it("a gap seen while the node's publishing connection is down is filled once it is back (the node keeps serving)", function()
+    local sb = b:stream("/s?ch=w")
+    settle()
+    assert.equal(202, a:post("/pub/w", "one").status)
+    local one = assert(sb:next(5))
+    local pub = assert(raw.eventually(function() return r:client_id("sluice-pub-" .. b.pid) end, 5),
+                       "node B's publishing connection is not named")
+    -- An event in the stream whose live message is lost, then a live
+    -- message after it, sent while node B has no publishing connection
+    -- (it reconnects 0.1 s later): the fill must wait for it.
+    local id = inject("w", one.id, "missed")
+    local id2 = ("%.0f"):format(tonumber(id) + 1)
+    r:cli(("XADD %sch:w %s-0 prev %s event - data next"):format(p, id2, id))
+    r:cli(("HSET %slast w %s"):format(p, id2))
+    r:cli(("SET %sseq %s"):format(p, id2))
+    server.sh(("redis-cli -h 127.0.0.1 -p %d CLIENT KILL ID %s >/dev/null; " ..
+               "printf '%s\n%s\n-\nnext' | redis-cli -h 127.0.0.1 -p %d -x PUBLISH %slive:w >/dev/null")
+              :format(r.port, pub, id2, id, r.port, p))
+    assert.same({ "missed", "next" }, collect(sb, { { "missed", "x" }, { "next", "x" } }, 5, "node B"))
+    assert.equal(202, a:post("/pub/w", "after").status)
+    assert.equal("after", assert(sb:next(5), "nothing after the gap").data)
+    assert.truthy(server.alive(b.pid), "node B died")
+    sb:close()
+  end)
+
   it("a quiet channel: an event written to Redis with no live message and nothing after it arrives within the check period", function()
     local sb = b:stream("/s?ch=q")
     settle()
