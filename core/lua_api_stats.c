@@ -99,7 +99,7 @@ int l_stats(lua_State *L)
     if (w->proc && w->proc->redis) {
         struct redis_bus_stats rs;
         redis_bus_stats(w->proc->redis, &rs);
-        lua_createtable(L, 0, 11);
+        lua_createtable(L, 0, 12);
         set_int(L, "queued", (double)rs.queued);
         set_int(L, "in_flight", (double)rs.in_flight);
         set_int(L, "lost_in_flight", (double)rs.lost_in_flight);
@@ -111,6 +111,7 @@ int l_stats(lua_State *L)
         set_int(L, "probe_failures", (double)rs.probe_failures);
         set_int(L, "command_timeouts", (double)rs.command_timeouts);
         set_int(L, "reachable", rs.reachable ? 1 : 0);
+        set_int(L, "channels", (double)rs.channels);
         lua_setfield(L, -2, "redis");
     }
     /* As a string: JSON encoders round big numbers. */

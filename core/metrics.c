@@ -575,6 +575,9 @@ static void render_redis(struct process *p, struct buf *b)
                rs.reconnects_publish);
     buf_printf(b, "sluice_redis_reconnects_total{connection=\"subscriber\"} %" PRIu64 "\n",
                rs.reconnects_subscriber);
+    one(b, "redis_channels", "gauge",
+        "Channels this node follows in Redis (records held, unsubscribes in flight included).",
+        (double)rs.channels);
     one(b, "redis_probe_failures_total", "counter",
         "Subscriber connections dropped as wedged (the probe did not come back).",
         (double)rs.probe_failures);

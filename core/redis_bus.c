@@ -155,6 +155,7 @@ struct rchan {
     bool wanted;                  /* subscribers on this node */
     bool subscribed;              /* on the current subscriber connection */
     unsigned sub_pending;         /* SUBSCRIBEs sent and not yet confirmed */
+    unsigned unsub_pending;       /* UNSUBSCRIBEs sent and not yet confirmed */
     bool catch_up;                /* fill from last_seen once subscribed */
     bool filling;                 /* an XRANGE in flight: live ones are held */
     uint64_t last_seen;           /* 0: none yet since subscribing */
@@ -241,6 +242,7 @@ struct redis_bus {
         uint64_t lost, gaps_filled, quiet_fills, history_lost;
         uint64_t connects[2];     /* publish, subscriber: the first is no reconnect */
         uint64_t probe_failures, command_timeouts, in_flight;
+        uint64_t chans;           /* records in chans */
     } st;
 };
 
@@ -349,6 +351,33 @@ static void set_available(struct redis_bus *rb)
 
 static void connect_now(struct rconn *c);
 
+static void free_held(struct rchan *ch)
+{
+    struct held *h = ch->held;
+    while (h) {
+        struct held *next = h->next;
+        free(h);
+        h = next;
+    }
+    ch->held = NULL;
+    ch->held_tail = &ch->held;
+}
+
+/* A channel no longer followed goes once Redis confirmed what was asked
+ * for it and no fill of it is in flight (their answers find it by
+ * pointer or by name): a node that saw a million channels in its life
+ * does not keep a million records. True if it went. */
+static bool maybe_free(struct redis_bus *rb, struct rchan *ch)
+{
+    if (ch->wanted || ch->sub_pending || ch->unsub_pending || ch->filling)
+        return false;
+    HASH_DEL(rb->chans, ch);
+    free_held(ch);
+    free(ch);
+    st_add(&rb->st.chans, (uint64_t)-1);
+    return true;
+}
+
 static void on_down(struct rconn *c)
 {
     struct redis_bus *rb = c->rb;
@@ -360,6 +389,9 @@ static void on_down(struct rconn *c)
         HASH_ITER(hh, rb->chans, ch, tmp) {
             ch->subscribed = false;
             ch->sub_pending = 0;
+            ch->unsub_pending = 0;
+            if (maybe_free(rb, ch))
+                continue;
             /* A fill in flight goes on: it is read on the publishing
              * connection, and on_filled says when it ends either way. */
             if (ch->last_seen)
@@ -781,6 +813,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
         /* The publishing connection went: the held ones stay held, and
          * the fill is asked again once it is back (on_quiet_tick). */
         ch->catch_up = true;
+        maybe_free(c->rb, ch);
         return;
     }
     struct redis_bus *rb = c->rb;
@@ -844,6 +877,8 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
             st_add(&rb->st.quiet_fills, 1);
     }
     release_held(rb, ch);
+    if (!ch->filling)
+        maybe_free(rb, ch);
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch)
@@ -914,6 +949,11 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
             ch->catch_up = false;
             start_fill(rb, ch);   /* what it missed while not subscribed */
         }
+        maybe_free(rb, ch);
+    } else if (strcmp(kind, "unsubscribe") == 0) {
+        if (ch->unsub_pending)
+            ch->unsub_pending--;
+        maybe_free(rb, ch);
     } else if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
         on_live_payload(rb, ch, reply->element[2]->str, reply->element[2]->len);
     }
@@ -945,8 +985,11 @@ static void unsubscribe_chan(struct redis_bus *rb, struct rchan *ch)
         return;
     const char *argv[] = { "UNSUBSCRIBE", live };
     size_t lens[] = { 11, strlen(live) };
+    /* Its confirmation comes to the channel's SUBSCRIBE callback. */
     if (redisAsyncCommandArgv(rb->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
         log_warn("redis: cannot unsubscribe from %s", live);
+    else
+        ch->unsub_pending++;
     free(live);
 }
 
@@ -965,6 +1008,7 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
         ch->name_len = chg->len;
         ch->held_tail = &ch->held;
         HASH_ADD_KEYPTR(hh, rb->chans, ch->name, ch->name_len, ch);
+        st_add(&rb->st.chans, 1);
     }
     if (chg->first && !ch->wanted) {
         ch->wanted = true;
@@ -975,7 +1019,11 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
         ch->wanted = false;
         ch->last_seen = 0;
         ch->catch_up = false;
+        ch->quiet_mark = 0;
+        if (!ch->filling)
+            free_held(ch);   /* nobody here wants them (a fill releases its own) */
         unsubscribe_chan(rb, ch);
+        maybe_free(rb, ch);
     }
 }
 
@@ -1575,6 +1623,7 @@ void redis_bus_stats(struct redis_bus *rb, struct redis_bus_stats *out)
     out->reconnects_subscriber = cs ? cs - 1 : 0;
     out->probe_failures = st_get(&rb->st.probe_failures);
     out->command_timeouts = st_get(&rb->st.command_timeouts);
+    out->channels = st_get(&rb->st.chans);
     out->reachable = redis_bus_reachable(rb);
 }
 

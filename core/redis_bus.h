@@ -44,6 +44,7 @@ struct redis_bus_stats {
     uint64_t reconnects_publish, reconnects_subscriber;
     uint64_t probe_failures;      /* subscriber connection dropped as wedged */
     uint64_t command_timeouts;    /* publish connection dropped: no answer */
+    uint64_t channels;            /* channel records held (followed, or going) */
     bool reachable;
 };
 
