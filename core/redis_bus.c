@@ -645,6 +645,7 @@ static void lost_everything(struct redis_bus *rb)
         st_add(&rb->st.history_lost, 1);
         /* New ids follow no id of the old data set: start afresh. */
         ch->last_seen = 0;
+        ch->quiet_mark = 0;
         ch->catch_up = false;
     }
 }
@@ -867,6 +868,17 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
                 lost = true;
             }
             ch->last_seen = h->prev;
+        } else if (!h && quiet && ch->last_seen && ch->quiet_mark > ch->last_seen) {
+            /* The quiet check saw a last id the stream does not reach:
+             * those events are gone (else it would read again and again). */
+            if (!lost) {
+                log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
+                         "history; its streams get history-lost", (int)ch->name_len,
+                         ch->name, ch->last_seen);
+                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+                lost = true;
+            }
+            ch->last_seen = ch->quiet_mark;
         }
     }
     if (lost)

@@ -205,6 +205,31 @@ describe("#cluster Redis killed and started again with its data", function()
   end)
 end)
 
+describe("#cluster Redis killed while publishes are on their way", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  -- Fails on this branch: a publish answered 202 is only queued, and the
+  -- ones still queued or unanswered when Redis dies are lost (counted in
+  -- lost_in_flight, logged once). Turn this into an it() once a publish in
+  -- a plain handler waits for Redis's answer (branch c-pubid): then a 202
+  -- means published, and the kill can only give 503s.
+  pending("every publish answered 202 before the kill is delivered after Redis is back with its data", function()
+    local r = redis.start { persist = true }
+    local a = node(r, "m")
+    local s = a:stream("/s?ch=m")
+    settle()
+    assert.equal(202, a:post("/burst/m?n=2000&tag=x").status)
+    r:kill()
+    r:start()
+    local evs = s:events_until(2000, 15)
+    assert.equal(2000, #evs)
+    a:stop()
+    r:stop()
+  end)
+end)
+
 describe("#cluster gaps", function()
   if not redis.available() then
     pending("redis-server is not installed (make deps)")
@@ -335,6 +360,24 @@ describe("#cluster gaps", function()
     assert.equal("quiet", ev.data)
     assert.equal(id, ev.id)
     assert.is_nil(sb:next(0.5), "it came twice")
+    sb:close()
+  end)
+
+  it("a quiet channel that keeps no history: a last id beyond what came live gives the reset event (history-lost) within the check period", function()
+    local sb = b:stream("/s?ch=none.q")
+    settle()
+    assert.equal(202, a:post("/pub/none.q", "one").status)
+    local one = assert(sb:next(5))
+    local id = ("%.0f"):format(tonumber(one.id) + 1)
+    r:cli(("HSET %slast none.q %s"):format(p, id))
+    r:cli(("SET %sseq %s"):format(p, id))
+    local reset = sb:next(5)
+    assert.truthy(reset, "no reset for an event gone without a trace")
+    assert.equal("sluice-reset", reset.event)
+    assert.equal("history-lost", cjson.decode(reset.data).reason)
+    assert.is_nil(sb:next(2.5), "the reset came again")
+    assert.equal(202, a:post("/pub/none.q", "two").status)
+    assert.equal("two", assert(sb:next(5)).data)
     sb:close()
   end)
 end)
