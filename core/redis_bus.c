@@ -158,7 +158,14 @@ struct rchan {
     unsigned unsub_pending;       /* UNSUBSCRIBEs sent and not yet confirmed */
     bool catch_up;                /* fill from last_seen once subscribed */
     bool filling;                 /* an XRANGE in flight: live ones are held */
-    uint64_t last_seen;           /* 0: none yet since subscribing */
+    uint64_t last_seen;           /* the last id delivered here, if known */
+    bool known;                   /* last_seen holds (0: nothing before it) */
+    /* Redis's last id of the channel read just after subscribing: a live
+     * message after it that does not follow it is a gap even before this
+     * node delivered anything (else the first events of a channel could
+     * go in silence, e.g. with the subscriber connection lost). */
+    bool based;
+    uint64_t base;
     uint64_t quiet_mark;          /* Redis's last id at the last check, if beyond last_seen */
     bool quiet_fill;              /* the fill in flight was started by the quiet check */
     struct held *held, **held_tail;
@@ -394,7 +401,11 @@ static void on_down(struct rconn *c)
                 continue;
             /* A fill in flight goes on: it is read on the publishing
              * connection, and on_filled says when it ends either way. */
-            if (ch->last_seen)
+            if (!ch->known && ch->based) {
+                ch->known = true;
+                ch->last_seen = ch->base;
+            }
+            if (ch->known)
                 ch->catch_up = true;
         }
     } else {
@@ -645,6 +656,7 @@ static void lost_everything(struct redis_bus *rb)
         st_add(&rb->st.history_lost, 1);
         /* New ids follow no id of the old data set: start afresh. */
         ch->last_seen = 0;
+        ch->known = ch->based = false;
         ch->quiet_mark = 0;
         ch->catch_up = false;
     }
@@ -739,11 +751,13 @@ static void deliver(struct redis_bus *rb, struct rchan *ch, uint64_t id,
                     has_event ? event_len - 1 : 0, data, data_len) < 0)
         log_warn("redis: out of memory delivering event %" PRIu64, id);
     ch->last_seen = id;
+    ch->known = true;
     if (id > rb->max_seen)
         rb->max_seen = id;
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch);
+static void send_quiet(struct redis_bus *rb, struct rchan **chans, int n);
 
 static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event,
                  size_t event_len, const char *data, size_t data_len)
@@ -767,13 +781,17 @@ static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event
 static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_t prev,
                     const char *event, size_t event_len, const char *data, size_t data_len)
 {
-    if (!ch->wanted || (ch->last_seen && id <= ch->last_seen))
+    if (!ch->known && ch->based && id > ch->base) {
+        ch->known = true;   /* what came before the base is not owed here */
+        ch->last_seen = ch->base;
+    }
+    if (!ch->wanted || (ch->known && id <= ch->last_seen))
         return;   /* not ours any more, or had it already (from a fill) */
     if (ch->filling) {
         hold(ch, id, prev, event, event_len, data, data_len);
         return;
     }
-    if (ch->last_seen && prev != ch->last_seen) {   /* missed one: fill first */
+    if (ch->known && prev != ch->last_seen) {   /* missed one: fill first */
         hold(ch, id, prev, event, event_len, data, data_len);
         start_fill(rb, ch);
         return;
@@ -841,7 +859,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
                 continue;
             if (id <= ch->last_seen)
                 continue;
-            if (!gap_told && ch->last_seen && prev > ch->last_seen) {
+            if (!gap_told && ch->known && prev > ch->last_seen) {
                 /* Trimmed away before it could be read: said, not skipped
                  * over in silence (the notice goes before these events). */
                 log_warn("redis: events of %.*s after %" PRIu64 " are gone from "
@@ -859,7 +877,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
          * said, and the held ones go out after it (else the fill would be
          * asked again and again). */
         struct held *h = ch->held;
-        if (h && ch->last_seen && h->prev > ch->last_seen && h->id > ch->last_seen) {
+        if (h && ch->known && h->prev > ch->last_seen && h->id > ch->last_seen) {
             if (!gap_told) {
                 log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
                          "history; its streams get history-lost", (int)ch->name_len,
@@ -868,7 +886,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
                 lost = true;
             }
             ch->last_seen = h->prev;
-        } else if (!h && quiet && ch->last_seen && ch->quiet_mark > ch->last_seen) {
+        } else if (!h && quiet && ch->known && ch->quiet_mark > ch->last_seen) {
             /* The quiet check saw a last id the stream does not reach:
              * those events are gone (else it would read again and again). */
             if (!lost) {
@@ -957,10 +975,12 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
         ch->subscribed = ch->wanted && ch->sub_pending == 0;
         if (ch->subscribed)
             try_resumes(rb);
-        if (ch->catch_up && ch->wanted && ch->last_seen && !ch->filling) {
+        if (ch->catch_up && ch->wanted && ch->known && !ch->filling) {
             ch->catch_up = false;
             start_fill(rb, ch);   /* what it missed while not subscribed */
         }
+        if (ch->subscribed && !ch->known && !ch->based && rb->pub.up && rb->pub.ac)
+            send_quiet(rb, &ch, 1);   /* its base */
         maybe_free(rb, ch);
     } else if (strcmp(kind, "unsubscribe") == 0) {
         if (ch->unsub_pending)
@@ -1030,6 +1050,7 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
          * their Last-Event-ID): nothing of the past is owed to them. */
         ch->wanted = false;
         ch->last_seen = 0;
+        ch->known = ch->based = false;
         ch->catch_up = false;
         ch->quiet_mark = 0;
         if (!ch->filling)
@@ -1468,19 +1489,27 @@ static void on_quiet(redisAsyncContext *ac, void *r, void *priv)
     }
     for (int i = 0; i < req->n; i++) {
         struct rchan *ch = find_chan(rb, req->names[i], req->lens[i]);
-        uint64_t last = 0;
-        if (!ch || !ch->wanted || !ch->subscribed || !ch->last_seen ||
-            reply->element[i]->type != REDIS_REPLY_STRING ||
-            !parse_u64(reply->element[i]->str, reply->element[i]->len, &last))
+        const redisReply *e = reply->element[i];
+        uint64_t last = 0;   /* none yet: nil */
+        if (!ch || !ch->wanted || !ch->subscribed ||
+            (e->type != REDIS_REPLY_NIL &&
+             (e->type != REDIS_REPLY_STRING || !parse_u64(e->str, e->len, &last))))
             continue;
-        if (ch->quiet_mark && ch->last_seen < ch->quiet_mark && !ch->filling) {
+        if (!ch->known && !ch->based) {
+            ch->based = true;
+            ch->base = last;
+            continue;
+        }
+        uint64_t seen = ch->known ? ch->last_seen : ch->base;
+        if (ch->quiet_mark && seen < ch->quiet_mark && !ch->filling) {
             log_warn("redis: %.*s has events after %" PRIu64 " that never came live; "
-                     "reading them from its history", (int)ch->name_len, ch->name,
-                     ch->last_seen);
+                     "reading them from its history", (int)ch->name_len, ch->name, seen);
+            ch->known = true;
+            ch->last_seen = seen;
             ch->quiet_fill = true;
             start_fill(rb, ch);
         }
-        ch->quiet_mark = last > ch->last_seen ? last : 0;
+        ch->quiet_mark = last > seen ? last : 0;
     }
     free(req);
 }
@@ -1537,9 +1566,9 @@ static void on_quiet_tick(struct ev_loop *loop, ev_timer *t, int revents)
     int n = 0;
     struct rchan *ch, *tmp;
     HASH_ITER(hh, rb->chans, ch, tmp) {
-        if (!ch->wanted || !ch->subscribed || !ch->last_seen)
+        if (!ch->wanted || !ch->subscribed)
             continue;
-        if (ch->catch_up && !ch->filling) {
+        if (ch->catch_up && ch->known && !ch->filling) {
             ch->catch_up = false;
             start_fill(rb, ch);
         }

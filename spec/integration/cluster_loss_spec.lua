@@ -141,6 +141,43 @@ describe("#cluster node B's subscriber connection killed in Redis", function()
   end)
 end)
 
+describe("#cluster a new channel's first events while node B's subscriber connection is lost", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, a, b
+  setup(function()
+    r = redis.start()
+    a = node(r, "n")
+    b = node(r, "n")
+  end)
+  teardown(function()
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  it("are caught up from history though the stream had received nothing yet", function()
+    for i = 1, 3 do
+      local ch = "n" .. i
+      local sb = b:stream("/s?ch=" .. ch)
+      settle()
+      local id = assert(raw.eventually(function() return r:client_id("sluice-sub-" .. b.pid) end, 5),
+                        "node B's subscriber connection is not named")
+      assert.equal("1", r:cli("CLIENT KILL ID " .. id))
+      assert.equal(202, a:post("/pub/" .. ch, "first").status)
+      local ev, err = sb:next(5)
+      assert.truthy(ev, ch .. ": the event published while the connection was lost never came (" ..
+                    tostring(err) .. ")")
+      assert.equal("first", ev.data)
+      assert.equal(202, a:post("/pub/" .. ch, "second").status)
+      assert.equal("second", assert(sb:next(5)).data)
+      sb:close()
+    end
+  end)
+end)
+
 describe("#cluster Redis killed and started again with its data", function()
   if not redis.available() then
     pending("redis-server is not installed (make deps)")
