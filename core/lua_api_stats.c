@@ -14,6 +14,7 @@
 #include "luavm.h"
 #include "metrics.h"
 #include "process.h"
+#include "redis_bus.h"
 #include "worker.h"
 
 static void set_int(lua_State *L, const char *k, double v)
@@ -94,6 +95,25 @@ int l_stats(lua_State *L)
     /* This worker's state: each worker has its own, capped on its own. */
     set_int(L, "lua_memory", (double)luavm_memory(vm));
     set_int(L, "worker", (double)w->id);
+    /* Cluster mode: the connection to Redis as an operator watches it. */
+    if (w->proc && w->proc->redis) {
+        struct redis_bus_stats rs;
+        redis_bus_stats(w->proc->redis, &rs);
+        lua_createtable(L, 0, 12);
+        set_int(L, "queued", (double)rs.queued);
+        set_int(L, "in_flight", (double)rs.in_flight);
+        set_int(L, "lost_in_flight", (double)rs.lost_in_flight);
+        set_int(L, "gaps_filled", (double)rs.gaps_filled);
+        set_int(L, "quiet_fills", (double)rs.quiet_fills);
+        set_int(L, "history_lost", (double)rs.history_lost);
+        set_int(L, "reconnects_publish", (double)rs.reconnects_publish);
+        set_int(L, "reconnects_subscriber", (double)rs.reconnects_subscriber);
+        set_int(L, "probe_failures", (double)rs.probe_failures);
+        set_int(L, "command_timeouts", (double)rs.command_timeouts);
+        set_int(L, "reachable", rs.reachable ? 1 : 0);
+        set_int(L, "channels", (double)rs.channels);
+        lua_setfield(L, -2, "redis");
+    }
     /* As a string: JSON encoders round big numbers. */
     char id[24];
     snprintf(id, sizeof id, "%" PRIu64, channels_last_id(w->channels));

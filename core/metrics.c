@@ -13,6 +13,7 @@
 #include "config.h"
 #include "process.h"
 #include "quota.h"
+#include "redis_bus.h"
 #include "tags.h"
 #include "worker.h"
 
@@ -546,6 +547,45 @@ static void render_admin(struct process *p, struct buf *b, const struct totals *
         (double)access_log_lost());
 }
 
+/* Cluster mode only: the node's connections to Redis. */
+static void render_redis(struct process *p, struct buf *b)
+{
+    struct redis_bus_stats rs;
+    redis_bus_stats(p->redis, &rs);
+    one(b, "redis_up", "gauge", "1 while the node's publishing connection to Redis is up.",
+        rs.reachable ? 1 : 0);
+    one(b, "redis_queued", "gauge",
+        "Publishes queued for Redis, not yet sent (at most 100000).", (double)rs.queued);
+    one(b, "redis_in_flight", "gauge", "Commands sent to Redis and not yet answered.",
+        (double)rs.in_flight);
+    one(b, "redis_lost_in_flight_total", "counter",
+        "Publishes taken (202) whose connection to Redis went before Redis answered.",
+        (double)rs.lost_in_flight);
+    one(b, "redis_gaps_filled_total", "counter",
+        "Missed live events read back from a channel's history in Redis.",
+        (double)rs.gaps_filled);
+    one(b, "redis_quiet_fills_total", "counter",
+        "Of those, found by the periodic check of quiet channels' last ids.",
+        (double)rs.quiet_fills);
+    one(b, "redis_history_lost_total", "counter",
+        "history-lost reset notices (per channel): events gone from Redis before read.",
+        (double)rs.history_lost);
+    head(b, "redis_reconnects_total", "counter", "Connections to Redis made again, by connection.");
+    buf_printf(b, "sluice_redis_reconnects_total{connection=\"publish\"} %" PRIu64 "\n",
+               rs.reconnects_publish);
+    buf_printf(b, "sluice_redis_reconnects_total{connection=\"subscriber\"} %" PRIu64 "\n",
+               rs.reconnects_subscriber);
+    one(b, "redis_channels", "gauge",
+        "Channels this node follows in Redis (records held, unsubscribes in flight included).",
+        (double)rs.channels);
+    one(b, "redis_probe_failures_total", "counter",
+        "Subscriber connections dropped as wedged (the probe did not come back).",
+        (double)rs.probe_failures);
+    one(b, "redis_command_timeouts_total", "counter",
+        "Publishing connections dropped for a command unanswered 5 s.",
+        (double)rs.command_timeouts);
+}
+
 void metrics_render(struct process *p, struct buf *b)
 {
     struct totals *t = malloc(sizeof *t);
@@ -626,6 +666,8 @@ void metrics_render(struct process *p, struct buf *b)
     one(b, "up_seconds", "gauge", "Seconds since the process started.",
         clock_mono() - p->started);
     render_admin(p, b, t);
+    if (p->redis)
+        render_redis(p, b);
 
     if (per_worker && per_worker[0].out.histograms) {
         head(b, "publish_to_written_seconds", "histogram",

@@ -124,6 +124,14 @@ bool redis_bus_timers_active(void)
  * the connection is wedged (it may look healthy) and is dropped. */
 #define PROBE_EVERY 1.0
 #define PROBE_TIMEOUT 3.5
+/* Every QUIET_EVERY the last id of every channel followed here is read
+ * (HMGET on <prefix>last, QUIET_BATCH names a command): a channel whose
+ * last id in Redis was already beyond what this node delivered at the
+ * previous check has lost a live message and nothing came after it to
+ * tell, so it is filled from its history. Two checks apart: a live
+ * message still on its way when the first answer came is no gap. */
+#define QUIET_EVERY 1.0
+#define QUIET_BATCH 512
 
 struct pub_req {
     struct pub_req *next;
@@ -151,9 +159,19 @@ struct rchan {
     bool wanted;                  /* subscribers on this node */
     bool subscribed;              /* on the current subscriber connection */
     unsigned sub_pending;         /* SUBSCRIBEs sent and not yet confirmed */
+    unsigned unsub_pending;       /* UNSUBSCRIBEs sent and not yet confirmed */
     bool catch_up;                /* fill from last_seen once subscribed */
     bool filling;                 /* an XRANGE in flight: live ones are held */
-    uint64_t last_seen;           /* 0: none yet since subscribing */
+    uint64_t last_seen;           /* the last id delivered here, if known */
+    bool known;                   /* last_seen holds (0: nothing before it) */
+    /* Redis's last id of the channel read just after subscribing: a live
+     * message after it that does not follow it is a gap even before this
+     * node delivered anything (else the first events of a channel could
+     * go in silence, e.g. with the subscriber connection lost). */
+    bool based;
+    uint64_t base;
+    uint64_t quiet_mark;          /* Redis's last id at the last check, if beyond last_seen */
+    bool quiet_fill;              /* the fill in flight was started by the quiet check */
     struct held *held, **held_tail;
     size_t name_len;
     char name[];
@@ -226,7 +244,36 @@ struct redis_bus {
     bool lease_in_flight;
     double lease_sent_at, lease_ok_at;   /* lease_ok_at 0: not ours */
     uint64_t max_seen;            /* highest id this node got from Redis */
+    ev_timer quiet_tick;
+    unsigned quiet_in_flight;     /* HMGETs of the quiet check not answered */
+    /* For redis_bus_stats: written on the main loop with relaxed atomics,
+     * read from any thread. */
+    struct {
+        uint64_t lost_folded;     /* lost_in_flight of connections gone */
+        uint64_t lost, gaps_filled, quiet_fills, history_lost;
+        uint64_t connects[2];     /* publish, subscriber: the first is no reconnect */
+        uint64_t probe_failures, command_timeouts, in_flight;
+        uint64_t chans;           /* records in chans */
+    } st;
 };
+
+static void st_add(uint64_t *c, uint64_t n)
+{
+    __atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
+static uint64_t st_get(const uint64_t *c)
+{
+    return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
+
+/* lost_in_flight is the publish path's own (reset once logged): what the
+ * stats show is what was folded plus what it holds now. */
+static void st_sync(struct redis_bus *rb)
+{
+    __atomic_store_n(&rb->st.lost, rb->st.lost_folded + rb->lost_in_flight, __ATOMIC_RELAXED);
+    __atomic_store_n(&rb->st.in_flight, rb->pub.inflight + rb->sub.inflight, __ATOMIC_RELAXED);
+}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -315,6 +362,33 @@ static void set_available(struct redis_bus *rb)
 
 static void connect_now(struct rconn *c);
 
+static void free_held(struct rchan *ch)
+{
+    struct held *h = ch->held;
+    while (h) {
+        struct held *next = h->next;
+        free(h);
+        h = next;
+    }
+    ch->held = NULL;
+    ch->held_tail = &ch->held;
+}
+
+/* A channel no longer followed goes once Redis confirmed what was asked
+ * for it and no fill of it is in flight (their answers find it by
+ * pointer or by name): a node that saw a million channels in its life
+ * does not keep a million records. True if it went. */
+static bool maybe_free(struct redis_bus *rb, struct rchan *ch)
+{
+    if (ch->wanted || ch->sub_pending || ch->unsub_pending || ch->filling)
+        return false;
+    HASH_DEL(rb->chans, ch);
+    free_held(ch);
+    free(ch);
+    st_add(&rb->st.chans, (uint64_t)-1);
+    return true;
+}
+
 static void on_down(struct rconn *c)
 {
     struct redis_bus *rb = c->rb;
@@ -326,8 +400,16 @@ static void on_down(struct rconn *c)
         HASH_ITER(hh, rb->chans, ch, tmp) {
             ch->subscribed = false;
             ch->sub_pending = 0;
-            ch->filling = false;   /* its reply is lost with the connection */
-            if (ch->last_seen)
+            ch->unsub_pending = 0;
+            if (maybe_free(rb, ch))
+                continue;
+            /* A fill in flight goes on: it is read on the publishing
+             * connection, and on_filled says when it ends either way. */
+            if (!ch->known && ch->based) {
+                ch->known = true;
+                ch->last_seen = ch->base;
+            }
+            if (ch->known)
                 ch->catch_up = true;
         }
     } else {
@@ -335,9 +417,12 @@ static void on_down(struct rconn *c)
         if (rb->lost_in_flight) {
             log_warn("redis: %" PRIu64 " publishes in flight got no answer",
                      rb->lost_in_flight);
+            rb->st.lost_folded += rb->lost_in_flight;
             rb->lost_in_flight = 0;
         }
+        rb->quiet_in_flight = 0;   /* their answers are lost with the connection */
     }
+    st_sync(rb);
     if (rb->closing)
         return;
     if (was_up)
@@ -361,6 +446,8 @@ static void drop(struct rconn *c)
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct rconn *c = ac->data;
+    if (status == REDIS_OK && c->ac == ac)
+        st_add(&c->rb->st.connects[c == &c->rb->sub], 1);
     if (status != REDIS_OK && c->ac == ac) {
         c->ac = NULL;   /* hiredis frees it */
         on_down(c);
@@ -413,6 +500,10 @@ static void connect_now(struct rconn *c)
     /* Pipelined behind the connect: a refused AUTH fails what follows. */
     if (rb->password)
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", rb->password);
+    /* Named, so an operator (and CLIENT KILL) can tell which node's
+     * connection is which in CLIENT LIST. */
+    redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME sluice-%s-%ld",
+                      c == &rb->pub ? "pub" : "sub", (long)getpid());
     if (c == &rb->pub) {
         if (rb->db)
             redisAsyncCommand(ac, NULL, NULL, "SELECT %d", rb->db);
@@ -591,8 +682,11 @@ static void lost_everything(struct redis_bus *rb)
         if (!ch->wanted)
             continue;
         bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+        st_add(&rb->st.history_lost, 1);
         /* New ids follow no id of the old data set: start afresh. */
         ch->last_seen = 0;
+        ch->known = ch->based = false;
+        ch->quiet_mark = 0;
         ch->catch_up = false;
     }
 }
@@ -689,11 +783,13 @@ static void deliver(struct redis_bus *rb, struct rchan *ch, uint64_t id,
                     has_event ? event_len - 1 : 0, data, data_len) < 0)
         log_warn("redis: out of memory delivering event %" PRIu64, id);
     ch->last_seen = id;
+    ch->known = true;
     if (id > rb->max_seen)
         rb->max_seen = id;
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch);
+static void send_quiet(struct redis_bus *rb, struct rchan **chans, int n);
 
 static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event,
                  size_t event_len, const char *data, size_t data_len)
@@ -717,13 +813,17 @@ static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event
 static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_t prev,
                     const char *event, size_t event_len, const char *data, size_t data_len)
 {
-    if (!ch->wanted || (ch->last_seen && id <= ch->last_seen))
+    if (!ch->known && ch->based && id > ch->base) {
+        ch->known = true;   /* what came before the base is not owed here */
+        ch->last_seen = ch->base;
+    }
+    if (!ch->wanted || (ch->known && id <= ch->last_seen))
         return;   /* not ours any more, or had it already (from a fill) */
     if (ch->filling) {
         hold(ch, id, prev, event, event_len, data, data_len);
         return;
     }
-    if (ch->last_seen && prev != ch->last_seen) {   /* missed one: fill first */
+    if (ch->known && prev != ch->last_seen) {   /* missed one: fill first */
         hold(ch, id, prev, event, event_len, data, data_len);
         start_fill(rb, ch);
         return;
@@ -759,13 +859,20 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
     struct rchan *ch = priv;
     redisReply *reply = r;
     struct rconn *c = ac->data;
-    if (!reply || c->ac != ac)
-        return;   /* on_down cleared filling; catch_up redoes it */
+    ch->filling = false;
+    if (!reply || c->ac != ac) {
+        /* The publishing connection went: the held ones stay held, and
+         * the fill is asked again once it is back (on_quiet_tick). */
+        ch->catch_up = true;
+        maybe_free(c->rb, ch);
+        return;
+    }
     struct redis_bus *rb = c->rb;
     c->inflight--;
     c->last_reply = clock_mono();
-    ch->filling = false;
-    bool gap_told = false;
+    bool gap_told = false, lost = false, quiet = ch->quiet_fill;
+    size_t got = 0;
+    ch->quiet_fill = false;
     if (reply->type != REDIS_REPLY_ARRAY) {
         log_warn("redis: cannot read the history of %.*s: %s", (int)ch->name_len,
                  ch->name, reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
@@ -784,15 +891,17 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
                 continue;
             if (id <= ch->last_seen)
                 continue;
-            if (!gap_told && ch->last_seen && prev > ch->last_seen) {
+            if (!gap_told && ch->known && prev > ch->last_seen) {
                 /* Trimmed away before it could be read: said, not skipped
                  * over in silence (the notice goes before these events). */
                 log_warn("redis: events of %.*s after %" PRIu64 " are gone from "
                          "its history; its streams get history-lost",
                          (int)ch->name_len, ch->name, ch->last_seen);
                 bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+                lost = true;
             }
             gap_told = true;
+            got++;
             deliver(rb, ch, id, ev->str, ev->len, data->str, data->len);
         }
         /* Nothing in the stream leads to the first held one (trimmed, or
@@ -800,17 +909,38 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
          * said, and the held ones go out after it (else the fill would be
          * asked again and again). */
         struct held *h = ch->held;
-        if (h && ch->last_seen && h->prev > ch->last_seen && h->id > ch->last_seen) {
+        if (h && ch->known && h->prev > ch->last_seen && h->id > ch->last_seen) {
             if (!gap_told) {
                 log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
                          "history; its streams get history-lost", (int)ch->name_len,
                          ch->name, ch->last_seen);
                 bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+                lost = true;
             }
             ch->last_seen = h->prev;
+        } else if (!h && quiet && ch->known && ch->quiet_mark > ch->last_seen) {
+            /* The quiet check saw a last id the stream does not reach:
+             * those events are gone (else it would read again and again). */
+            if (!lost) {
+                log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
+                         "history; its streams get history-lost", (int)ch->name_len,
+                         ch->name, ch->last_seen);
+                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+                lost = true;
+            }
+            ch->last_seen = ch->quiet_mark;
         }
     }
+    if (lost)
+        st_add(&rb->st.history_lost, 1);
+    else if (got) {
+        st_add(&rb->st.gaps_filled, 1);
+        if (quiet)
+            st_add(&rb->st.quiet_fills, 1);
+    }
     release_held(rb, ch);
+    if (!ch->filling)
+        maybe_free(rb, ch);
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch)
@@ -822,10 +952,10 @@ static void start_fill(struct redis_bus *rb, struct rchan *ch)
         redisAsyncCommand(rb->pub.ac, on_filled, ch, "XRANGE %s %s +", stream, from) !=
             REDIS_OK) {
         free(stream);
-        /* Redis is away: the held events go out as they are, and the
-         * fill is tried again when the subscriber connection comes back. */
+        /* No publishing connection: the held events wait (releasing them
+         * would start this fill again, without end), and the fill is
+         * asked again once it is back (on_quiet_tick). */
         ch->catch_up = true;
-        release_held(rb, ch);
         return;
     }
     free(stream);
@@ -877,10 +1007,17 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
         ch->subscribed = ch->wanted && ch->sub_pending == 0;
         if (ch->subscribed)
             try_resumes(rb);
-        if (ch->catch_up && ch->wanted && ch->last_seen && !ch->filling) {
+        if (ch->catch_up && ch->wanted && ch->known && !ch->filling) {
             ch->catch_up = false;
             start_fill(rb, ch);   /* what it missed while not subscribed */
         }
+        if (ch->subscribed && !ch->known && !ch->based && rb->pub.up && rb->pub.ac)
+            send_quiet(rb, &ch, 1);   /* its base */
+        maybe_free(rb, ch);
+    } else if (strcmp(kind, "unsubscribe") == 0) {
+        if (ch->unsub_pending)
+            ch->unsub_pending--;
+        maybe_free(rb, ch);
     } else if (strcmp(kind, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
         on_live_payload(rb, ch, reply->element[2]->str, reply->element[2]->len);
     }
@@ -912,8 +1049,11 @@ static void unsubscribe_chan(struct redis_bus *rb, struct rchan *ch)
         return;
     const char *argv[] = { "UNSUBSCRIBE", live };
     size_t lens[] = { 11, strlen(live) };
+    /* Its confirmation comes to the channel's SUBSCRIBE callback. */
     if (redisAsyncCommandArgv(rb->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
         log_warn("redis: cannot unsubscribe from %s", live);
+    else
+        ch->unsub_pending++;
     free(live);
 }
 
@@ -932,6 +1072,7 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
         ch->name_len = chg->len;
         ch->held_tail = &ch->held;
         HASH_ADD_KEYPTR(hh, rb->chans, ch->name, ch->name_len, ch);
+        st_add(&rb->st.chans, 1);
     }
     if (chg->first && !ch->wanted) {
         ch->wanted = true;
@@ -941,8 +1082,13 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
          * their Last-Event-ID): nothing of the past is owed to them. */
         ch->wanted = false;
         ch->last_seen = 0;
+        ch->known = ch->based = false;
         ch->catch_up = false;
+        ch->quiet_mark = 0;
+        if (!ch->filling)
+            free_held(ch);   /* nobody here wants them (a fill releases its own) */
         unsubscribe_chan(rb, ch);
+        maybe_free(rb, ch);
     }
 }
 
@@ -1323,11 +1469,13 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
     double now = clock_mono();
     if (rb->pub.ac && rb->pub.inflight && now - rb->pub.last_reply > COMMAND_TIMEOUT) {
         log_warn("redis: no answer for %.0f s; reconnecting", COMMAND_TIMEOUT);
+        st_add(&rb->st.command_timeouts, 1);
         drop(&rb->pub);
     }
     if (rb->sub.ac && rb->sub.up && rb->pub.up) {
         if (now - rb->probe_seen_at > PROBE_TIMEOUT) {
             log_warn("redis: the subscriber connection delivers nothing; reconnecting");
+            st_add(&rb->st.probe_failures, 1);
             drop(&rb->sub);
         } else if (rb->pub.ac) {
             const char *argv[] = { "PUBLISH", rb->probe_chan, "probe" };
@@ -1335,6 +1483,133 @@ static void on_tick(struct ev_loop *loop, ev_timer *t, int revents)
             redisAsyncCommandArgv(rb->pub.ac, NULL, NULL, 3, argv, lens);
         }
     }
+    st_sync(rb);
+}
+
+/* ---- quiet channels ---------------------------------------------------------- */
+
+/* One HMGET of the quiet check: the names it asked for, in order (looked
+ * up again on the answer: a channel may have gone meanwhile). */
+struct quiet_req {
+    struct redis_bus *rb;
+    int n;
+    size_t lens[QUIET_BATCH];
+    const char *names[QUIET_BATCH];
+    char bytes[];
+};
+
+static void on_quiet(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct quiet_req *req = priv;
+    struct redis_bus *rb = req->rb;
+    redisReply *reply = r;
+    if (!reply || rb->pub.ac != ac) {
+        free(req);   /* the connection went; on_down reset the count */
+        return;
+    }
+    rb->pub.inflight--;
+    rb->pub.last_reply = clock_mono();
+    if (rb->quiet_in_flight)
+        rb->quiet_in_flight--;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != (size_t)req->n) {
+        log_warn("redis: cannot read the channels' last ids: %s",
+                 reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
+        free(req);
+        return;
+    }
+    for (int i = 0; i < req->n; i++) {
+        struct rchan *ch = find_chan(rb, req->names[i], req->lens[i]);
+        const redisReply *e = reply->element[i];
+        uint64_t last = 0;   /* none yet: nil */
+        if (!ch || !ch->wanted || !ch->subscribed ||
+            (e->type != REDIS_REPLY_NIL &&
+             (e->type != REDIS_REPLY_STRING || !parse_u64(e->str, e->len, &last))))
+            continue;
+        if (!ch->known && !ch->based) {
+            ch->based = true;
+            ch->base = last;
+            continue;
+        }
+        uint64_t seen = ch->known ? ch->last_seen : ch->base;
+        if (ch->quiet_mark && seen < ch->quiet_mark && !ch->filling) {
+            log_warn("redis: %.*s has events after %" PRIu64 " that never came live; "
+                     "reading them from its history", (int)ch->name_len, ch->name, seen);
+            ch->known = true;
+            ch->last_seen = seen;
+            ch->quiet_fill = true;
+            start_fill(rb, ch);
+        }
+        ch->quiet_mark = last > seen ? last : 0;
+    }
+    free(req);
+}
+
+static void send_quiet(struct redis_bus *rb, struct rchan **chans, int n)
+{
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += chans[i]->name_len;
+    struct quiet_req *req = malloc(sizeof *req + total);
+    char *key = key_of(rb, "last", "", 0);
+    const char **argv = malloc(sizeof *argv * (size_t)(n + 2));
+    size_t *lens = malloc(sizeof *lens * (size_t)(n + 2));
+    if (!req || !key || !argv || !lens) {
+        free(req);
+        goto out;
+    }
+    req->rb = rb;
+    req->n = n;
+    argv[0] = "HMGET";
+    lens[0] = 5;
+    argv[1] = key;
+    lens[1] = strlen(key);
+    char *p = req->bytes;
+    for (int i = 0; i < n; i++) {
+        memcpy(p, chans[i]->name, chans[i]->name_len);
+        req->names[i] = argv[2 + i] = p;
+        req->lens[i] = lens[2 + i] = chans[i]->name_len;
+        p += chans[i]->name_len;
+    }
+    if (redisAsyncCommandArgv(rb->pub.ac, on_quiet, req, n + 2, argv, lens) != REDIS_OK) {
+        free(req);
+        goto out;
+    }
+    rb->pub.inflight++;
+    rb->quiet_in_flight++;
+out:
+    free(key);
+    free(argv);
+    free(lens);
+}
+
+/* Also retries a catch-up that found no publishing connection when the
+ * subscriber connection came back (it is otherwise redone only on the
+ * next reconnect or gap). */
+static void on_quiet_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct redis_bus *rb = t->data;
+    if (rb->quiet_in_flight || !rb->pub.up || !rb->pub.ac || !rb->sub.up)
+        return;
+    struct rchan *batch[QUIET_BATCH];
+    int n = 0;
+    struct rchan *ch, *tmp;
+    HASH_ITER(hh, rb->chans, ch, tmp) {
+        if (!ch->wanted || !ch->subscribed)
+            continue;
+        if (ch->catch_up && ch->known && !ch->filling) {
+            ch->catch_up = false;
+            start_fill(rb, ch);
+        }
+        batch[n++] = ch;
+        if (n == QUIET_BATCH) {
+            send_quiet(rb, batch, n);
+            n = 0;
+        }
+    }
+    if (n)
+        send_quiet(rb, batch, n);
 }
 
 struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
@@ -1369,6 +1644,9 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
     ev_timer_init(&rb->tick, on_tick, PROBE_EVERY, PROBE_EVERY);
     rb->tick.data = rb;
     ev_timer_start(loop, &rb->tick);
+    ev_timer_init(&rb->quiet_tick, on_quiet_tick, QUIET_EVERY, QUIET_EVERY);
+    rb->quiet_tick.data = rb;
+    ev_timer_start(loop, &rb->quiet_tick);
     snprintf(rb->node_id, sizeof rb->node_id, "%ld-%ld", (long)getpid(), (long)ts.tv_nsec);
     /* App timers wait for the lease. */
     __atomic_store_n(&timers_active, 0, __ATOMIC_RELEASE);
@@ -1398,6 +1676,28 @@ bool redis_bus_reachable(const struct redis_bus *rb)
     return !rb || __atomic_load_n(&rb->available, __ATOMIC_ACQUIRE) != 0;
 }
 
+void redis_bus_stats(struct redis_bus *rb, struct redis_bus_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!rb)
+        return;
+    pthread_mutex_lock(&rb->lock);
+    out->queued = rb->q_len;
+    pthread_mutex_unlock(&rb->lock);
+    out->in_flight = st_get(&rb->st.in_flight);
+    out->lost_in_flight = st_get(&rb->st.lost);
+    out->gaps_filled = st_get(&rb->st.gaps_filled);
+    out->quiet_fills = st_get(&rb->st.quiet_fills);
+    out->history_lost = st_get(&rb->st.history_lost);
+    uint64_t cp = st_get(&rb->st.connects[0]), cs = st_get(&rb->st.connects[1]);
+    out->reconnects_publish = cp ? cp - 1 : 0;
+    out->reconnects_subscriber = cs ? cs - 1 : 0;
+    out->probe_failures = st_get(&rb->st.probe_failures);
+    out->command_timeouts = st_get(&rb->st.command_timeouts);
+    out->channels = st_get(&rb->st.chans);
+    out->reachable = redis_bus_reachable(rb);
+}
+
 void redis_bus_free(struct redis_bus *rb)
 {
     if (!rb)
@@ -1406,6 +1706,7 @@ void redis_bus_free(struct redis_bus *rb)
     if (rb->loop) {
         ev_async_stop(rb->loop, &rb->kick);
         ev_timer_stop(rb->loop, &rb->tick);
+        ev_timer_stop(rb->loop, &rb->quiet_tick);
         ev_timer_stop(rb->loop, &rb->lease_tick);
         ev_timer_stop(rb->loop, &rb->pub.retry);
         ev_timer_stop(rb->loop, &rb->sub.retry);

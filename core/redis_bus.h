@@ -12,6 +12,7 @@
 
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 struct bus;
 struct redis_bus;
@@ -30,6 +31,25 @@ bool redis_bus_reachable(const struct redis_bus *rb);
  * cluster mode only while it holds the timer lease in Redis; true
  * without --redis. Any thread. */
 bool redis_bus_timers_active(void);
+
+/* What an operator watches in cluster mode (sluice.stats().redis and
+ * the sluice_redis_* metrics). Counters since start. */
+struct redis_bus_stats {
+    uint64_t queued;              /* publishes waiting for the main loop */
+    uint64_t in_flight;           /* commands sent to Redis, not answered */
+    uint64_t lost_in_flight;      /* publishes whose connection went first */
+    uint64_t gaps_filled;         /* gaps filled from a channel's history */
+    uint64_t quiet_fills;         /* of them, found by the quiet-channel check */
+    uint64_t history_lost;        /* history-lost notices, one per channel */
+    uint64_t reconnects_publish, reconnects_subscriber;
+    uint64_t probe_failures;      /* subscriber connection dropped as wedged */
+    uint64_t command_timeouts;    /* publish connection dropped: no answer */
+    uint64_t channels;            /* channel records held (followed, or going) */
+    bool reachable;
+};
+
+/* Any thread. */
+void redis_bus_stats(struct redis_bus *rb, struct redis_bus_stats *out);
 
 /* In loop's thread, after every worker has stopped. */
 void redis_bus_free(struct redis_bus *rb);

@@ -1,6 +1,8 @@
 -- A real redis-server for cluster specs: on 127.0.0.1 with a free port,
--- no persistence, in a temporary directory, stopped by the spec. No spec
--- depends on a Redis that is already running.
+-- in a temporary directory, stopped by the spec; no persistence unless
+-- asked (redis.start{ persist = true }: an append-only file synced on
+-- every write, so a SIGKILL loses nothing it answered). No spec depends
+-- on a Redis that is already running.
 local socket = require "socket"
 local server = require "server"
 
@@ -31,8 +33,9 @@ end
 
 -- (Re)starts it on the same port and directory.
 function Redis:start()
+  local persist = self.persist and "--appendonly yes --appendfsync always" or "--appendonly no"
   self.pid = tonumber(server.sh(("cd %s && redis-server --port %d --bind 127.0.0.1 --save '' " ..
-    "--appendonly no --dir %s > %s/redis.log 2>&1 & echo $!"):format(self.dir, self.port, self.dir, self.dir)))
+    "%s --dir %s >> %s/redis.log 2>&1 & echo $!"):format(self.dir, self.port, persist, self.dir, self.dir)))
   self:wait_ready()
   return self
 end
@@ -67,8 +70,18 @@ function redis.available()
   return os.execute("command -v redis-server >/dev/null 2>&1") == 0
 end
 
-function redis.start()
-  local r = setmetatable({ port = free_port(), dir = server.tmpdir() }, Redis)
+-- The id of the client connection named name (CLIENT SETNAME), or nil.
+function Redis:client_id(name)
+  for line in self:cli("CLIENT LIST"):gmatch("[^\n]+") do
+    local id = line:match("^id=(%d+) ")
+    if id and line:find(" name=" .. name .. " ", 1, true) then return id end
+  end
+  return nil
+end
+
+function redis.start(opts)
+  local r = setmetatable({ port = free_port(), dir = server.tmpdir(),
+                           persist = opts and opts.persist }, Redis)
   return r:start()
 end
 

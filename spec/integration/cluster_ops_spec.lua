@@ -168,3 +168,64 @@ return app]])
     assert.truthy(n >= 5 and n <= 14, "ticks in 2 s after the takeover: " .. n)
   end)
 end)
+
+describe("#cluster channel records", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, srv
+  teardown(function()
+    if srv then srv:stop() end
+    if r then r:stop() end
+  end)
+
+  local STATS_APP = [[
+local sluice = require "sluice"
+local app = sluice.app()
+app:stream("/s", function(req, s)
+  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
+end)
+app:post("/pub/:ch", function(req)
+  local ok, err = sluice.publish(req.params.ch, { data = req.body })
+  if not ok then return 503, err end
+  return 202, "queued"
+end)
+app:get("/stats", function() return sluice.stats() end)
+return app
+]]
+
+  local function redis_stats()
+    local res = srv:get("/stats")
+    assert.equal(200, res.status)
+    local body = type(res.body) == "table" and res.body or cjson.decode(res.body)
+    return assert(body.redis, "no redis key in sluice.stats()")
+  end
+
+  it("are released once a channel has no subscriber left on the node: 200 channels come and go, none kept", function()
+    r = redis.start()
+    srv = server.start { apps = { ["app.lua"] = STATS_APP },
+                         args = { "--no-watch", "--redis", r:url(), "--redis-prefix", "c" .. r.port .. ":" } }
+    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
+    local streams = {}
+    for i = 0, 9 do
+      local names = {}
+      for j = 1, 20 do names[#names + 1] = "c" .. (i * 20 + j) end
+      streams[#streams + 1] = srv:stream("/s?ch=" .. table.concat(names, ","))
+    end
+    assert.truthy(raw.eventually(function() return redis_stats().channels == 200 end, 5),
+                  "not 200 channels followed: " .. redis_stats().channels)
+    for _, s in ipairs(streams) do s:close() end
+    assert.truthy(raw.eventually(function() return redis_stats().channels == 0 end, 5),
+                  "channel records kept after their last subscriber left: " .. redis_stats().channels)
+    assert.equal("0", r:cli(("PUBSUB NUMSUB c%d:live:c1"):format(r.port)):match("(%d+)$"))
+    -- followed again from scratch
+    local s = srv:stream("/s?ch=c1")
+    assert.truthy(raw.eventually(function() return redis_stats().channels == 1 end, 5))
+    socket.sleep(0.3)
+    assert.equal(202, srv:post("/pub/c1", "again").status)
+    local ev = assert(s:next(5), "nothing on a channel followed again")
+    assert.equal("again", ev.data)
+    s:close()
+  end)
+end)

@@ -220,14 +220,15 @@ describe("#cluster 2 nodes x 2 workers", function()
     if r then r:stop() end
   end)
 
-  it("delivers every event of publishers on both nodes once, in one increasing id order", function()
+  it("delivers every one of 10,000 events of publishers on both nodes once, in one increasing id order", function()
     local streams = {}
     for i = 1, 3 do
       streams[#streams + 1] = a:stream("/s?ch=many")
       streams[#streams + 1] = b:stream("/s?ch=many")
     end
     socket.sleep(0.5)
-    local per, bursts = 250, 4   -- per node: 4 requests of 250 (spread over workers)
+    -- per node: 20 requests of 250 (spread over workers): 10,000 in all
+    local per, bursts = 250, 20
     for i = 1, bursts do
       assert.equal(202, a:post(("/burst/many?n=%d&tag=a%d"):format(per, i)).status)
       assert.equal(202, b:post(("/burst/many?n=%d&tag=b%d"):format(per, i)).status)
@@ -235,7 +236,7 @@ describe("#cluster 2 nodes x 2 workers", function()
     local total = per * bursts * 2
     local first_ids
     for si, s in ipairs(streams) do
-      local evs = s:events_until(total, 30)
+      local evs = s:events_until(total, 60)
       assert.equal(total, #evs, "stream " .. si .. " got " .. #evs .. " of " .. total)
       local seen, last, ids = {}, 0, {}
       for _, ev in ipairs(evs) do
