@@ -247,12 +247,10 @@ describe("#cluster Redis killed while publishes are on their way", function()
     pending("redis-server is not installed (make deps)")
     return
   end
-  -- Fails on this branch: a publish answered 202 is only queued, and the
-  -- ones still queued or unanswered when Redis dies are lost (counted in
-  -- lost_in_flight, logged once). Turn this into an it() once a publish in
-  -- a plain handler waits for Redis's answer (branch c-pubid): then a 202
-  -- means published, and the kill can only give 503s.
-  pending("every publish answered 202 before the kill is delivered after Redis is back with its data", function()
+  -- A publish in a plain handler waits for Redis's answer, so a 202 means
+  -- published (in Redis's append-only file here): killing Redis right
+  -- after cannot lose any of them.
+  it("every publish answered 202 before the kill is delivered after Redis is back with its data", function()
     local r = redis.start { persist = true }
     local a = node(r, "m")
     local s = a:stream("/s?ch=m")
