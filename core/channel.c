@@ -731,9 +731,11 @@ static void resumed(struct channels *cs, struct bus_resumed *r)
     }
     uint64_t sent[BUS_MAX_RESUME] = { 0 };
     for (int i = 0; i < w->n; i++)
-        if (r->resets[i] != BUS_RESET_NONE)
+        if (r->resets[i] != BUS_RESET_NONE) {
             send_reset(st, w->subs[i]->chan->name, w->subs[i]->chan->name_len,
                        reset_reason(r->resets[i]), w->last_raw);
+            sent[i] = r->upto[i];   /* what the channel had then is behind the reset */
+        }
     /* Both lists into kept (which owns them all), sorted once. */
     bool ok = true;
     for (size_t i = 0; i < r->replay.len && ok; i++)

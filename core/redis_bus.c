@@ -70,7 +70,7 @@ static const char RESUME_SCRIPT[] =
  * id this node saw; ids up to it from before are recorded in seq:since as
  * unknown to this data set, so a resume from one of them is a reset).
  * KEYS: epoch, seq. ARGV: a new epoch, this node's highest id, the epoch
- * this node knew ("" none). Returns the epoch. */
+ * this node knew ("" none). Returns the epoch and the sequence (a floor for ids to come). */
 static const char EPOCH_SCRIPT[] =
     "local e = redis.call('GET', KEYS[1])\n"
     "local top = tonumber(ARGV[2])\n"
@@ -83,7 +83,7 @@ static const char EPOCH_SCRIPT[] =
     "if top > tonumber(redis.call('GET', KEYS[2]) or '0') then\n"
     "  redis.call('SET', KEYS[2], ARGV[2])\n"
     "end\n"
-    "return e\n";
+    "return { e, redis.call('GET', KEYS[2]) or '0' }\n";
 
 /* The app-timer lease: taken when free, renewed when ours, in one step.
  * KEYS: the lease. ARGV: this node's id, the lease's length (ms). 1: ours. */
@@ -196,6 +196,8 @@ struct resume_req {
 struct sub_change {
     struct sub_change *next;
     bool first;
+    bool has_floor;               /* first: the node had read Redis's sequence */
+    uint64_t floor;               /* first: the node's highest id when it came */
     size_t len;
     char name[];
 };
@@ -243,7 +245,11 @@ struct redis_bus {
     ev_timer lease_tick;
     bool lease_in_flight;
     double lease_sent_at, lease_ok_at;   /* lease_ok_at 0: not ours */
-    uint64_t max_seen;            /* highest id this node got from Redis */
+    /* Highest id this node got from Redis. Written on the main loop only
+     * (atomically), read by workers as the floor of a channel's first
+     * subscription: every id Redis gives after that read is above it. */
+    uint64_t max_seen;
+    int max_seen_known;           /* atomic: read from Redis at least once */
     ev_timer quiet_tick;
     unsigned quiet_in_flight;     /* HMGETs of the quiet check not answered */
     /* For redis_bus_stats: written on the main loop with relaxed atomics,
@@ -347,6 +353,12 @@ static bool parse_u64(const char *s, size_t n, uint64_t *out)
     }
     *out = v;
     return true;
+}
+
+static void note_seen(struct redis_bus *rb, uint64_t id)
+{
+    if (id > rb->max_seen)
+        __atomic_store_n(&rb->max_seen, id, __ATOMIC_RELAXED);
 }
 
 static void set_available(struct redis_bus *rb)
@@ -579,8 +591,7 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
               reply->element[1]->type == REDIS_REPLY_INTEGER;
     if (ok) {
         nodes = reply->element[1]->integer;
-        if (id > rb->max_seen)
-            rb->max_seen = id;
+        note_seen(rb, id);
     }
     answer_publish(rb, req, ok, id,
                    nodes < 0 ? 0 : nodes > UINT32_MAX ? UINT32_MAX : (uint32_t)nodes);
@@ -701,13 +712,18 @@ static void on_epoch(redisAsyncContext *ac, void *r, void *priv)
     struct redis_bus *rb = c->rb;
     c->inflight--;
     c->last_reply = clock_mono();
-    if (reply->type != REDIS_REPLY_STRING || reply->len == 0 ||
-        reply->len >= sizeof rb->epoch) {
+    const redisReply *e = reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+                              ? reply->element[0] : NULL;
+    const redisReply *seq = e ? reply->element[1] : NULL;
+    uint64_t seq_id;
+    if (!e || e->type != REDIS_REPLY_STRING || e->len == 0 || e->len >= sizeof rb->epoch ||
+        seq->type != REDIS_REPLY_STRING || !parse_u64(seq->str, seq->len, &seq_id)) {
         log_warn("redis: cannot read the epoch: %s",
                  reply->type == REDIS_REPLY_ERROR ? reply->str : "unexpected answer");
         drop(c);
         return;
     }
+    reply = (redisReply *)e;
     if (rb->epoch[0] && (strlen(rb->epoch) != reply->len ||
                          memcmp(rb->epoch, reply->str, reply->len) != 0)) {
         log_warn("redis: it lost its data (restarted empty or failed over); open "
@@ -717,6 +733,8 @@ static void on_epoch(redisAsyncContext *ac, void *r, void *priv)
     }
     memcpy(rb->epoch, reply->str, reply->len);
     rb->epoch[reply->len] = '\0';
+    note_seen(rb, seq_id);   /* a floor for first subscriptions from now on */
+    __atomic_store_n(&rb->max_seen_known, 1, __ATOMIC_RELEASE);
     c->up = true;
     c->backoff = BACKOFF_MIN;
     set_available(rb);
@@ -784,8 +802,7 @@ static void deliver(struct redis_bus *rb, struct rchan *ch, uint64_t id,
         log_warn("redis: out of memory delivering event %" PRIu64, id);
     ch->last_seen = id;
     ch->known = true;
-    if (id > rb->max_seen)
-        rb->max_seen = id;
+    note_seen(rb, id);
 }
 
 static void start_fill(struct redis_bus *rb, struct rchan *ch);
@@ -813,8 +830,10 @@ static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event
 static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_t prev,
                     const char *event, size_t event_len, const char *data, size_t data_len)
 {
-    if (!ch->known && ch->based && id > ch->base) {
-        ch->known = true;   /* what came before the base is not owed here */
+    if (!ch->known && ch->based) {
+        if (id <= ch->base)
+            return;   /* what came before the base is not owed here */
+        ch->known = true;
         ch->last_seen = ch->base;
     }
     if (!ch->wanted || (ch->known && id <= ch->last_seen))
@@ -823,7 +842,9 @@ static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_
         hold(ch, id, prev, event, event_len, data, data_len);
         return;
     }
-    if (ch->known && prev != ch->last_seen) {   /* missed one: fill first */
+    /* Missed one: fill first. (prev below last_seen is no gap: last_seen
+     * may be a floor, not an id of this channel.) */
+    if (ch->known && prev > ch->last_seen) {
         hold(ch, id, prev, event, event_len, data, data_len);
         start_fill(rb, ch);
         return;
@@ -1076,6 +1097,14 @@ static void apply_change(struct redis_bus *rb, struct sub_change *chg)
     }
     if (chg->first && !ch->wanted) {
         ch->wanted = true;
+        if (chg->has_floor) {
+            /* What is published from the floor on is owed: a live message
+             * after it that does not follow it is a gap, filled from the
+             * history (a few events from just before the stream opened
+             * may come along; none after it is missed). */
+            ch->based = true;
+            ch->base = chg->floor;
+        }
         subscribe_chan(rb, ch);
     } else if (!chg->first && ch->wanted) {
         /* Whoever subscribes next starts from what comes then (or from
@@ -1214,7 +1243,8 @@ static void drop_replay_of(struct bus_resumed *out, int i)
             out->replay.items[k++] = out->replay.items[j];
     }
     out->replay.len = k;
-    out->upto[i] = 0;   /* live events from now on are all new to it */
+    /* upto stays: live events up to what the channel had when read are
+     * behind the reset, as on one node (a fill may bring some of them). */
 }
 
 static void on_resume_read(redisAsyncContext *ac, void *r, void *priv)
@@ -1438,6 +1468,12 @@ static void queue_change(struct redis_bus *rb, bool first, const char *name, siz
     }
     chg->next = NULL;
     chg->first = first;
+    /* Read now, before the stream's head goes out: whatever is published
+     * after this has a greater id and is owed to it, even what Redis
+     * delivers before this node's SUBSCRIBE is confirmed (then filled from
+     * the channel's history). */
+    chg->has_floor = first && __atomic_load_n(&rb->max_seen_known, __ATOMIC_ACQUIRE);
+    chg->floor = chg->has_floor ? __atomic_load_n(&rb->max_seen, __ATOMIC_RELAXED) : 0;
     chg->len = len;
     memcpy(chg->name, name, len);
     pthread_mutex_lock(&rb->lock);

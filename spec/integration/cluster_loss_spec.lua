@@ -416,3 +416,45 @@ describe("#cluster gaps", function()
     sb:close()
   end)
 end)
+
+describe("#cluster a new stream's first events", function()
+  if not redis.available() then
+    pending("redis-server is not installed (make deps)")
+    return
+  end
+  local r, a, b
+  setup(function()
+    r = redis.start()
+    a = node(r, "f")
+    b = node(r, "f")
+  end)
+  teardown(function()
+    if a then a:stop() end
+    if b then b:stop() end
+    if r then r:stop() end
+  end)
+
+  -- The head of a stream goes out before its node's SUBSCRIBE in Redis is
+  -- confirmed: what is published once the head came is owed to the
+  -- stream, on a channel no stream of that node followed before. Made
+  -- certain here by opening the stream while node B's subscriber
+  -- connection is being made again (it was killed).
+  it("gets what is published after its head came, though its node subscribed later", function()
+    local missed = {}
+    for i = 1, 3 do
+      local ch = "fresh" .. i
+      local id = assert(raw.eventually(function() return r:client_id("sluice-sub-" .. b.pid) end, 5),
+                        "node B's subscriber connection is not named")
+      assert.equal("1", r:cli("CLIENT KILL ID " .. id))
+      local sb = b:stream("/s?ch=" .. ch)   -- returns once the head came
+      assert.equal(202, a:post("/pub/" .. ch, "first").status)
+      local ev = sb:next(5)
+      if not ev or ev.data ~= "first" then missed[#missed + 1] = ch end
+      assert.equal(202, a:post("/pub/" .. ch, "second").status)
+      local ev2 = sb:next(5)
+      assert.equal("second", ev2 and ev2.data)
+      sb:close()
+    end
+    assert.same({}, missed)
+  end)
+end)
