@@ -176,16 +176,13 @@ struct pub_req {
     char bytes[];                 /* name, event ("-" none, "+name"), data */
 };
 
-/* What a batch's script call is built in, reused from call to call (hiredis
- * copies the arguments), so a publish costs no allocation for its keys and
- * arguments. Main loop only. */
-struct pub_args {
-    const char *argv[6 + 8 * PUBLISH_BATCH_MAX];
-    size_t lens[6 + 8 * PUBLISH_BATCH_MAX];
-    char *buf;                    /* keys and numbers the argv points into */
-    size_t cap;
+/* A batch's script call as the bytes Redis reads (RESP), built in one
+ * buffer reused from call to call (hiredis copies it), so a publish costs
+ * no allocation for its keys and arguments. Main loop only. */
+struct pub_cmd {
+    char *buf;
+    size_t cap, len;
 };
-
 /* A live message waiting for a gap fill of its channel. */
 struct held {
     struct held *next;
@@ -276,7 +273,7 @@ struct redis_bus {
     bool lease_in_flight;
     double lease_sent_at, lease_ok_at;   /* lease_ok_at 0: not ours */
     uint64_t max_seen;            /* highest id this node got from Redis */
-    struct pub_args pub_args;
+    struct pub_cmd pub_cmd;
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -590,80 +587,94 @@ static size_t put_u64(char *b, uint64_t n)
     return len;
 }
 
-/* prefix + part + name at b; returns its length. */
-static size_t put_key(char *b, const struct redis_bus *rb, const char *part, size_t part_len,
-                      const char *name, size_t name_len)
+/* Appends one argument ("$len\r\n" bytes "\r\n"), made of up to three
+ * pieces; the room was made by send_publish. */
+static void put_arg(struct pub_cmd *c, const char *p1, size_t l1, const char *p2, size_t l2,
+                    const char *p3, size_t l3)
 {
-    memcpy(b, rb->prefix, rb->prefix_len);
-    memcpy(b + rb->prefix_len, part, part_len);
-    memcpy(b + rb->prefix_len + part_len, name, name_len);
-    return rb->prefix_len + part_len + name_len;
+    char *b = c->buf + c->len;
+    *b++ = '$';
+    b += put_u64(b, l1 + l2 + l3);
+    *b++ = '\r';
+    *b++ = '\n';
+    memcpy(b, p1, l1);
+    memcpy(b + l1, p2, l2);
+    memcpy(b + l1 + l2, p3, l3);
+    b += l1 + l2 + l3;
+    *b++ = '\r';
+    *b++ = '\n';
+    c->len = (size_t)(b - c->buf);
 }
 
+static void put_arg_u64(struct pub_cmd *c, uint64_t n)
+{
+    char d[20];
+    put_arg(c, d, put_u64(d, n), "", 0, "", 0);
+}
+
+/* Room per argument beyond its bytes: "$", up to 20 digits, 2 CRLFs. */
+#define ARG_OVERHEAD 25
+
 /* Sends a batch (req and the chain after it, as cut_batch marked it) as
- * one script call, its arguments built in rb->pub_args. */
+ * one script call, built in rb->pub_cmd. */
 static void send_publish(struct redis_bus *rb, struct pub_req *req, bool with_body)
 {
-    struct pub_args *a = &rb->pub_args;
-    unsigned nch = 0;
-    size_t room = 2 * (rb->prefix_len + 4) + 24;   /* seq, last, numkeys, C */
+    struct pub_cmd *c = &rb->pub_cmd;
+    const char *body = with_body ? PUBLISH_SCRIPT : rb->sha;
+    size_t body_len = with_body ? sizeof PUBLISH_SCRIPT - 1 : strlen(rb->sha);
+    unsigned n = 0, nch = 0;
+    size_t room = 32 + body_len + 6 * (ARG_OVERHEAD + 20) + 2 * (rb->prefix_len + 4);
     for (const struct pub_req *r = req; r; r = r->next) {
-        room += 20;   /* its channel's number */
+        n++;
+        room += 3 * ARG_OVERHEAD + 20 + r->event_len + r->data_len;
         if (r->slot_first) {
             nch++;
-            room += 2 * (rb->prefix_len + 5 + r->name_len) + 2 * 24;
+            room += 5 * ARG_OVERHEAD + 2 * (rb->prefix_len + 5) + 3 * r->name_len + 2 * 20;
         }
     }
-    if (room > a->cap) {
-        char *buf = realloc(a->buf, room);
+    if (room > c->cap) {
+        char *buf = realloc(c->buf, room);
         if (!buf) {
             log_warn("redis: out of memory: publishes to %.*s lost", (int)req->name_len,
                      req->bytes);
             batch_lost(rb, req);
             return;
         }
-        a->buf = buf;
-        a->cap = room;
+        c->buf = buf;
+        c->cap = room;
     }
-    char *b = a->buf;
-    int argc = 0;
-#define ARG(p, l) (a->argv[argc] = (p), a->lens[argc++] = (l))
-#define ARG_U64(n) (ARG(b, put_u64(b, (n))), b += a->lens[argc - 1])
-#define ARG_KEY(part, name, len) \
-    (ARG(b, put_key(b, rb, part, sizeof part - 1, name, len)), b += a->lens[argc - 1])
-    if (with_body) {
-        ARG("EVAL", 4);
-        ARG(PUBLISH_SCRIPT, sizeof PUBLISH_SCRIPT - 1);
-    } else {
-        ARG("EVALSHA", 7);
-        ARG(rb->sha, strlen(rb->sha));
-    }
-    ARG_U64(2 + 2 * (uint64_t)nch);
-    ARG_KEY("seq", "", 0);
-    ARG_KEY("last", "", 0);
+    c->len = 0;
+    c->buf[c->len++] = '*';
+    c->len += put_u64(c->buf + c->len, 6 + 5 * (uint64_t)nch + 3 * (uint64_t)n);
+    c->buf[c->len++] = '\r';
+    c->buf[c->len++] = '\n';
+    if (with_body)
+        put_arg(c, "EVAL", 4, "", 0, "", 0);
+    else
+        put_arg(c, "EVALSHA", 7, "", 0, "", 0);
+    put_arg(c, body, body_len, "", 0, "", 0);
+    put_arg_u64(c, 2 + 2 * (uint64_t)nch);
+    put_arg(c, rb->prefix, rb->prefix_len, "seq", 3, "", 0);
+    put_arg(c, rb->prefix, rb->prefix_len, "last", 4, "", 0);
     for (const struct pub_req *r = req; r; r = r->next)   /* slots in order */
         if (r->slot_first) {
-            ARG_KEY("ch:", r->bytes, r->name_len);
-            ARG_KEY("live:", r->bytes, r->name_len);
+            put_arg(c, rb->prefix, rb->prefix_len, "ch:", 3, r->bytes, r->name_len);
+            put_arg(c, rb->prefix, rb->prefix_len, "live:", 5, r->bytes, r->name_len);
         }
-    ARG_U64(nch);
+    put_arg_u64(c, nch);
     for (const struct pub_req *r = req; r; r = r->next)
         if (r->slot_first) {
-            ARG(r->bytes, r->name_len);
-            ARG_U64(r->history_len);
+            put_arg(c, r->bytes, r->name_len, "", 0, "", 0);
+            put_arg_u64(c, r->history_len);
             double age = r->history_ttl * 1e6;
-            ARG_U64(age >= 1.8e19 ? UINT64_MAX : age > 0 ? (uint64_t)(age + 0.5) : 0);
+            put_arg_u64(c, age >= 1.8e19 ? UINT64_MAX : age > 0 ? (uint64_t)(age + 0.5) : 0);
         }
     for (const struct pub_req *r = req; r; r = r->next) {
-        ARG_U64(r->slot + 1);
-        ARG(r->bytes + r->name_len, r->event_len);
-        ARG(r->bytes + r->name_len + r->event_len, r->data_len);
+        put_arg_u64(c, r->slot + 1);
+        put_arg(c, r->bytes + r->name_len, r->event_len, "", 0, "", 0);
+        put_arg(c, r->bytes + r->name_len + r->event_len, r->data_len, "", 0, "", 0);
     }
-#undef ARG_KEY
-#undef ARG_U64
-#undef ARG
-    if (redisAsyncCommandArgv(rb->pub.ac, on_published, req, argc, a->argv, a->lens) !=
-        REDIS_OK) {
+    if (redisAsyncFormattedCommand(rb->pub.ac, on_published, req, c->buf, c->len) != REDIS_OK) {
         log_warn("redis: could not send a publish to %.*s", (int)req->name_len, req->bytes);
         batch_lost(rb, req);
         return;
@@ -1442,16 +1453,23 @@ static void on_kick(struct ev_loop *loop, ev_async *a, int revents)
         *tail = res;
         try_resumes(rb);
     }
+    bool sent = false;
     while (q) {
         struct pub_req *tail = cut_batch(q);
         struct pub_req *next = tail->next;
         tail->next = NULL;
-        if (rb->pub.up && rb->pub.ac)
+        if (rb->pub.up && rb->pub.ac) {
             send_publish(rb, q, false);
-        else
+            sent = true;
+        } else {
             batch_lost(rb, q);
+        }
         q = next;
     }
+    /* written now rather than on the next turn of the loop (a wait for
+     * "writable" that is sure to say yes) */
+    if (sent && rb->pub.ac)
+        redisAsyncHandleWrite(rb->pub.ac);
 }
 
 /* Under the bus's lock, from a worker's thread. */
@@ -1618,6 +1636,6 @@ void redis_bus_free(struct redis_bus *rb)
     free(rb->host);
     free(rb->password);
     free(rb->prefix);
-    free(rb->pub_args.buf);
+    free(rb->pub_cmd.buf);
     free(rb);
 }
