@@ -558,8 +558,12 @@ static void on_published(redisAsyncContext *ac, void *r, void *priv)
         log_warn("redis: publish to %.*s failed: %s", (int)req->name_len, req->bytes,
                  reply->str);
     uint64_t id = 0;
-    const char *p = reply->str, *end = reply->str + reply->len;
-    bool ok = reply->type == REDIS_REPLY_STRING && next_u64(&p, end, &id);
+    const char *p = "", *end = p;
+    if (reply->type == REDIS_REPLY_STRING) {
+        p = reply->str;
+        end = reply->str + reply->len;
+    }
+    bool ok = next_u64(&p, end, &id);
     while (req) {   /* ids follow each other within a batch */
         struct pub_req *next = req->next;
         uint64_t nodes = 0;
