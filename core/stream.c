@@ -11,7 +11,7 @@
 #include "log.h"
 #include "sse.h"
 
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
+static void on_heartbeat(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now);
 
 /* Frames every stream shares; they live as long as the process. */
 static struct frame *shared_chunk(const char *sse_text)
@@ -54,8 +54,6 @@ static struct frame *last_chunk_frame(void)
 void stream_init(struct sse_stream *s, struct stream_env *env)
 {
     s->env = env;
-    ev_timer_init(&s->heartbeat, on_heartbeat, 0, 0);
-    s->heartbeat.data = s;
 }
 
 bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
@@ -74,7 +72,7 @@ bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
 
 void stream_release(struct sse_stream *s)
 {
-    ev_timer_stop(s->env->loop, &s->heartbeat);
+    hb_remove(&s->env->heartbeats, &s->heartbeat);
     outbuf_clear(&s->out);
     free(s->reset_event);
     s->reset_event = NULL;
@@ -200,9 +198,12 @@ void stream_start(struct sse_stream *s, struct frame *first, double heartbeat)
 {
     stream_send(s, first);   /* sets last_write: the interval starts now */
     if (heartbeat > 0 && s->open) {
-        s->heartbeat_s = heartbeat;
-        ev_timer_set(&s->heartbeat, heartbeat, 0);
-        ev_timer_start(s->env->loop, &s->heartbeat);
+        s->heartbeat.interval = (float)heartbeat;
+        if (!hb_add(&s->env->heartbeats, s->env->loop, on_heartbeat, &s->heartbeat,
+                    s->last_write + heartbeat)) {
+            log_warn("out of memory starting a heartbeat; closing connection");
+            stream_owner_abort(s);
+        }
     }
 }
 
@@ -218,7 +219,7 @@ void stream_end(struct sse_stream *s)
     /* Subscriptions go when the owner frees the stream: this may run in
      * the middle of a fan-out (a view transform closing a stream), and
      * the open check in send already keeps events out. */
-    ev_timer_stop(s->env->loop, &s->heartbeat);
+    hb_remove(&s->env->heartbeats, &s->heartbeat);
     if (s->open)
         stream_owner_ended(s);
 }
@@ -237,23 +238,21 @@ void stream_goodbye(struct sse_stream *s, long retry_ms)
 }
 
 /* ev.pod's "be smart about timeouts" (technique 2): events only note the
- * time; when the timer fires, a stream silent for the interval gets a
- * comment, and one that wrote since waits out the rest of the interval
- * from its last write. So no stream is silent for much longer than the
- * interval, and an event costs one store. */
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
+ * time; when its tick comes, a stream silent for the interval gets a
+ * comment, and one that wrote since is filed again one interval after its
+ * last write. So no stream is silent for longer than the interval, and an
+ * event costs one store. */
+static void on_heartbeat(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now)
 {
-    (void)revents;
-    struct sse_stream *s = t->data;
+    struct sse_stream *s = (struct sse_stream *)((char *)n - offsetof(struct sse_stream, heartbeat));
     if (!s->open)
         return;
-    ev_tstamp now = ev_now(loop);
-    ev_tstamp left = s->last_write + s->heartbeat_s - now;
-    /* Early by a sliver rather than a timer for a sliver. */
-    if (left > s->heartbeat_s / 64) {
-        /* (At most an interval: the loop's clock may have stepped back.) */
-        ev_timer_set(t, left < s->heartbeat_s ? left : s->heartbeat_s, 0);
-        ev_timer_start(loop, t);
+    ev_tstamp interval = n->interval;
+    ev_tstamp due = s->last_write + interval;
+    if (due > now + interval)   /* the loop's clock stepped back */
+        due = now + interval;
+    if (!hb_passed(wh, due)) {   /* wrote since (cannot fail: a firing wheel keeps its slots) */
+        hb_add(wh, s->env->loop, on_heartbeat, n, due);
         return;
     }
     /* A heartbeat behind queued output would tell the proxy nothing new. */
@@ -265,6 +264,5 @@ static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
     if (!s->open)
         return;
     s->last_write = now;
-    ev_timer_set(t, s->heartbeat_s, 0);
-    ev_timer_start(loop, t);
+    hb_add(wh, s->env->loop, on_heartbeat, n, now + interval);
 }

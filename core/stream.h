@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "heartbeat.h"
 #include "outbuf.h"
 
 struct buf;
@@ -46,6 +47,7 @@ struct stream_env {
     /* Appends the JSON members naming s's channels, for the gap notice:
      * the channels' own description, passed down (NULL: none). */
     void (*describe_subs)(const struct sse_stream *s, struct buf *b);
+    struct hb_wheel heartbeats;   /* its streams' heartbeats (zeroed: empty) */
 };
 
 struct sse_stream {
@@ -61,10 +63,9 @@ struct sse_stream {
     size_t replay_credit;         /* resume bytes not yet written */
     struct stream_env *env;
     struct sub *subs;             /* its subscriptions, kept by channel.c */
-    /* Its own timer, not a shared fixed-interval list: the next heartbeat
-     * is due one interval after the last write, which differs per stream. */
-    ev_timer heartbeat;
-    double heartbeat_s;           /* 0: none */
+    /* Due one interval after the last write, which differs per stream:
+     * filed on the worker's wheel (core/heartbeat.h), not a timer each. */
+    struct hb_node heartbeat;
     char *reset_event;            /* name of the missed-events event, NULL: default */
     struct frame *gap_marker;     /* queued gap notice, while unsent */
     uint8_t end_reason;           /* enum stream_end, once known */
