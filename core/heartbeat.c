@@ -24,13 +24,6 @@ static void unlink_node(struct hb_node *n)
     n->pprev = NULL;
 }
 
-/* The whole tick of a node's 32-bit due (within 2^31 ticks, 4 years, of
- * the wheel's). */
-static int64_t full_tick(const struct hb_wheel *wh, uint32_t due)
-{
-    return wh->cur + (int32_t)(due - (uint32_t)wh->cur);
-}
-
 static void arm(struct hb_wheel *wh, int64_t tick)
 {
     ev_tstamp after = (double)tick / HB_TICKS_PER_S - ev_now(wh->loop);
@@ -70,7 +63,6 @@ bool hb_add(struct hb_wheel *wh, struct ev_loop *loop, hb_fire_fn fire,
     int64_t due = hb_tick(at);
     if (due < wh->cur)
         due = wh->cur;
-    n->due = (uint32_t)due;
     link_into(&wh->slots[due & SLOT_MASK], n);
     wh->count++;
     if (!ev_is_active(&wh->timer) || due < wh->armed)
@@ -87,7 +79,7 @@ void hb_remove(struct hb_wheel *wh, struct hb_node *n)
     release_if_empty(wh);
 }
 
-/* Passes every slot up to now's tick: the nodes due go on a list of their
+/* Passes every slot up to now's tick: their nodes go on a list of their
  * own first, so that a fire callback re-filing its node (or taking out
  * another) never meets a slot being walked. */
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
@@ -97,7 +89,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     ev_tstamp now = ev_now(loop);
     int64_t to = hb_tick(now + 0.001);   /* rounding must not skip the tick it fired for */
     /* The loop's clock stepped back (it is the wall clock): every node
-     * fires, and its owner files it again from now. */
+     * fires, and its owner files it again from now. A step forward past a
+     * revolution passes every slot. */
     bool stepped_back = hb_tick(now) + 1 < wh->cur;
     if (stepped_back)
         to = hb_tick(now);
@@ -106,14 +99,10 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     int64_t span = stepped_back || to - wh->cur >= HB_SLOTS ? HB_SLOTS : to - wh->cur + 1;
     struct hb_node *fired = NULL;
     for (int64_t k = wh->cur; k < wh->cur + span; k++) {
-        struct hb_node *n = wh->slots[k & SLOT_MASK];
-        while (n) {
-            struct hb_node *next = n->next;
-            if (stepped_back || full_tick(wh, n->due) <= to) {
-                unlink_node(n);
-                link_into(&fired, n);
-            }
-            n = next;
+        struct hb_node *n;
+        while ((n = wh->slots[k & SLOT_MASK])) {
+            unlink_node(n);
+            link_into(&fired, n);
         }
     }
     wh->cur = to + 1;

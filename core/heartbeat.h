@@ -6,8 +6,10 @@
  *
  * Nodes fire at the start of the tick their time falls in: early by less
  * than a tick, never late (a heartbeat bounds silence for a proxy). A node
- * due more than a revolution ahead sits in its slot and is passed over
- * until its tick comes. */
+ * keeps no time of its own (16 bytes): every node of a slot the wheel
+ * passes fires, and its owner, which knows when it is due, files it again
+ * if it is not yet (one due more than a revolution ahead comes round once
+ * a revolution). */
 #ifndef SLUICE_HEARTBEAT_H
 #define SLUICE_HEARTBEAT_H
 
@@ -20,12 +22,11 @@
 
 struct hb_node {
     struct hb_node *next, **pprev;   /* pprev NULL: not in the wheel */
-    uint32_t due;                    /* tick (low 32 bits) */
-    float interval;                  /* the owner's, in seconds */
 };
 
 struct hb_wheel;
-/* A node's time came (it is out of the wheel): now is the loop time. */
+/* The wheel passed n's slot (n is out of the wheel): now is the loop
+ * time; hb_passed says whether n's own time came. */
 typedef void (*hb_fire_fn)(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now);
 
 struct hb_wheel {

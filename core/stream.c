@@ -56,28 +56,43 @@ void stream_init(struct sse_stream *s, struct stream_env *env)
     s->env = env;
 }
 
+static struct stream_extra *extra_of(struct sse_stream *s)
+{
+    if (!s->extra)
+        s->extra = calloc(1, sizeof *s->extra);
+    return s->extra;
+}
+
+static struct frame *gap_marker(const struct sse_stream *s)
+{
+    return s->extra ? s->extra->gap_marker : NULL;
+}
+
 bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
                        const char *reset, size_t reset_len)
 {
     s->slow_policy = (uint8_t)policy;
     if (!reset)
         return true;
-    char *name = strndup(reset, reset_len);
+    struct stream_extra *x = extra_of(s);
+    char *name = x ? strndup(reset, reset_len) : NULL;
     if (!name)
         return false;
-    free(s->reset_event);
-    s->reset_event = name;
+    free(x->reset_event);
+    x->reset_event = name;
     return true;
 }
 
 void stream_release(struct sse_stream *s)
 {
     hb_remove(&s->env->heartbeats, &s->heartbeat);
-    outbuf_clear(&s->out);
-    free(s->reset_event);
-    s->reset_event = NULL;
-    frame_unref(s->gap_marker);
-    s->gap_marker = NULL;
+    outbuf_clear(&s->out, s->env->meter);
+    if (s->extra) {
+        free(s->extra->reset_event);
+        frame_unref(s->extra->gap_marker);
+        free(s->extra);
+        s->extra = NULL;
+    }
 }
 
 void stream_abort(struct sse_stream *s)
@@ -88,7 +103,7 @@ void stream_abort(struct sse_stream *s)
 void stream_wrote(struct sse_stream *s, size_t before)
 {
     size_t written = before > s->out.bytes ? before - s->out.bytes : 0;
-    s->replay_credit = written >= s->replay_credit ? 0 : s->replay_credit - written;
+    s->replay_credit = written >= s->replay_credit ? 0 : s->replay_credit - (uint32_t)written;
 }
 
 /* The whole chunk on an HTTP/1.1 stream, the event's text alone else. */
@@ -96,7 +111,7 @@ static void enqueue(struct sse_stream *s, struct frame *f)
 {
     uint32_t off = s->chunked ? 0 : f->body_off;
     uint32_t len = s->chunked ? f->len : f->body_len;
-    if (!outbuf_push(&s->out, f, off, len)) {
+    if (!outbuf_push(&s->out, s->env->meter, f, off, len)) {
         log_warn("out of memory queueing output; closing connection");
         stream_owner_abort(s);
         return;
@@ -111,15 +126,18 @@ static void enqueue(struct sse_stream *s, struct frame *f)
 static void drop_oldest(struct sse_stream *s, size_t keep_bytes)
 {
     const struct slice *front = outbuf_first_unstarted(&s->out);
-    if (front && s->gap_marker && front->frame == s->gap_marker)
-        outbuf_remove_first_unstarted(&s->out);
+    struct frame *marker = gap_marker(s);
+    if (front && marker && front->frame == marker)
+        outbuf_remove_first_unstarted(&s->out, s->env->meter);
     else
         s->gap_dropped = 0;   /* the previous notice went out */
-    frame_unref(s->gap_marker);
-    s->gap_marker = NULL;
-    s->gap_dropped += outbuf_drop_oldest(&s->out, keep_bytes);
+    if (marker) {
+        frame_unref(marker);
+        s->extra->gap_marker = NULL;
+    }
+    s->gap_dropped += outbuf_drop_oldest(&s->out, s->env->meter, keep_bytes);
     if (s->replay_credit > s->out.bytes)   /* dropped replays are not owed */
-        s->replay_credit = s->out.bytes;
+        s->replay_credit = (uint32_t)s->out.bytes;
 
     /* Like the other reset events: which channels, and the id to resume
      * from (the last event the client gets before the gap) to fetch what
@@ -139,15 +157,15 @@ static void drop_oldest(struct sse_stream *s, size_t keep_bytes)
     const char *name = stream_reset_event(s);
     struct sse_event ev = { .event = name, .event_len = strlen(name),
                             .data = data.data, .data_len = data.len, .retry_ms = -1 };
-    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    struct frame *f = data.failed || !extra_of(s) ? NULL : frame_sse(&ev);
     buf_free(&data);
-    if (!f || !outbuf_push_front(&s->out, f, s->chunked ? 0 : f->body_off,
+    if (!f || !outbuf_push_front(&s->out, s->env->meter, f, s->chunked ? 0 : f->body_off,
                                  s->chunked ? f->len : f->body_len)) {
         frame_unref(f);
         stream_owner_abort(s);
         return;
     }
-    s->gap_marker = f;   /* keeps the reference frame_sse gave us */
+    s->extra->gap_marker = f;   /* keeps the reference frame_sse gave us */
 }
 
 static bool send(struct sse_stream *s, struct frame *f, bool replay)
@@ -155,8 +173,9 @@ static bool send(struct sse_stream *s, struct frame *f, bool replay)
     if (!s->open || !f)
         return false;
     uint32_t len = s->chunked ? f->len : f->body_len;
-    if (replay)
-        s->replay_credit += len;
+    if (replay)   /* (a cap 4 GiB over --max-queued-bytes is as good as none) */
+        s->replay_credit = len > UINT32_MAX - s->replay_credit ? UINT32_MAX
+                                                               : s->replay_credit + len;
     size_t cap = s->env->max_queued + s->replay_credit;
     /* Output queued this loop turn is not a backlog yet: write it before
      * judging. An empty queue takes any one event, so an event larger than
@@ -198,7 +217,7 @@ void stream_start(struct sse_stream *s, struct frame *first, double heartbeat)
 {
     stream_send(s, first);   /* sets last_write: the interval starts now */
     if (heartbeat > 0 && s->open) {
-        s->heartbeat.interval = (float)heartbeat;
+        s->heartbeat_s = (float)heartbeat;
         if (!hb_add(&s->env->heartbeats, s->env->loop, on_heartbeat, &s->heartbeat,
                     s->last_write + heartbeat)) {
             log_warn("out of memory starting a heartbeat; closing connection");
@@ -247,7 +266,7 @@ static void on_heartbeat(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now)
     struct sse_stream *s = (struct sse_stream *)((char *)n - offsetof(struct sse_stream, heartbeat));
     if (!s->open)
         return;
-    ev_tstamp interval = n->interval;
+    ev_tstamp interval = s->heartbeat_s;
     ev_tstamp due = s->last_write + interval;
     if (due > now + interval)   /* the loop's clock stepped back */
         due = now + interval;
