@@ -12,9 +12,21 @@
 #define WRITEV_SLICES 256
 #define SMALL_RING 8
 
+static struct slice *ring_of(const struct outbuf *ob)
+{
+    return (struct slice *)outbuf_ring(ob);
+}
+
+/* The i-th queued slice of ring (ring_of(ob), fetched once a loop: it
+ * stays where it is until the ring grows). */
+static struct slice *nth(struct slice *ring, const struct outbuf *ob, uint32_t i)
+{
+    return &ring[(ob->head + i) & (ob->cap - 1)];
+}
+
 static struct slice *at(const struct outbuf *ob, uint32_t i)
 {
-    return (struct slice *)&outbuf_ring(ob)[(ob->head + i) & (ob->cap - 1)];
+    return nth(ring_of(ob), ob, i);
 }
 
 /* The first slices live inside the outbuf: a stream that gets an event
@@ -88,10 +100,11 @@ enum outbuf_status outbuf_write(struct outbuf *ob, struct out_meter *m, int fd)
 {
     struct iovec iov[WRITEV_SLICES];
     uint32_t now = 0;
+    struct slice *ring = ring_of(ob);
     while (ob->count) {
         int n = 0;
         for (uint32_t i = 0; i < ob->count && n < WRITEV_SLICES; i++, n++) {
-            struct slice *s = at(ob, i);
+            struct slice *s = nth(ring, ob, i);
             iov[n].iov_base = s->frame->data + s->off;
             iov[n].iov_len = s->len;
         }
@@ -106,7 +119,7 @@ enum outbuf_status outbuf_write(struct outbuf *ob, struct out_meter *m, int fd)
         size_t left = (size_t)wrote;
         ob->written += left;
         while (left && ob->count) {
-            struct slice *s = at(ob, 0);
+            struct slice *s = nth(ring, ob, 0);
             if (s->frame->id)   /* the client has it, or will before anything else */
                 ob->last_event_id = s->frame->id;
             if (left < s->len) {
