@@ -2,7 +2,8 @@
  * entry of a list has the same interval, so appending keeps it sorted and
  * arming, re-arming and cancelling are O(1) (libev's "timer list" idiom).
  * Used for header timeouts, keep-alive idle timeouts and send stalls
- * (heartbeats are due a per-stream time after its last write: see conn.c). */
+ * (heartbeats are due a per-stream time after its last write: see
+ * heartbeat.h). */
 #ifndef SLUICE_DEADLINE_H
 #define SLUICE_DEADLINE_H
 

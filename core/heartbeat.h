@@ -1,6 +1,6 @@
 /* Heartbeats for many streams on one timer: a wheel of coarse slots
  * (HB_TICKS_PER_S per second) per worker instead of an ev_timer per
- * stream. A stream's node costs 24 bytes and no slot in libev's timer heap;
+ * stream. A stream's node costs 16 bytes and no slot in libev's timer heap;
  * the wheel's timer is armed for the next slot holding a node, so an idle
  * worker does not wake up for empty slots.
  *
