@@ -22,6 +22,61 @@
 
 static void on_io(struct ev_loop *loop, ev_io *io, int revents);
 
+/* What only a connection reading or answering requests needs: allocated
+ * with its parser at accept, freed with it once the connection streams or
+ * closes, so an idle stream does not carry it. c->parser points at its
+ * first member. */
+struct conn_request {
+    struct http_parser parser;
+    char *backlog;                /* pipelined input parked while answers drain */
+    uint32_t backlog_len;
+    bool sent_continue;
+    struct peer_addr peer;        /* a stream's is in its access record, if logged */
+    double dispatched_at;         /* monotonic, for the request's duration */
+};
+
+/* Every idle stream is one of these: with glibc's 8-byte chunk header it
+ * fits a 320-byte malloc chunk (472 bytes and a 480-byte chunk before the
+ * request moved out). Growing it costs 16 bytes a stream per step. */
+#if UINTPTR_MAX == 0xffffffffffffffffu
+_Static_assert(sizeof(struct conn) + 8 <= 320, "struct conn outgrew its 320-byte malloc chunk");
+#endif
+
+static struct conn_request *request_of(const struct conn *c)
+{
+    return (struct conn_request *)c->parser;
+}
+
+static void drop_request(struct conn *c)
+{
+    struct conn_request *rq = request_of(c);
+    if (!rq)
+        return;
+    free(rq->backlog);
+    http_parser_free(&rq->parser);
+    free(rq);
+    c->parser = NULL;
+}
+
+/* c->timeout is the header timeout or the keep-alive one, or off. */
+static void time_header(struct conn *c)
+{
+    deadline_arm(&c->w->header_timeouts, &c->timeout);
+    c->header_timing = true;
+}
+
+static void time_keepalive(struct conn *c)
+{
+    deadline_arm(&c->w->keepalive_timeouts, &c->timeout);
+    c->header_timing = false;
+}
+
+static void untime(struct conn *c)
+{
+    deadline_cancel(&c->timeout);
+    c->header_timing = false;
+}
+
 static void set_events(struct conn *c, int events)
 {
     if (c->input_closed)   /* EOF stays readable: polling it would spin */
@@ -29,7 +84,7 @@ static void set_events(struct conn *c, int events)
     if ((c->io.events & (EV_READ | EV_WRITE)) == events)
         return;
     ev_io_stop(c->w->loop, &c->io);
-    ev_io_set(&c->io, c->fd, events);
+    ev_io_set(&c->io, c->io.fd, events);
     if (events)
         ev_io_start(c->w->loop, &c->io);
 }
@@ -38,7 +93,7 @@ static void set_events(struct conn *c, int events)
  * connection streams. */
 static void set_state(struct conn *c, enum conn_state state)
 {
-    c->state = state;
+    c->state = (uint8_t)state;
     c->st.open = state == CONN_STREAMING;
 }
 
@@ -64,48 +119,57 @@ bool conn_is_stream(const struct conn *c)
     return c->stream;
 }
 
-static void remember_peer(struct conn *c, const struct sockaddr *sa)
+static void remember_peer(struct peer_addr *p, const struct sockaddr *sa)
 {
     if (sa && sa->sa_family == AF_INET) {
-        c->peer.family = AF_INET;
-        memcpy(c->peer.addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        p->family = AF_INET;
+        memcpy(p->addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
     } else if (sa && sa->sa_family == AF_INET6) {
-        c->peer.family = AF_INET6;
-        memcpy(c->peer.addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+        p->family = AF_INET6;
+        memcpy(p->addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
     }
 }
 
 void conn_peer_text(const struct conn *c, char *out, size_t size)
 {
-    if (!c->peer.family || !inet_ntop(c->peer.family, c->peer.addr, out, (socklen_t)size))
+    const struct peer_addr *p = c->parser ? &request_of(c)->peer : NULL;
+    if (!p || !p->family || !inet_ntop(p->family, p->addr, out, (socklen_t)size))
         snprintf(out, size, "unknown");
 }
 
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer)
 {
     struct conn *c = calloc(1, sizeof *c);
+    struct conn_request *rq = c ? calloc(1, sizeof *rq) : NULL;
     if (c) {
         c->w = w;
-        c->fd = fd;
-        c->parser = malloc(sizeof *c->parser);
+        c->parser = rq ? &rq->parser : NULL;
     }
-    if (!c || !c->parser || !worker_register_conn(w, c)) {
-        free(c ? c->parser : NULL);
+    if (!c || !rq || !worker_register_conn(w, c)) {
+        free(rq);
         free(c);
         if (close(fd) < 0)
             log_debug("close: %s", strerror(errno));
         log_warn("out of memory accepting a connection");
         return;
     }
-    remember_peer(c, peer);
+    remember_peer(&rq->peer, peer);
     http_parser_init(c->parser, &w->limits);
     ev_io_init(&c->io, on_io, fd, EV_READ);
     c->io.data = c;
     stream_init(&c->st, &w->streams);
-    struct worker_metrics *m = metrics_worker(w->id);
-    c->st.out.meter = m ? &m->out : NULL;
+    if (!w->streams.meter) {   /* the worker's, once: its id is known by now */
+        struct worker_metrics *m = metrics_worker(w->id);
+        w->streams.meter = m ? &m->out : NULL;
+    }
     ev_io_start(w->loop, &c->io);
-    deadline_arm(&w->header_timeouts, &c->timeout);
+    time_header(c);
+}
+
+/* Loop time in ms, modulo 2^32. */
+static uint32_t loop_ms(struct ev_loop *loop)
+{
+    return (uint32_t)(uint64_t)(ev_now(loop) * 1e3);
 }
 
 /* A stream's access-log line, while its subscriptions can still be named. */
@@ -116,7 +180,7 @@ static void log_stream_end(struct conn *c)
     if (!c->st.end_reason)
         stream_note_end(&c->st, c->w->stopping ? STREAM_END_SHUTDOWN : STREAM_END_SERVER_ERROR);
     metrics_stream_closed(c->w->id, c->mkey, (enum stream_end)c->st.end_reason,
-                          ev_now(c->w->loop) - c->stream_opened);
+                          (loop_ms(c->w->loop) - c->stream_opened_ms) / 1e3);
     if (c->rec)
         access_log_stream(c->w->loop, c->rec, &c->st);
 }
@@ -134,17 +198,13 @@ void conn_free(struct conn *c)
     if (c->stream)
         w->handler->stream_gone(c);
     ev_io_stop(w->loop, &c->io);
-    deadline_cancel(&c->timeout);
+    untime(c);
     deadline_cancel(&c->stall);
-    free(c->backlog);
     if (c->in_flush_queue)
         TAILQ_REMOVE(&w->flush_queue, c, flush_link);
     stream_release(&c->st);
-    if (c->parser) {
-        http_parser_free(c->parser);
-        free(c->parser);
-    }
-    if (close(c->fd) < 0)
+    drop_request(c);
+    if (close(c->io.fd) < 0)
         log_debug("close: %s", strerror(errno));
     worker_conn_released(w, c);
     free(c);
@@ -163,7 +223,7 @@ void conn_abort(struct conn *c)
 static enum outbuf_status write_some(struct conn *c)
 {
     size_t before = c->st.out.bytes;
-    enum outbuf_status st = outbuf_write(&c->st.out, c->fd);
+    enum outbuf_status st = outbuf_write(&c->st.out, c->w->streams.meter, c->io.fd);
     stream_wrote(&c->st, before);
     if (st == OUTBUF_ERROR)
         stream_note_end(&c->st, STREAM_END_CLIENT_GONE);
@@ -204,7 +264,7 @@ static bool write_out(struct conn *c)
     }
     c->writing = false;
     set_events(c, EV_READ);   /* also resumes reading paused for backpressure */
-    if (c->backlog && c->state == CONN_READING)
+    if (c->parser && request_of(c)->backlog && c->state == CONN_READING)
         ev_feed_event(c->w->loop, &c->io, EV_READ);
     return true;
 }
@@ -241,7 +301,7 @@ void conn_on_flush(struct conn *c)
 
 static void enqueue(struct conn *c, struct frame *f, uint32_t off, uint32_t len)
 {
-    if (!outbuf_push(&c->st.out, f, off, len)) {
+    if (!outbuf_push(&c->st.out, c->w->streams.meter, f, off, len)) {
         log_warn("out of memory queueing output; closing connection");
         conn_abort(c);
         return;
@@ -265,18 +325,19 @@ static void finish_request(struct conn *c)
 {
     if (c->answer_later) {   /* answered at last: the next request may be parsed */
         c->answer_later = false;
-        c->sent_continue = false;
-        if (c->parser)
+        if (c->parser) {
+            request_of(c)->sent_continue = false;
             http_parser_next(c->parser);
+        }
     }
     c->served = true;
     /* input_closed: the client half-closed while its answer was awaited. */
     if (c->keep_alive && !c->w->stopping && !c->input_closed) {
         set_state(c, CONN_READING);
-        deadline_arm(&c->w->keepalive_timeouts, &c->timeout);
+        time_keepalive(c);
     } else {
         set_state(c, CONN_CLOSING);
-        deadline_cancel(&c->timeout);
+        untime(c);
     }
 }
 
@@ -381,7 +442,9 @@ static void respond(struct conn *c, const char *head, size_t head_len,
     access_log_answer(c->w->loop, c->rec, head_status(head, head_len), f->len);
     if (c->dispatched) {
         c->dispatched = false;
-        metrics_request_done(c->w->id, c->mkey, clock_mono() - c->dispatched_at);
+        if (c->parser)   /* (always: dispatching is reading a request) */
+            metrics_request_done(c->w->id, c->mkey,
+                                 clock_mono() - request_of(c)->dispatched_at);
     }
     access_rec_free(c->rec);
     c->rec = NULL;
@@ -475,11 +538,11 @@ bool conn_stream_open(struct conn *c, const char *fields, size_t fields_len,
     set_state(c, CONN_STREAMING);
     c->stream = true;
     c->dispatched = false;
-    c->stream_opened = ev_now(c->w->loop);
+    c->stream_opened_ms = loop_ms(c->w->loop);
     metrics_stream_opened(c->w->id, c->mkey);
     counter_add(&c->w->stats.streams_opened, 1);
     gauge_set(&c->w->stats.streams, gauge_get(&c->w->stats.streams) + 1);
-    deadline_cancel(&c->timeout);
+    untime(c);
     stream_start(&c->st, first, heartbeat);
     return c->state == CONN_STREAMING;
 }
@@ -534,9 +597,9 @@ static void dispatch(struct conn *c)
     set_state(c, CONN_DISPATCHING);
     c->mkey = 0;   /* until the runtime names the route */
     c->dispatched = true;
-    c->dispatched_at = clock_mono();
+    request_of(c)->dispatched_at = clock_mono();
     c->keep_alive = http_keep_alive(c->parser) && !w->stopping;
-    deadline_cancel(&c->timeout);
+    untime(c);
     uint32_t n;
     if (!http_is_1_0(c->parser) && !http_header(&c->parser->req, "host", &n)) {
         conn_respond_error(c, 400, NULL);   /* RFC 9112 3.2: Host is required */
@@ -577,8 +640,8 @@ static void keep_input(struct conn *c, const char *data, size_t len)
         return;
     }
     memcpy(copy, data, len);
-    c->backlog = copy;
-    c->backlog_len = (uint32_t)len;
+    request_of(c)->backlog = copy;
+    request_of(c)->backlog_len = (uint32_t)len;
 }
 
 static void park_input(struct conn *c, const char *data, size_t len)
@@ -589,8 +652,8 @@ static void park_input(struct conn *c, const char *data, size_t len)
         return;
     }
     memcpy(copy, data, len);
-    c->backlog = copy;
-    c->backlog_len = (uint32_t)len;
+    request_of(c)->backlog = copy;
+    request_of(c)->backlog_len = (uint32_t)len;
     set_events(c, EV_WRITE);
 }
 
@@ -609,10 +672,10 @@ static void feed(struct conn *c, const char *data, size_t len)
             return;
         }
         if (r == HTTP_PARSE_MORE) {
-            if (p->started && c->timeout.list != &c->w->header_timeouts)
-                deadline_arm(&c->w->header_timeouts, &c->timeout);
-            if (p->head_done && p->req.expect_continue && !c->sent_continue) {
-                c->sent_continue = true;
+            if (p->started && !(c->header_timing && deadline_armed(&c->timeout)))
+                time_header(c);
+            if (p->head_done && p->req.expect_continue && !request_of(c)->sent_continue) {
+                request_of(c)->sent_continue = true;
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 enqueue_bytes(c, cont, sizeof cont - 1);
             }
@@ -624,7 +687,7 @@ static void feed(struct conn *c, const char *data, size_t len)
                 keep_input(c, data, len);
             return;
         }
-        c->sent_continue = false;
+        request_of(c)->sent_continue = false;
         if (c->state != CONN_READING)
             break;
         http_parser_next(p);
@@ -635,12 +698,8 @@ static void feed(struct conn *c, const char *data, size_t len)
             return;
         }
     }
-    if (c->state != CONN_READING && c->parser) {
-        /* A stream or a closing connection parses nothing more. */
-        http_parser_free(c->parser);
-        free(c->parser);
-        c->parser = NULL;
-    }
+    if (c->state != CONN_READING)   /* a stream or a closing connection parses nothing more */
+        drop_request(c);
 }
 
 /* A subscriber that closed its end wants nothing more: closing with a
@@ -651,7 +710,7 @@ static void feed(struct conn *c, const char *data, size_t len)
 static void reset_on_close(struct conn *c)
 {
     struct linger abort_close = { .l_onoff = 1, .l_linger = 0 };
-    if (setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &abort_close, sizeof abort_close) < 0)
+    if (setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &abort_close, sizeof abort_close) < 0)
         log_debug("SO_LINGER: %s", strerror(errno));
 }
 
@@ -660,7 +719,7 @@ static void reset_on_close(struct conn *c)
 static void peek_while_waiting(struct conn *c)
 {
     char b;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
+    ssize_t n = recv(c->io.fd, &b, 1, MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n < 0) {   /* reset: nobody will read the answer */
@@ -688,17 +747,18 @@ static void on_readable(struct conn *c)
         set_events(c, EV_WRITE);
         return;
     }
-    if (c->backlog) {   /* parked input first, in order */
-        char *data = c->backlog;
-        size_t len = c->backlog_len;
-        c->backlog = NULL;
-        c->backlog_len = 0;
+    struct conn_request *rq = request_of(c);
+    if (rq && rq->backlog) {   /* parked input first, in order */
+        char *data = rq->backlog;
+        size_t len = rq->backlog_len;
+        rq->backlog = NULL;
+        rq->backlog_len = 0;
         if (c->state == CONN_READING)
             feed(c, data, len);
         free(data);
         return;
     }
-    ssize_t n = read(c->fd, w->readbuf, sizeof w->readbuf);
+    ssize_t n = read(c->io.fd, w->readbuf, sizeof w->readbuf);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -722,7 +782,7 @@ static void on_readable(struct conn *c)
             return;
         }
         set_state(c, CONN_CLOSING);   /* a partial request is never answered */
-        deadline_cancel(&c->timeout);   /* --send-timeout still bounds a client not reading */
+        untime(c);   /* --send-timeout still bounds a client not reading */
         set_events(c, c->writing ? EV_WRITE : 0);
         schedule_flush(c);
         return;

@@ -31,35 +31,42 @@ struct peer_addr {
 
 struct conn {
     /* What a fan-out touches for every subscriber comes first: the
-     * transport's part of it, then the stream's (see stream_prefetch). */
-    enum conn_state state;
+     * transport's part of it, then the stream's (see stream_prefetch).
+     * Idle streams are most of a server's memory: fields are packed, and
+     * what only a request needs lives with its parser (conn.c). */
+    uint8_t state;                /* enum conn_state */
     bool in_flush_queue;
     bool writing;                 /* waiting for EV_WRITE */
     bool stall_armed;             /* stall deadline set (it lives further down) */
     bool stream;                  /* has opened a stream */
-    bool lua_watch;               /* the handler's: Lua asked to hear when it closes */
+    bool lua_watch : 1;           /* the handler's: Lua asked to hear when it closes */
+    bool served : 1;              /* has answered a request before */
+    bool input_closed : 1;        /* read EOF: answer what was read, then close */
+    bool keep_alive : 1;
+    bool header_timing : 1;       /* timeout is the header timeout (else keep-alive) */
+    bool quota_held : 1;          /* holds a stream slot of quota_key */
+    bool dispatched : 1;          /* an answer now ends a dispatched request */
+    /* The handler answers after dispatch returned (a script waiting for
+     * Redis): nothing more is parsed until it has. */
+    bool answer_later : 1;
+    /* For the built-in metrics (core/metrics.h): the route and variant the
+     * runtime noted (0: none), and when its stream opened, loop time in ms
+     * modulo 2^32 (lifetimes come out right below 49 days). */
+    uint16_t mkey;
+    uint32_t stream_opened_ms;
+    uint32_t slot;                /* in the worker's table (worker_handle) */
     TAILQ_ENTRY(conn) flush_link;
     struct worker *w;
     /* Its output queue and, once a stream opens, the subscriber; open
      * exactly while state is CONN_STREAMING. */
     struct sse_stream st;
 
-    ev_io io;
-    int fd;
-    uint32_t slot;
-    struct peer_addr peer;
-    struct http_parser *parser;   /* freed once a stream opens */
+    ev_io io;                     /* io.fd: the socket */
+    /* Reading requests: the parser, and what only a request needs with it
+     * (struct conn_request in conn.c); freed once a stream opens. */
+    struct http_parser *parser;
     struct deadline timeout;      /* header or keep-alive */
     struct deadline stall;        /* output waiting on a client not reading */
-    char *backlog;                /* pipelined input parked while answers drain */
-    uint32_t backlog_len;
-    bool served;                  /* has answered a request before */
-    bool input_closed;            /* read EOF: answer what was read, then close */
-    bool keep_alive;
-    bool sent_continue;
-    /* The handler answers after dispatch returned (a script waiting for
-     * Redis): nothing more is parsed until it has. */
-    bool answer_later;
     /* The request being answered, or the stream: ids, and what the access
      * log says of it (core/access_log.h). */
     struct access_rec *rec;
@@ -67,14 +74,6 @@ struct conn {
      * the app tagged the stream, and the quota slot it holds. */
     struct tag_entry *tags;
     uint64_t quota_key;
-    bool quota_held;              /* holds a stream slot of quota_key */
-    /* For the built-in metrics (core/metrics.h): the route and variant the
-     * runtime noted (0: none), when the request was dispatched, when its
-     * stream opened. */
-    uint16_t mkey;
-    bool dispatched;              /* an answer now ends a dispatched request */
-    double dispatched_at;         /* monotonic */
-    ev_tstamp stream_opened;
 };
 
 /* What the transport hands the rest of the server: a request to answer,
@@ -91,7 +90,9 @@ struct conn_handler {
 struct sockaddr;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *peer);
 
-/* The client's address as text ("127.0.0.1", "::1"). */
+/* The client's address as text ("127.0.0.1", "::1"), while c reads or
+ * answers requests ("unknown" once it streams: the access record keeps
+ * what the log needs). */
 void conn_peer_text(const struct conn *c, char *out, size_t size);
 void conn_on_flush(struct conn *c);          /* from the worker's flusher */
 void conn_free(struct conn *c);              /* close now and free */

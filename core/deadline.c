@@ -4,9 +4,21 @@
 
 #include "clock.h"
 
+static struct deadline *first_of(struct deadline_list *l)
+{
+    return l->ring.next == &l->ring ? NULL : l->ring.next;
+}
+
+static void unlink_entry(struct deadline *d)
+{
+    d->prev->next = d->next;
+    d->next->prev = d->prev;
+    d->next = d->prev = NULL;
+}
+
 static void schedule(struct deadline_list *l)
 {
-    struct deadline *first = TAILQ_FIRST(&l->entries);
+    struct deadline *first = first_of(l);
     ev_timer_stop(l->loop, &l->timer);
     if (!first)
         return;
@@ -24,9 +36,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     /* Expire only what was due when we started: callbacks may re-arm
      * entries onto this list, and those must wait a full interval. */
     struct deadline *d;
-    while ((d = TAILQ_FIRST(&l->entries)) && d->due <= now) {
-        TAILQ_REMOVE(&l->entries, d, link);
-        d->list = NULL;
+    while ((d = first_of(l)) && d->due <= now) {
+        unlink_entry(d);
         l->expired(d, l->ctx);
     }
     schedule(l);
@@ -39,7 +50,7 @@ void deadline_list_init(struct deadline_list *l, struct ev_loop *loop,
     l->interval = interval;
     l->expired = expired;
     l->ctx = ctx;
-    TAILQ_INIT(&l->entries);
+    l->ring.next = l->ring.prev = &l->ring;
     ev_timer_init(&l->timer, on_timer, 0, 0);
     l->timer.data = l;
 }
@@ -49,17 +60,12 @@ void deadline_list_stop(struct deadline_list *l)
     ev_timer_stop(l->loop, &l->timer);
 }
 
+/* The list's timer stays set: it fires for an entry gone or later and
+ * re-arms for the first one left, if any. */
 void deadline_cancel(struct deadline *d)
 {
-    struct deadline_list *l = d->list;
-    if (!l)
-        return;
-    int was_first = TAILQ_FIRST(&l->entries) == d;
-    TAILQ_REMOVE(&l->entries, d, link);
-    d->list = NULL;
-    /* A later first entry only makes the timer fire early and re-arm. */
-    if (was_first && TAILQ_EMPTY(&l->entries))
-        ev_timer_stop(l->loop, &l->timer);
+    if (deadline_armed(d))
+        unlink_entry(d);
 }
 
 void deadline_arm(struct deadline_list *l, struct deadline *d)
@@ -71,9 +77,10 @@ void deadline_arm(struct deadline_list *l, struct deadline *d)
      * not be due again in the same pass (a tiny interval would loop). */
     if (!(d->due > now))
         d->due = nextafter(now, INFINITY);
-    d->list = l;
-    int was_empty = TAILQ_EMPTY(&l->entries);
-    TAILQ_INSERT_TAIL(&l->entries, d, link);
-    if (was_empty)
+    d->prev = l->ring.prev;
+    d->next = &l->ring;
+    l->ring.prev->next = d;
+    l->ring.prev = d;
+    if (!ev_is_active(&l->timer))   /* else it fires for an earlier one */
         schedule(l);
 }

@@ -12,9 +12,21 @@
 #define WRITEV_SLICES 256
 #define SMALL_RING 8
 
+static struct slice *ring_of(const struct outbuf *ob)
+{
+    return (struct slice *)outbuf_ring(ob);
+}
+
+/* The i-th queued slice of ring (ring_of(ob), fetched once a loop: it
+ * stays where it is until the ring grows). */
+static struct slice *nth(struct slice *ring, const struct outbuf *ob, uint32_t i)
+{
+    return &ring[(ob->head + i) & (ob->cap - 1)];
+}
+
 static struct slice *at(const struct outbuf *ob, uint32_t i)
 {
-    return &ob->ring[(ob->head + i) & (ob->cap - 1)];
+    return nth(ring_of(ob), ob, i);
 }
 
 /* The first slices live inside the outbuf: a stream that gets an event
@@ -22,7 +34,6 @@ static struct slice *at(const struct outbuf *ob, uint32_t i)
 static bool grow(struct outbuf *ob)
 {
     if (ob->cap == 0) {
-        ob->ring = ob->small;
         ob->cap = OUTBUF_INLINE;
         ob->head = 0;
         return true;
@@ -33,15 +44,15 @@ static bool grow(struct outbuf *ob)
         return false;
     for (uint32_t i = 0; i < ob->count; i++)
         ring[i] = *at(ob, i);
-    if (ob->ring != ob->small)
-        free(ob->ring);
-    ob->ring = ring;
+    if (ob->cap > OUTBUF_INLINE)
+        free(ob->ring.heap);
+    ob->ring.heap = ring;   /* (over `small`, copied out just above) */
     ob->cap = cap;
     ob->head = 0;
     return true;
 }
 
-bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
+bool outbuf_push(struct outbuf *ob, struct out_meter *m, struct frame *frame, uint32_t off,
                  uint32_t len)
 {
     if (len == 0)
@@ -51,15 +62,15 @@ bool outbuf_push(struct outbuf *ob, struct frame *frame, uint32_t off,
     *at(ob, ob->count) = (struct slice){ frame_ref(frame), off, len };
     ob->count++;
     ob->bytes += len;
-    meter_queued(ob->meter, len);
+    meter_queued(m, len);
     return true;
 }
 
-static void pop_front(struct outbuf *ob)
+static void pop_front(struct outbuf *ob, struct out_meter *m)
 {
     struct slice *s = at(ob, 0);
     ob->bytes -= s->len;
-    meter_queued(ob->meter, -(int64_t)s->len);
+    meter_queued(m, -(int64_t)s->len);
     frame_unref(s->frame);
     ob->head = (ob->head + 1) & (ob->cap - 1);
     ob->count--;
@@ -69,31 +80,31 @@ static void pop_front(struct outbuf *ob)
 /* An idle stream should cost no heap ring: free it once drained. */
 static void release_ring(struct outbuf *ob)
 {
-    if (ob->ring != ob->small)
-        free(ob->ring);
-    ob->ring = NULL;
+    if (ob->cap > OUTBUF_INLINE)
+        free(ob->ring.heap);
     ob->cap = ob->head = ob->count = 0;
 }
 
 /* An event whose bytes are all with the kernel now: how long since a
  * channel queued it. One clock read per write that completes one. */
-static void observe_written(struct out_meter *m, const struct frame *f, uint32_t *now)
+static void observe_written(struct out_meter *meter, const struct frame *f, uint32_t *now)
 {
-    if (!m || !f->queued_us || !m->histograms)
+    if (!meter || !f->queued_us || !meter->histograms)
         return;
     if (!*now)
         *now = metrics_stamp_now();
-    hist_observe_us(&m->latency, metrics_latency_bounds_us, (uint32_t)(*now - f->queued_us));
+    hist_observe_us(&meter->latency, metrics_latency_bounds_us, (uint32_t)(*now - f->queued_us));
 }
 
-enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
+enum outbuf_status outbuf_write(struct outbuf *ob, struct out_meter *m, int fd)
 {
     struct iovec iov[WRITEV_SLICES];
     uint32_t now = 0;
+    struct slice *ring = ring_of(ob);
     while (ob->count) {
         int n = 0;
         for (uint32_t i = 0; i < ob->count && n < WRITEV_SLICES; i++, n++) {
-            struct slice *s = at(ob, i);
+            struct slice *s = nth(ring, ob, i);
             iov[n].iov_base = s->frame->data + s->off;
             iov[n].iov_len = s->len;
         }
@@ -108,21 +119,21 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
         size_t left = (size_t)wrote;
         ob->written += left;
         while (left && ob->count) {
-            struct slice *s = at(ob, 0);
+            struct slice *s = nth(ring, ob, 0);
             if (s->frame->id)   /* the client has it, or will before anything else */
                 ob->last_event_id = s->frame->id;
             if (left < s->len) {
                 s->off += (uint32_t)left;
                 s->len -= (uint32_t)left;
                 ob->bytes -= left;
-                meter_queued(ob->meter, -(int64_t)left);
+                meter_queued(m, -(int64_t)left);
                 ob->head_started = true;
                 left = 0;
             } else {
                 left -= s->len;
                 ob->events_written += (s->frame->flags & FRAME_EVENT) != 0;
-                observe_written(ob->meter, s->frame, &now);
-                pop_front(ob);
+                observe_written(m, s->frame, &now);
+                pop_front(ob, m);
             }
         }
         if (ob->count)   /* short write: the socket buffer is full */
@@ -132,7 +143,7 @@ enum outbuf_status outbuf_write(struct outbuf *ob, int fd)
     return OUTBUF_DRAINED;
 }
 
-uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
+uint32_t outbuf_drop_oldest(struct outbuf *ob, struct out_meter *m, size_t keep_bytes)
 {
     /* Compacts the ring in place (writes trail reads), oldest first. */
     uint32_t dropped = 0;
@@ -141,7 +152,7 @@ uint32_t outbuf_drop_oldest(struct outbuf *ob, size_t keep_bytes)
         struct slice s = *at(ob, i);
         if (ob->bytes > keep_bytes && (s.frame->flags & FRAME_EVENT)) {
             ob->bytes -= s.len;
-            meter_queued(ob->meter, -(int64_t)s.len);
+            meter_queued(m, -(int64_t)s.len);
             frame_unref(s.frame);
             dropped++;
         } else {
@@ -158,14 +169,14 @@ const struct slice *outbuf_first_unstarted(const struct outbuf *ob)
     return ob->count > first ? at(ob, first) : NULL;
 }
 
-void outbuf_remove_first_unstarted(struct outbuf *ob)
+void outbuf_remove_first_unstarted(struct outbuf *ob, struct out_meter *m)
 {
     uint32_t first = ob->head_started ? 1 : 0;
     if (ob->count <= first)
         return;
     struct slice *victim = at(ob, first);
     ob->bytes -= victim->len;
-    meter_queued(ob->meter, -(int64_t)victim->len);
+    meter_queued(m, -(int64_t)victim->len);
     frame_unref(victim->frame);
     if (first)
         *victim = *at(ob, 0);
@@ -173,7 +184,7 @@ void outbuf_remove_first_unstarted(struct outbuf *ob)
     ob->count--;
 }
 
-bool outbuf_push_front(struct outbuf *ob, struct frame *frame, uint32_t off,
+bool outbuf_push_front(struct outbuf *ob, struct out_meter *m, struct frame *frame, uint32_t off,
                        uint32_t len)
 {
     if (ob->count == ob->cap && !grow(ob))
@@ -188,15 +199,15 @@ bool outbuf_push_front(struct outbuf *ob, struct frame *frame, uint32_t off,
         *at(ob, 0) = s;
     }
     ob->bytes += len;
-    meter_queued(ob->meter, len);
+    meter_queued(m, len);
     return true;
 }
 
-void outbuf_clear(struct outbuf *ob)
+void outbuf_clear(struct outbuf *ob, struct out_meter *m)
 {
     while (ob->count)
-        pop_front(ob);
+        pop_front(ob, m);
     release_ring(ob);
-    meter_queued(ob->meter, -(int64_t)ob->bytes);   /* 0 unless out of step */
+    meter_queued(m, -(int64_t)ob->bytes);   /* 0 unless out of step */
     ob->bytes = 0;
 }

@@ -11,7 +11,7 @@
 #include "log.h"
 #include "sse.h"
 
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents);
+static void on_heartbeat(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now);
 
 /* Frames every stream shares; they live as long as the process. */
 static struct frame *shared_chunk(const char *sse_text)
@@ -54,8 +54,18 @@ static struct frame *last_chunk_frame(void)
 void stream_init(struct sse_stream *s, struct stream_env *env)
 {
     s->env = env;
-    ev_timer_init(&s->heartbeat, on_heartbeat, 0, 0);
-    s->heartbeat.data = s;
+}
+
+static struct stream_extra *extra_of(struct sse_stream *s)
+{
+    if (!s->extra)
+        s->extra = calloc(1, sizeof *s->extra);
+    return s->extra;
+}
+
+static struct frame *gap_marker(const struct sse_stream *s)
+{
+    return s->extra ? s->extra->gap_marker : NULL;
 }
 
 bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
@@ -64,22 +74,25 @@ bool stream_set_policy(struct sse_stream *s, enum slow_policy policy,
     s->slow_policy = (uint8_t)policy;
     if (!reset)
         return true;
-    char *name = strndup(reset, reset_len);
+    struct stream_extra *x = extra_of(s);
+    char *name = x ? strndup(reset, reset_len) : NULL;
     if (!name)
         return false;
-    free(s->reset_event);
-    s->reset_event = name;
+    free(x->reset_event);
+    x->reset_event = name;
     return true;
 }
 
 void stream_release(struct sse_stream *s)
 {
-    ev_timer_stop(s->env->loop, &s->heartbeat);
-    outbuf_clear(&s->out);
-    free(s->reset_event);
-    s->reset_event = NULL;
-    frame_unref(s->gap_marker);
-    s->gap_marker = NULL;
+    hb_remove(&s->env->heartbeats, &s->heartbeat);
+    outbuf_clear(&s->out, s->env->meter);
+    if (s->extra) {
+        free(s->extra->reset_event);
+        frame_unref(s->extra->gap_marker);
+        free(s->extra);
+        s->extra = NULL;
+    }
 }
 
 void stream_abort(struct sse_stream *s)
@@ -90,7 +103,7 @@ void stream_abort(struct sse_stream *s)
 void stream_wrote(struct sse_stream *s, size_t before)
 {
     size_t written = before > s->out.bytes ? before - s->out.bytes : 0;
-    s->replay_credit = written >= s->replay_credit ? 0 : s->replay_credit - written;
+    s->replay_credit = written >= s->replay_credit ? 0 : s->replay_credit - (uint32_t)written;
 }
 
 /* The whole chunk on an HTTP/1.1 stream, the event's text alone else. */
@@ -98,7 +111,7 @@ static void enqueue(struct sse_stream *s, struct frame *f)
 {
     uint32_t off = s->chunked ? 0 : f->body_off;
     uint32_t len = s->chunked ? f->len : f->body_len;
-    if (!outbuf_push(&s->out, f, off, len)) {
+    if (!outbuf_push(&s->out, s->env->meter, f, off, len)) {
         log_warn("out of memory queueing output; closing connection");
         stream_owner_abort(s);
         return;
@@ -113,15 +126,18 @@ static void enqueue(struct sse_stream *s, struct frame *f)
 static void drop_oldest(struct sse_stream *s, size_t keep_bytes)
 {
     const struct slice *front = outbuf_first_unstarted(&s->out);
-    if (front && s->gap_marker && front->frame == s->gap_marker)
-        outbuf_remove_first_unstarted(&s->out);
+    struct frame *marker = gap_marker(s);
+    if (front && marker && front->frame == marker)
+        outbuf_remove_first_unstarted(&s->out, s->env->meter);
     else
         s->gap_dropped = 0;   /* the previous notice went out */
-    frame_unref(s->gap_marker);
-    s->gap_marker = NULL;
-    s->gap_dropped += outbuf_drop_oldest(&s->out, keep_bytes);
+    if (marker) {
+        frame_unref(marker);
+        s->extra->gap_marker = NULL;
+    }
+    s->gap_dropped += outbuf_drop_oldest(&s->out, s->env->meter, keep_bytes);
     if (s->replay_credit > s->out.bytes)   /* dropped replays are not owed */
-        s->replay_credit = s->out.bytes;
+        s->replay_credit = (uint32_t)s->out.bytes;
 
     /* Like the other reset events: which channels, and the id to resume
      * from (the last event the client gets before the gap) to fetch what
@@ -141,15 +157,15 @@ static void drop_oldest(struct sse_stream *s, size_t keep_bytes)
     const char *name = stream_reset_event(s);
     struct sse_event ev = { .event = name, .event_len = strlen(name),
                             .data = data.data, .data_len = data.len, .retry_ms = -1 };
-    struct frame *f = data.failed ? NULL : frame_sse(&ev);
+    struct frame *f = data.failed || !extra_of(s) ? NULL : frame_sse(&ev);
     buf_free(&data);
-    if (!f || !outbuf_push_front(&s->out, f, s->chunked ? 0 : f->body_off,
+    if (!f || !outbuf_push_front(&s->out, s->env->meter, f, s->chunked ? 0 : f->body_off,
                                  s->chunked ? f->len : f->body_len)) {
         frame_unref(f);
         stream_owner_abort(s);
         return;
     }
-    s->gap_marker = f;   /* keeps the reference frame_sse gave us */
+    s->extra->gap_marker = f;   /* keeps the reference frame_sse gave us */
 }
 
 static bool send(struct sse_stream *s, struct frame *f, bool replay)
@@ -157,8 +173,9 @@ static bool send(struct sse_stream *s, struct frame *f, bool replay)
     if (!s->open || !f)
         return false;
     uint32_t len = s->chunked ? f->len : f->body_len;
-    if (replay)
-        s->replay_credit += len;
+    if (replay)   /* (a cap 4 GiB over --max-queued-bytes is as good as none) */
+        s->replay_credit = len > UINT32_MAX - s->replay_credit ? UINT32_MAX
+                                                               : s->replay_credit + len;
     size_t cap = s->env->max_queued + s->replay_credit;
     /* Output queued this loop turn is not a backlog yet: write it before
      * judging. An empty queue takes any one event, so an event larger than
@@ -200,9 +217,12 @@ void stream_start(struct sse_stream *s, struct frame *first, double heartbeat)
 {
     stream_send(s, first);   /* sets last_write: the interval starts now */
     if (heartbeat > 0 && s->open) {
-        s->heartbeat_s = heartbeat;
-        ev_timer_set(&s->heartbeat, heartbeat, 0);
-        ev_timer_start(s->env->loop, &s->heartbeat);
+        s->heartbeat_s = (float)heartbeat;
+        if (!hb_add(&s->env->heartbeats, s->env->loop, on_heartbeat, &s->heartbeat,
+                    s->last_write + heartbeat)) {
+            log_warn("out of memory starting a heartbeat; closing connection");
+            stream_owner_abort(s);
+        }
     }
 }
 
@@ -218,7 +238,7 @@ void stream_end(struct sse_stream *s)
     /* Subscriptions go when the owner frees the stream: this may run in
      * the middle of a fan-out (a view transform closing a stream), and
      * the open check in send already keeps events out. */
-    ev_timer_stop(s->env->loop, &s->heartbeat);
+    hb_remove(&s->env->heartbeats, &s->heartbeat);
     if (s->open)
         stream_owner_ended(s);
 }
@@ -237,23 +257,21 @@ void stream_goodbye(struct sse_stream *s, long retry_ms)
 }
 
 /* ev.pod's "be smart about timeouts" (technique 2): events only note the
- * time; when the timer fires, a stream silent for the interval gets a
- * comment, and one that wrote since waits out the rest of the interval
- * from its last write. So no stream is silent for much longer than the
- * interval, and an event costs one store. */
-static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
+ * time; when its tick comes, a stream silent for the interval gets a
+ * comment, and one that wrote since is filed again one interval after its
+ * last write. So no stream is silent for longer than the interval, and an
+ * event costs one store. */
+static void on_heartbeat(struct hb_wheel *wh, struct hb_node *n, ev_tstamp now)
 {
-    (void)revents;
-    struct sse_stream *s = t->data;
+    struct sse_stream *s = (struct sse_stream *)((char *)n - offsetof(struct sse_stream, heartbeat));
     if (!s->open)
         return;
-    ev_tstamp now = ev_now(loop);
-    ev_tstamp left = s->last_write + s->heartbeat_s - now;
-    /* Early by a sliver rather than a timer for a sliver. */
-    if (left > s->heartbeat_s / 64) {
-        /* (At most an interval: the loop's clock may have stepped back.) */
-        ev_timer_set(t, left < s->heartbeat_s ? left : s->heartbeat_s, 0);
-        ev_timer_start(loop, t);
+    ev_tstamp interval = s->heartbeat_s;
+    ev_tstamp due = s->last_write + interval;
+    if (due > now + interval)   /* the loop's clock stepped back */
+        due = now + interval;
+    if (!hb_passed(wh, due)) {   /* wrote since (cannot fail: a firing wheel keeps its slots) */
+        hb_add(wh, s->env->loop, on_heartbeat, n, due);
         return;
     }
     /* A heartbeat behind queued output would tell the proxy nothing new. */
@@ -265,6 +283,5 @@ static void on_heartbeat(struct ev_loop *loop, ev_timer *t, int revents)
     if (!s->open)
         return;
     s->last_write = now;
-    ev_timer_set(t, s->heartbeat_s, 0);
-    ev_timer_start(loop, t);
+    hb_add(wh, s->env->loop, on_heartbeat, n, now + interval);
 }

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "heartbeat.h"
 #include "outbuf.h"
 
 struct buf;
@@ -46,29 +47,39 @@ struct stream_env {
     /* Appends the JSON members naming s's channels, for the gap notice:
      * the channels' own description, passed down (NULL: none). */
     void (*describe_subs)(const struct sse_stream *s, struct buf *b);
+    struct hb_wheel heartbeats;   /* its streams' heartbeats (zeroed: empty) */
+    /* The worker's output gauges (core/metrics.h), NULL: not measured;
+     * set by the transport (conn.c) as it accepts. */
+    struct out_meter *meter;
 };
 
 struct sse_stream {
     /* What queueing an event touches comes first (see stream_prefetch). */
     bool open;                    /* takes events; only the owner sets it */
     bool chunked;                 /* events are HTTP/1.1 chunks, else bodies only */
-    uint8_t slow_policy;
+    uint8_t slow_policy : 2;      /* enum slow_policy */
+    bool resume_reset : 1;        /* its resume got a reset event (channel.c) */
+    uint8_t end_reason;           /* enum stream_end, once known */
     uint32_t gap_dropped;         /* events the queued gap notice accounts for */
     ev_tstamp last_write;         /* loop time the stream last queued output */
     /* The connection's whole output: before a stream opens, its owner
      * queues plain answers here too. */
     struct outbuf out;
-    size_t replay_credit;         /* resume bytes not yet written */
+    uint32_t replay_credit;       /* resume bytes not yet written (saturates) */
+    float heartbeat_s;            /* its heartbeat interval, 0: none */
     struct stream_env *env;
     struct sub *subs;             /* its subscriptions, kept by channel.c */
-    /* Its own timer, not a shared fixed-interval list: the next heartbeat
-     * is due one interval after the last write, which differs per stream. */
-    ev_timer heartbeat;
-    double heartbeat_s;           /* 0: none */
+    /* Due one interval after the last write, which differs per stream:
+     * filed on the worker's wheel (core/heartbeat.h), not a timer each. */
+    struct hb_node heartbeat;
+    struct stream_extra *extra;   /* what few streams need, NULL: none yet */
+};
+
+/* Allocated for the streams that name their missed-events event or fall
+ * behind with the drop-oldest policy, not carried by every stream. */
+struct stream_extra {
     char *reset_event;            /* name of the missed-events event, NULL: default */
     struct frame *gap_marker;     /* queued gap notice, while unsent */
-    uint8_t end_reason;           /* enum stream_end, once known */
-    bool resume_reset;            /* its resume got a reset event (channel.c) */
 };
 
 void stream_init(struct sse_stream *s, struct stream_env *env);
@@ -123,7 +134,7 @@ static inline bool stream_is_open(const struct sse_stream *s)
 
 static inline const char *stream_reset_event(const struct sse_stream *s)
 {
-    return s->reset_event ? s->reset_event : "sluice-reset";
+    return s->extra && s->extra->reset_event ? s->extra->reset_event : "sluice-reset";
 }
 
 /* For a fan-out: fetch what queueing an event touches (the first part of

@@ -372,7 +372,8 @@ static void reset_unknown_id(void)
 
     /* A stream's own reset event name; an id from the future. */
     fake_stream_open(&t);
-    t.reset_event = strdup("missed");
+    struct stream_extra named = { .reset_event = "missed" };
+    t.extra = &named;
     char last[24];
     id_text(last, sizeof last, channels_last_id(cs) + 1);
     const char *a = "a";
@@ -381,7 +382,7 @@ static void reset_unknown_id(void)
     CHECK(d && body_has(d->frame, "event: missed\n"));
     CHECK(d && body_has(d->frame, "\"reason\":\"unknown-id\""));
     CHECK_EQ(fake_count_for(&t), 1);
-    free(t.reset_event);
+    t.extra = NULL;
     channels_unsubscribe(cs, &s);
     channels_unsubscribe(cs, &t);
     done(cs, NULL, 0);
