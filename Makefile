@@ -85,7 +85,7 @@ $(BUILD)/tests/channel_test: tests/c/channel_test.c tests/c/fake_stream.c core/c
                              $(wildcard core/*.h tests/c/*.h) | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Icore -o $@ $(filter %.c,$^) $(LDFLAGS) -lev -lm
 
-$(BUILD)/tests/stream_test: tests/c/stream_test.c core/stream.c core/outbuf.c core/channel.c $(CTEST_LIB) \
+$(BUILD)/tests/stream_test: tests/c/stream_test.c core/stream.c core/outbuf.c core/heartbeat.c core/channel.c $(CTEST_LIB) \
                             $(wildcard core/*.h tests/c/*.h) | $(BUILD)/tests
 	$(CC) $(CFLAGS) -Icore -o $@ $(filter %.c,$^) $(LDFLAGS) -lev -lm
 

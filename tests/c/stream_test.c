@@ -12,10 +12,6 @@
 #include "frame.h"
 #include "stream.h"
 
-/* The Makefile's stream_test line predates heartbeat.c; built here with
- * it until that line names it. */
-#include "../../core/heartbeat.c"
-
 static int flushes, writes_now, aborts, ends;
 /* Loop times of the output queued on the streams heartbeat tests watch. */
 #define MAX_FLUSH_TIMES 64
