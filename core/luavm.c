@@ -315,6 +315,11 @@ struct luavm *luavm_new(struct worker *w, const char *lua_dir,
     if (cpu_budget_ms > 0)
         vm->cpu_timer_ok = setup_cpu_timer(vm);
     lua_State *L = vm->L;
+    /* A collection cycle starts when the heap reaches 1.5x what was live
+     * after the last (LuaJIT's default: 2x). Stream objects dominate a
+     * worker's heap, so this is ~50 B of RSS per idle stream, at no
+     * measurable cost in handler or churn CPU (bench/run handler churn). */
+    lua_gc(L, LUA_GCSETPAUSE, 150);
     luaL_openlibs(L);
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", lua_dir, lua_dir);
