@@ -40,6 +40,19 @@ void hist_add(struct hist *h, uint64_t value)
 		h->max = value;
 }
 
+void hist_merge(struct hist *dst, const struct hist *src)
+{
+	if (src->count == 0)
+		return;
+	for (unsigned b = 0; b < HIST_BUCKETS; b++)
+		dst->buckets[b] += src->buckets[b];
+	dst->count += src->count;
+	if (src->min < dst->min)
+		dst->min = src->min;
+	if (src->max > dst->max)
+		dst->max = src->max;
+}
+
 uint64_t hist_quantile(const struct hist *h, double q)
 {
 	if (h->count == 0)

@@ -19,6 +19,8 @@ struct hist {
 
 void hist_init(struct hist *h);
 void hist_add(struct hist *h, uint64_t value);
+/* Adds every sample of src to dst. */
+void hist_merge(struct hist *dst, const struct hist *src);
 /* Value at quantile q in [0,1]; exact for min (q=0) and max (q=1),
  * otherwise the upper edge of the bucket holding that rank. 0 if empty. */
 uint64_t hist_quantile(const struct hist *h, double q);

@@ -1,9 +1,11 @@
 /* loadgen: load generator for sluice (SSE over HTTP/1.1, loopback only).
  *
  * Modes:
- *   fanout  N subscribers on one channel, one publisher POSTing M events at
- *           a fixed rate; checks every subscriber got every event exactly
- *           once and in order, and measures publish->receive latency.
+ *   fanout  N subscribers on one channel, one publisher (or --pub-conns of
+ *           them) POSTing M events at a fixed rate, or one POST that has the
+ *           server publish M itself (--burst-path); checks every subscriber
+ *           got every event exactly once and in order, with increasing ids,
+ *           and measures publish->receive latency.
  *   idle    N subscribers that just stay open; server RSS per stream.
  *   churn   for D seconds, open/await-first-chunk/close subscriptions with
  *           C in flight; subscriptions per second.
@@ -48,6 +50,7 @@
 #define MAX_ALSO_PIDS 4
 #define MAX_PATH_LEN 300
 #define MAX_PAYLOAD_FIELDS 4000
+#define MAX_PUB_CONNS 1024
 
 enum mode { MODE_FANOUT, MODE_IDLE, MODE_CHURN, MODE_HTTP, MODE_FREE_PORT, MODE_WAIT_LISTEN,
 	    MODE_GET, MODE_HUP_WAIT };
@@ -64,6 +67,8 @@ struct config {
 	unsigned events;
 	double rate;
 	unsigned pub_inflight;
+	unsigned pub_conns;	/* publishing connections; seqs split by stride */
+	const char *burst_path;	/* one POST makes the server publish --events */
 	int rx_timestamps;
 	int spin;		/* fanout: poll without sleeping (see --help) */
 	unsigned payload_size;
@@ -282,6 +287,10 @@ struct sub {
 	uint64_t received;	/* events incl. duplicates */
 	uint64_t distinct;
 	uint64_t next_expected;	/* highest seq seen + 1 */
+	uint64_t *class_next;	/* per publishing connection (seq % pub_conns):
+				 * its highest seq seen + 1; NULL with one */
+	uint64_t last_id;	/* last numeric id: ids must increase */
+	uint32_t id_back;	/* ids not above the previous one */
 	uint32_t dup;
 	uint32_t ooo;
 	uint32_t bad;
@@ -322,7 +331,8 @@ struct bench {
 	int last_status;
 
 	/* fanout */
-	struct publisher pub;
+	struct publisher *pubs;	/* --pub-conns of them */
+	unsigned npubs;
 	uint64_t events_received;
 	uint64_t first_receive;
 	uint64_t last_receive;
@@ -504,8 +514,20 @@ static int on_event(void *ctx, const struct sp_event *ev)
 
 	s->received++;
 	b->events_received++;
-	if (!ev->has_id)
+	if (!ev->has_id) {
 		s->no_id++;
+	} else {
+		/* numeric ids (sluice's) must grow on a stream; others are skipped */
+		uint64_t id = 0;
+		size_t k = 0;
+		for (; k < ev->id_len && k < 20 && ev->id[k] >= '0' && ev->id[k] <= '9'; k++)
+			id = id * 10 + (uint64_t)(ev->id[k] - '0');
+		if (k > 0 && k == ev->id_len) {
+			if (id <= s->last_id)
+				s->id_back++;
+			s->last_id = id;
+		}
+	}
 	/* seq and ts were picked out of the whole data (any length, any key
 	 * order) while it streamed in; ev->data is only its first bytes */
 	if (!ev->payload_ok || ev->seq >= b->cfg.events || !s->seen) {
@@ -534,10 +556,12 @@ static int on_event(void *ctx, const struct sp_event *ev)
 	}
 	s->seen[seq >> 3] |= bit;
 	s->distinct++;
-	if (seq + 1 < s->next_expected)
+	/* several publishing connections: only each one's own order is defined */
+	uint64_t *next = s->class_next ? &s->class_next[seq % b->npubs] : &s->next_expected;
+	if (seq + 1 < *next)
 		s->ooo++;
 	else
-		s->next_expected = seq + 1;
+		*next = seq + 1;
 	return 0;
 }
 
@@ -657,14 +681,15 @@ static void dispatch(struct bench *b, int timeout_ms)
 			struct sub *s = &b->subs[idx];
 			if (s->fd >= 0)
 				sub_event(b, s, evs[i].events);
-		} else if (kind == KIND_PUB) {
-			pub_on_conn_event(&b->pub, evs[i].events);
-		} else if (kind == KIND_TIMER) {
-			pub_on_timer(&b->pub);
+		} else if (kind == KIND_PUB && idx < b->npubs) {
+			pub_on_conn_event(&b->pubs[idx], evs[i].events);
+		} else if (kind == KIND_TIMER && idx < b->npubs) {
+			pub_on_timer(&b->pubs[idx]);
 		}
 	}
 	if (b->cfg.mode == MODE_FANOUT && (n == MAX_EPOLL_EVENTS || b->cfg.spin))
-		pub_poll_schedule(&b->pub);
+		for (unsigned p = 0; p < b->npubs; p++)
+			pub_poll_schedule(&b->pubs[p]);
 }
 
 /* ms until deadline, at most cap_ms, at least 0 */
@@ -834,17 +859,40 @@ static int run_fanout(struct bench *b)
 		b->subs[i].seen = bits + (size_t)i * bitmap_bytes;
 	uint8_t *ok_bits = bits + (size_t)c->subs * bitmap_bytes;
 
+	/* --pub-conns N: connection k sends seqs k, k+N, k+2N ... at rate/N */
+	b->npubs = c->burst_path ? 1 : c->pub_conns;
+	if (b->npubs > c->events && c->events > 0)
+		b->npubs = c->events;
+	if (b->npubs == 0)
+		b->npubs = 1;
+	uint64_t *class_next = NULL;
+	if (b->npubs > 1) {
+		class_next = calloc((size_t)c->subs * b->npubs, sizeof *class_next);
+		if (!class_next)
+			die("out of memory for the per-connection order check");
+		for (unsigned i = 0; i < c->subs; i++)
+			b->subs[i].class_next = class_next + (size_t)i * b->npubs;
+	}
+	b->pubs = calloc(b->npubs, sizeof *b->pubs);
+	if (!b->pubs)
+		die("out of memory for the publishers");
+	b->real_minus_mono = realtime_offset();
 	struct pub_config pc = {
 		.dst = c->dst, .host = c->host, .port = c->port, .channel = c->channel,
-		.events = c->events, .rate = c->rate, .payload_size = c->payload_size,
+		.events = c->events, .rate = c->rate / b->npubs, .payload_size = c->payload_size,
 		.inflight = c->pub_inflight, .verbose = c->verbose, .extra = c->payload_fields,
-		.rx_timestamps = c->rx_timestamps,
+		.rx_timestamps = c->rx_timestamps, .real_minus_mono = b->real_minus_mono,
+		.seq_stride = b->npubs, .burst_path = c->burst_path,
 	};
-	b->real_minus_mono = realtime_offset();
-	pc.real_minus_mono = b->real_minus_mono;
-	struct publisher *pub = &b->pub;
-	if (pub_init(pub, &pc, b->epfd, tag(KIND_PUB, 0), tag(KIND_TIMER, 0), ok_bits) != 0)
-		die("out of memory for the publisher");
+	for (unsigned p = 0; p < b->npubs; p++) {
+		pc.seq_first = p;
+		pc.events = c->events / b->npubs + (p < c->events % b->npubs);
+		if (pub_init(&b->pubs[p], &pc, b->epfd, tag(KIND_PUB, p), tag(KIND_TIMER, p),
+			     ok_bits) != 0)
+			die("out of memory for the publisher");
+	}
+	if (c->burst_path)
+		pc.inflight = 1;
 
 	uint64_t t0 = now_ns();
 	uint64_t hard_deadline = t0 + secs_to_ns(c->max_time_s);
@@ -864,15 +912,23 @@ static int run_fanout(struct bench *b)
 	cpu_window_start(&cpu, c->server_pid);
 	long long aux0 = c->aux_pid > 0 ? read_proc_cpu_ns(c->aux_pid) : -1;
 	if (ready > 0)
-		pub_start(pub);
+		for (unsigned p = 0; p < b->npubs; p++)
+			pub_start(&b->pubs[p]);
 	else
 		drain_deadline = t;
+	uint64_t accepted = 0;
 	while (t < hard_deadline) {
 		int cap = drain_deadline ? ms_until(drain_deadline, t, 20) : 100;
 		dispatch(b, c->spin ? 0 : ms_until(hard_deadline, t, cap));
 		t = now_ns();
-		pub_check_timeout(pub, t, secs_to_ns(c->pub_timeout_s));
-		if (!drain_deadline && pub_finished(pub))
+		int finished = 1;
+		accepted = 0;
+		for (unsigned p = 0; p < b->npubs; p++) {
+			pub_check_timeout(&b->pubs[p], t, secs_to_ns(c->pub_timeout_s));
+			finished &= pub_finished(&b->pubs[p]);
+			accepted += b->pubs[p].ok;
+		}
+		if (!drain_deadline && finished)
 			drain_deadline = t + secs_to_ns(c->wait_s);
 		if (!drain_deadline)
 			continue;
@@ -884,7 +940,7 @@ static int run_fanout(struct bench *b)
 		/* done early when every open stream has every accepted event */
 		int all = 1;
 		for (unsigned i = 0; i < b->nsubs && all; i++)
-			if (b->subs[i].phase == SUB_OPEN && b->subs[i].distinct < pub->ok)
+			if (b->subs[i].phase == SUB_OPEN && b->subs[i].distinct < accepted)
 				all = 0;
 		if (all)
 			break;
@@ -894,6 +950,36 @@ static int run_fanout(struct bench *b)
 	long long server_ns = cpu_window_server_ns(&cpu, c->server_pid);
 	cpu_window_end(&cpu, c->server_pid, &server_cpu, &self_cpu);
 	long long aux1 = c->aux_pid > 0 ? read_proc_cpu_ns(c->aux_pid) : -1;
+	/* the publishers as one: counts summed, span from the first send to the
+	 * last, latencies merged */
+	struct publisher all;
+	struct publisher *pub = &all;
+	int gave_up = 0;
+	memset(&all, 0, sizeof all);
+	all.subs_min = all.subs_max = -1;
+	hist_init(&all.lat);
+	hist_init(&all.lat_arrival);
+	hist_init(&all.lag);
+	for (unsigned p = 0; p < b->npubs; p++) {
+		const struct publisher *q = &b->pubs[p];
+		all.next_seq += q->next_seq;
+		all.ok += q->ok;
+		all.failed += q->failed;
+		if (q->first_send && (!all.first_send || q->first_send < all.first_send))
+			all.first_send = q->first_send;
+		if (q->last_send > all.last_send)
+			all.last_send = q->last_send;
+		if (q->subs_min >= 0 && (all.subs_min < 0 || q->subs_min < all.subs_min))
+			all.subs_min = q->subs_min;
+		if (q->subs_max > all.subs_max)
+			all.subs_max = q->subs_max;
+		if (q->max_body > all.max_body)
+			all.max_body = q->max_body;
+		hist_merge(&all.lat, &q->lat);
+		hist_merge(&all.lat_arrival, &q->lat_arrival);
+		hist_merge(&all.lag, &q->lag);
+		gave_up |= pub_gave_up(q);
+	}
 	double aux_cpu_us_per_event = aux0 >= 0 && aux1 >= 0 && pub->ok > 0
 		? (double)(aux1 - aux0) / 1e3 / (double)pub->ok : -1;
 	double aux_cpu_pct = aux0 >= 0 && aux1 >= 0 && t_end > cpu.t0
@@ -906,7 +992,7 @@ static int run_fanout(struct bench *b)
 	int64_t clock_drift = realtime_offset() - b->real_minus_mono;
 
 	/* tally: missing = accepted events that a stream, once open, never got */
-	uint64_t missing = 0, dup = 0, ooo = 0, bad = 0, no_id = 0, comments = 0;
+	uint64_t missing = 0, dup = 0, ooo = 0, bad = 0, no_id = 0, comments = 0, id_back = 0;
 	uint64_t streams_missing = 0;
 	for (unsigned i = 0; i < b->nsubs; i++) {
 		struct sub *s = &b->subs[i];
@@ -914,6 +1000,7 @@ static int run_fanout(struct bench *b)
 		ooo += s->ooo;
 		bad += s->bad;
 		no_id += s->no_id;
+		id_back += s->id_back;
 		comments += s->comments;
 		if (!s->was_open)
 			continue;	/* never subscribed: counted under errors */
@@ -945,8 +1032,14 @@ static int run_fanout(struct bench *b)
 	print_errors(b);
 	printf("  publish: %" PRIu64 " sent, %" PRIu64 " accepted, %" PRIu64 " failed%s; "
 	       "target %.1f/s, achieved %.1f/s; up to %u in flight; payload >= %u bytes\n",
-	       pub->next_seq, pub->ok, pub->failed, pub_gave_up(pub) ? " (gave up)" : "",
+	       pub->next_seq, pub->ok, pub->failed, gave_up ? " (gave up)" : "",
 	       c->rate, pub_rate, pc.inflight, c->payload_size);
+	if (b->npubs > 1)
+		printf("  publishing connections: %u (seqs split by stride; order checked per "
+		       "connection)\n", b->npubs);
+	if (c->burst_path)
+		printf("  burst: one POST %s; the server published the %u events itself "
+		       "(latency counts from that POST)\n", c->burst_path, c->events);
 	if (c->payload_fields)
 		printf("  payload: {%s,\"seq\":N,\"ts\":T} (%zu bytes at most)\n",
 		       c->payload_fields, pub->max_body);
@@ -967,8 +1060,8 @@ static int run_fanout(struct bench *b)
 	       "(opened streams x accepted events)\n", b->events_received, expected);
 	printf("  integrity: missing %" PRIu64 " (in %" PRIu64 " streams), duplicated %" PRIu64
 	       ", out of order %" PRIu64 ", unparseable %" PRIu64 ", without id %" PRIu64
-	       ", comments/heartbeats %" PRIu64 "\n",
-	       missing, streams_missing, dup, ooo, bad, no_id, comments);
+	       ", id not above the previous %" PRIu64 ", comments/heartbeats %" PRIu64 "\n",
+	       missing, streams_missing, dup, ooo, bad, no_id, id_back, comments);
 	print_hist_line("delivery latency (publish -> read by loadgen)", &b->lat);
 	if (b->npaths > 1) {
 		for (unsigned p = 0; p < b->npaths; p++) {
@@ -1009,14 +1102,16 @@ static int run_fanout(struct bench *b)
 		       rss_before, rss_open, rss_end);
 
 	int ok = ready == b->nsubs && open_errors == 0 && missing == 0 && dup == 0 &&
-		 ooo == 0 && bad == 0 && b->drops == 0 && pub->failed == 0 &&
-		 pub->ok == c->events && !pub_gave_up(pub);
+		 ooo == 0 && bad == 0 && id_back == 0 && b->drops == 0 && pub->failed == 0 &&
+		 pub->ok == c->events && !gave_up;
 	printf("RESULT mode=fanout ok=%d subs=%u opened=%u events=%u rate=%g pub_ok=%" PRIu64
 	       " pub_failed=%" PRIu64 " received=%" PRIu64 " expected=%" PRIu64
 	       " missing=%" PRIu64 " dup=%" PRIu64 " ooo=%" PRIu64 " bad=%" PRIu64
-	       " no_id=%" PRIu64 " drops=%" PRIu64 " errors=%" PRIu64,
+	       " no_id=%" PRIu64 " id_back=%" PRIu64 " drops=%" PRIu64 " errors=%" PRIu64
+	       " pub_conns=%u",
 	       ok, b->nsubs, ready, c->events, c->rate, pub->ok, pub->failed,
-	       b->events_received, expected, missing, dup, ooo, bad, no_id, b->drops, open_errors);
+	       b->events_received, expected, missing, dup, ooo, bad, no_id, id_back, b->drops,
+	       open_errors, b->npubs);
 	result_hist("lat", &b->lat);
 	if (c->rx_timestamps)
 		result_hist("arrival", &b->arrival_lat);
@@ -1034,7 +1129,11 @@ static int run_fanout(struct bench *b)
 		printf(" aux_cpu_pct=%.0f aux_cpu_us_per_event=%.1f", aux_cpu_pct,
 		       aux_cpu_us_per_event);
 	printf("\n");
-	pub_free(pub);
+	for (unsigned p = 0; p < b->npubs; p++)
+		pub_free(&b->pubs[p]);
+	free(b->pubs);
+	b->pubs = NULL;
+	free(class_next);
 	free(bits);
 	return ok ? 0 : 1;
 }
@@ -1421,6 +1520,13 @@ static void usage(FILE *f)
 "                           '\"user\":\"u-1\",\"card\":\"4111\"' (printable ASCII)\n"
 "  --pub-inflight D         publish requests outstanding at once; 1 = wait for\n"
 "                           each answer, >1 = HTTP/1.1 pipelining (1)\n"
+"  --pub-conns N            publishing connections (1); connection k sends seqs\n"
+"                           k, k+N, ... at R/N per second, each with up to D in\n"
+"                           flight; order is checked per connection\n"
+"  --burst-path PATH        instead of publishing: ONE POST to PATH with body\n"
+"                           \"M TS\" (TS: the send time, monotonic ns); the server\n"
+"                           publishes {\"seq\":0..M-1,\"ts\":TS} itself (bench.lua's\n"
+"                           /burst/CHANNEL); latency counts from that POST\n"
 "  --pub-timeout S          stop publishing if an answer takes over S s (10)\n"
 "  --no-rx-timestamps       do not ask the kernel for receive timestamps\n"
 "  --spin                   fanout: poll the streams without ever sleeping. On\n"
@@ -1526,7 +1632,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 		O_MODE = 256, O_HOST, O_PORT, O_CHANNEL, O_AUTH, O_TOKEN, O_SRC, O_SUBS,
 		O_CCONC, O_CTIMEOUT, O_EVENTS, O_RATE, O_PAYLOAD, O_WAIT, O_PID, O_SETTLE,
 		O_HOLD, O_DURATION, O_CONC, O_ATIMEOUT, O_MAXTIME, O_VERBOSE, O_HELP,
-		O_INFLIGHT, O_NO_RXTS, O_SPIN, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
+		O_INFLIGHT, O_PUB_CONNS, O_BURST_PATH, O_NO_RXTS, O_SPIN, O_PUB_TIMEOUT, O_SUB_PATH, O_FIELDS, O_PATH, O_CONNS,
 		O_PIPELINE, O_WARMUP, O_EXPECT, O_TIMEOUT, O_SUB_PORT, O_ALSO_PID, O_AUX_PID,
 	};
 	static const struct option opts[] = {
@@ -1544,6 +1650,8 @@ static void parse_args(struct config *c, int argc, char **argv)
 		{ "rate", required_argument, NULL, O_RATE },
 		{ "payload-size", required_argument, NULL, O_PAYLOAD },
 		{ "pub-inflight", required_argument, NULL, O_INFLIGHT },
+		{ "pub-conns", required_argument, NULL, O_PUB_CONNS },
+		{ "burst-path", required_argument, NULL, O_BURST_PATH },
 		{ "no-rx-timestamps", no_argument, NULL, O_NO_RXTS },
 		{ "spin", no_argument, NULL, O_SPIN },
 		{ "pub-timeout", required_argument, NULL, O_PUB_TIMEOUT },
@@ -1572,7 +1680,7 @@ static void parse_args(struct config *c, int argc, char **argv)
 	};
 	*c = (struct config){
 		.mode = MODE_FANOUT, .port = -1, .channel = "bench", .token = "let-me-in",
-		.subs = 100, .events = 100, .rate = 100, .pub_inflight = 1,
+		.subs = 100, .events = 100, .rate = 100, .pub_inflight = 1, .pub_conns = 1,
 		.rx_timestamps = 1, .connect_concurrency = 256,
 		.connect_timeout_s = 60, .wait_s = 5, .pub_timeout_s = 10, .duration_s = 5,
 		.churn_concurrency = 64, .attempt_timeout_s = 5, .settle_s = 1,
@@ -1604,6 +1712,12 @@ static void parse_args(struct config *c, int argc, char **argv)
 			break;
 		case O_EVENTS: c->events = parse_uint("--events", optarg, 0, 100000000); break;
 		case O_RATE: c->rate = parse_double("--rate", optarg, 0, 1e7); break;
+		case O_PUB_CONNS:
+			c->pub_conns = parse_uint("--pub-conns", optarg, 1, MAX_PUB_CONNS);
+			break;
+		case O_BURST_PATH:
+			c->burst_path = optarg;
+			break;
 		case O_INFLIGHT:
 			c->pub_inflight = parse_uint("--pub-inflight", optarg, 1, 100000);
 			break;

@@ -1,5 +1,7 @@
-/* The publishing side of the fanout bench: one keep-alive connection that
- * POSTs numbered, timestamped events on a fixed schedule. */
+/* The publishing side of the fanout bench: a keep-alive connection that
+ * POSTs numbered, timestamped events on a fixed schedule (several of them
+ * split the seqs by stride), or one request that has the server publish a
+ * burst of events itself (--burst-path). */
 #ifndef BENCH_PUBLISHER_H
 #define BENCH_PUBLISHER_H
 
@@ -16,7 +18,11 @@ struct pub_config {
 	const char *host;	/* for the Host header */
 	int port;
 	const char *channel;
-	uint64_t events;	/* seqs 0..events-1 */
+	uint64_t events;	/* how many this connection sends */
+	uint64_t seq_first;	/* its seqs: seq_first + i * seq_stride, */
+	uint64_t seq_stride;	/* i < events (several connections interleave) */
+	const char *burst_path;	/* instead: ONE POST to this path, body "EVENTS TS";
+				 * the server publishes seqs 0..events-1 itself */
 	double rate;		/* events/s; 0 = as fast as answers come */
 	unsigned payload_size;	/* pad the JSON body to at least this */
 	unsigned inflight;	/* requests outstanding at once (1 = no pipelining) */
@@ -52,7 +58,7 @@ struct publisher {
 	uint64_t t_start;	/* schedule origin */
 	uint64_t period_ns;
 	uint64_t due;		/* events the schedule allows so far */
-	uint64_t next_seq;	/* = events sent */
+	uint64_t next_seq;	/* events sent (index, not seq) */
 	uint64_t ok;
 	uint64_t failed;
 	uint64_t first_send;
