@@ -315,6 +315,7 @@ struct redis_bus {
     struct pub_cmd pub_cmd;
     /* The control channel (requests for every node, e.g. disconnects). */
     char *ctl_chan;               /* <prefix>ctl */
+    size_t ctl_chan_len;
     char ctl_id[96];              /* this node's id in them */
     struct ctl_msg *ctl_head, **ctl_tail;   /* under lock: for the main loop */
     ev_async ctl_kick;
@@ -1887,7 +1888,7 @@ static void ctl_count(uint64_t *c)
 static void ctl_subscribe(struct redis_bus *rb, redisAsyncContext *ac)
 {
     const char *argv[] = { "SUBSCRIBE", rb->ctl_chan };
-    size_t lens[] = { 9, strlen(rb->ctl_chan) };
+    size_t lens[] = { 9, rb->ctl_chan_len };
     if (redisAsyncCommandArgv(ac, on_sub_message, NULL, 2, argv, lens) != REDIS_OK)
         log_warn("redis: cannot subscribe to %s; disconnects from other nodes do not "
                  "reach this one until the next reconnect", rb->ctl_chan);
@@ -1960,7 +1961,7 @@ static void on_ctl_kick(struct ev_loop *loop, ev_async *a, int revents)
     while (m) {
         struct ctl_msg *next = m->next;
         const char *argv[] = { "PUBLISH", rb->ctl_chan, m->bytes };
-        size_t lens[] = { 7, strlen(rb->ctl_chan), m->len };
+        size_t lens[] = { 7, rb->ctl_chan_len, m->len };
         if (rb->pub.up && rb->pub.ac &&
             redisAsyncCommandArgv(rb->pub.ac, on_ctl_published, NULL, 3, argv, lens) == REDIS_OK) {
             rb->pub.inflight++;
@@ -1990,7 +1991,7 @@ static bool ctl_word(const char **p, const char *end, char stop, const char **w,
 static bool ctl_on_message(struct redis_bus *rb, const redisReply *reply)
 {
     const redisReply *chan = reply->element[1];
-    if (chan->len != strlen(rb->ctl_chan) || memcmp(chan->str, rb->ctl_chan, chan->len) != 0)
+    if (chan->len != rb->ctl_chan_len || memcmp(chan->str, rb->ctl_chan, chan->len) != 0)
         return false;
     const redisReply *msg = reply->element[2];
     if (strcmp(reply->element[0]->str, "message") != 0 || msg->type != REDIS_REPLY_STRING)
@@ -2033,6 +2034,7 @@ static int ctl_init(struct redis_bus *rb, const struct timespec *started)
     rb->ctl_chan = key_of(rb, "ctl", "", 0);
     if (!rb->ctl_chan)
         return -1;
+    rb->ctl_chan_len = strlen(rb->ctl_chan);
     /* pid and start time, and random bits: two hosts' pids and clocks
      * may agree. */
     uint32_t rnd;

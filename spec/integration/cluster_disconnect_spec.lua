@@ -10,6 +10,7 @@ local pinned = require "pinned"
 local client = require "client"
 local socket = require "socket"
 local cjson = require "cjson"
+local admin = require "admin"
 
 local APP = [[
 local sluice = require "sluice"
@@ -88,7 +89,7 @@ describe("#cluster sluice.disconnect", function()
   setup(function()
     r = redis.start()
     a = node(r)
-    b = node(r, { "--workers", "2" })
+    b = node(r, { "--workers", "2", "--admin-listen", "127.0.0.1:0" })
   end)
   teardown(function()
     if a then a:stop() end
@@ -121,6 +122,11 @@ describe("#cluster sluice.disconnect", function()
     assert.equal(0, sa.control_applied)
     assert.equal(0, sb.control_failed)
     assert.equal(2, stats(b).admin_disconnected)
+    local m = admin.get(admin.port(b), "/metrics")
+    assert.equal(200, m.status)
+    assert.equal(sb.control_applied,
+                 admin.sample(m.body, 'sluice_redis_control_messages_total{result="applied"}'))
+    assert.equal(0, admin.sample(m.body, 'sluice_redis_control_messages_total{result="failed"}'))
     assert.truthy(b:log():find("a disconnect from node", 1, true))
     pinned.close(b_u2)
   end)
