@@ -5,17 +5,21 @@
 #include "lua_api_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "bus.h"
 #include "clock.h"
 #include "conn.h"
 #include "counter.h"
 #include "disconnect.h"
 #include "dispatch.h"
 #include "keyhash.h"
+#include "log.h"
 #include "metrics.h"
 #include "process.h"
 #include "quota.h"
+#include "redis_bus.h"
 #include "tags.h"
 #include "worker.h"
 
@@ -139,41 +143,61 @@ int l_tag(lua_State *L)
     return 1;
 }
 
-/* core.disconnect(names, values, channel, event, data) -> streams found */
+/* In cluster mode, r to the other nodes (the control channel): true when
+ * handed to Redis, false when Redis is unavailable (logged: a revoked
+ * user's streams on other nodes stay open). */
+static bool tell_other_nodes(struct worker *w, const struct disconnect_req *r)
+{
+    size_t len;
+    char *body = disconnect_encode(r, &len);
+    int rc = body ? redis_bus_control(w->proc->redis, "disconnect", body, len) : -1;
+    free(body);
+    if (rc != 0)
+        log_warn("disconnect: %s; only this node's streams were disconnected",
+                 rc == BUS_UNAVAILABLE ? "redis unavailable" : "out of memory");
+    return rc == 0;
+}
+
+/* core.disconnect(names, values, channel, event, data) -> streams found
+ * on this node [, whether the other nodes were told (cluster mode)] */
 int l_disconnect(lua_State *L)
 {
     struct luavm *vm = vm_of(L);
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
-    size_t chlen, elen, dlen;
-    const char *channel = opt_lstring(L, 3, &chlen);
-    const char *event = luaL_checklstring(L, 4, &elen);
-    const char *data = luaL_checklstring(L, 5, &dlen);
-    struct tags_match m = { 0 };
+    struct disconnect_req r = { 0 };
+    r.channel = opt_lstring(L, 3, &r.channel_len);
+    r.event = luaL_checklstring(L, 4, &r.event_len);
+    r.data = luaL_checklstring(L, 5, &r.data_len);
     int n = (int)lua_objlen(L, 1);
-    if (n < 1 || (size_t)n > sizeof m.name / sizeof m.name[0])
-        return luaL_error(L, "disconnect: 1 to %d tags", (int)(sizeof m.name / sizeof m.name[0]));
+    if (n < 1 || n > (int)DISCONNECT_TAGS_MAX)
+        return luaL_error(L, "disconnect: 1 to %d tags", (int)DISCONNECT_TAGS_MAX);
     for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
         lua_rawgeti(L, 2, i);
-        size_t nl, vl;
-        const char *name = lua_tolstring(L, -2, &nl);
-        const char *value = lua_tolstring(L, -1, &vl);
-        if (!name || !value)
+        /* Strings only (no number converted on the stack): the tables
+         * keep them alive until we return. */
+        if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
             return luaL_error(L, "disconnect: tags must be strings");
-        tags_criterion(&m, name, nl, value, vl);
+        r.name[r.ntags] = lua_tolstring(L, -2, &r.name_len[r.ntags]);
+        r.value[r.ntags] = lua_tolstring(L, -1, &r.value_len[r.ntags]);
+        r.ntags++;
         lua_pop(L, 2);
     }
-    if (channel)
-        tags_criterion_channel(&m, channel, chlen);
+    struct worker *w = vm->w;
     struct luavm_charge charge;
     luavm_uncharged_begin(vm, &charge);   /* the server's work, as a publish */
-    long found = disconnect_streams(vm->w, &m, event, elen, data, dlen);
+    long found = disconnect_streams(w, &r);
+    bool cluster = w->proc && w->proc->redis;
+    bool told = found >= 0 && cluster && tell_other_nodes(w, &r);
     luavm_uncharged_end(vm, &charge);
     if (found < 0)
         return luaL_error(L, "out of memory disconnecting streams");
     lua_pushnumber(L, (lua_Number)found);
-    return 1;
+    if (!cluster)
+        return 1;
+    lua_pushboolean(L, told);
+    return 2;
 }
 
 static void set_num(lua_State *L, const char *k, double v)

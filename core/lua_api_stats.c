@@ -99,7 +99,7 @@ int l_stats(lua_State *L)
     if (w->proc && w->proc->redis) {
         struct redis_bus_stats rs;
         redis_bus_stats(w->proc->redis, &rs);
-        lua_createtable(L, 0, 12);
+        lua_createtable(L, 0, 15);
         set_int(L, "queued", (double)rs.queued);
         set_int(L, "in_flight", (double)rs.in_flight);
         set_int(L, "lost_in_flight", (double)rs.lost_in_flight);
@@ -112,6 +112,9 @@ int l_stats(lua_State *L)
         set_int(L, "command_timeouts", (double)rs.command_timeouts);
         set_int(L, "reachable", rs.reachable ? 1 : 0);
         set_int(L, "channels", (double)rs.channels);
+        set_int(L, "control_sent", (double)rs.control_sent);
+        set_int(L, "control_applied", (double)rs.control_applied);
+        set_int(L, "control_failed", (double)rs.control_failed);
         lua_setfield(L, -2, "redis");
     }
     /* As a string: JSON encoders round big numbers. */

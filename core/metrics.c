@@ -584,6 +584,15 @@ static void render_redis(struct process *p, struct buf *b)
     one(b, "redis_command_timeouts_total", "counter",
         "Publishing connections dropped for a command unanswered 5 s.",
         (double)rs.command_timeouts);
+    head(b, "redis_control_messages_total", "counter",
+         "Control messages (cluster-wide disconnects): sent (Redis took it), applied (from "
+         "another node), failed (not sent, or received unreadable).");
+    buf_printf(b, "sluice_redis_control_messages_total{result=\"sent\"} %" PRIu64 "\n",
+               rs.control_sent);
+    buf_printf(b, "sluice_redis_control_messages_total{result=\"applied\"} %" PRIu64 "\n",
+               rs.control_applied);
+    buf_printf(b, "sluice_redis_control_messages_total{result=\"failed\"} %" PRIu64 "\n",
+               rs.control_failed);
 }
 
 void metrics_render(struct process *p, struct buf *b)

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 
 #include "bus.h"
 #include "clock.h"
+#include "disconnect.h"
 #include "log.h"
 
 /* A batch of publishes (one or several channels), in the order they were
@@ -311,6 +313,13 @@ struct redis_bus {
         uint64_t chans;           /* records in chans */
     } st;
     struct pub_cmd pub_cmd;
+    /* The control channel (requests for every node, e.g. disconnects). */
+    char *ctl_chan;               /* <prefix>ctl */
+    size_t ctl_chan_len;
+    char ctl_id[96];              /* this node's id in them */
+    struct ctl_msg *ctl_head, **ctl_tail;   /* under lock: for the main loop */
+    ev_async ctl_kick;
+    uint64_t ctl_sent, ctl_applied, ctl_failed;   /* relaxed atomics, as st */
 };
 
 static void st_add(uint64_t *c, uint64_t n)
@@ -536,6 +545,8 @@ static void subscribe_chan(struct redis_bus *rb, struct rchan *ch);
 static void try_resumes(struct redis_bus *rb);
 static void on_script_loaded(redisAsyncContext *ac, void *r, void *priv);
 static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
+static void ctl_subscribe(struct redis_bus *rb, redisAsyncContext *ac);
+static bool ctl_on_message(struct redis_bus *rb, const redisReply *reply);
 
 static void connect_now(struct rconn *c)
 {
@@ -574,6 +585,7 @@ static void connect_now(struct rconn *c)
     } else {
         /* Up in on_connect; subscribed channels are confirmed one by one. */
         redisAsyncCommand(ac, on_sub_message, NULL, "SUBSCRIBE %s", rb->probe_chan);
+        ctl_subscribe(rb, ac);
         struct rchan *ch, *tmp;
         HASH_ITER(hh, rb->chans, ch, tmp)
             if (ch->wanted)
@@ -1178,6 +1190,8 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
         rb->probe_seen_at = clock_mono();
         return;
     }
+    if (ctl_on_message(rb, reply))
+        return;
     size_t skip = rb->prefix_len + 5;   /* "<prefix>live:" */
     if (chan->len < skip)
         return;
@@ -1845,6 +1859,210 @@ static void on_quiet_tick(struct ev_loop *loop, ev_timer *t, int revents)
         send_quiet(rb, batch, n);
 }
 
+/* ---- the control channel ---------------------------------------------------- */
+
+/* Requests for every node (sluice.disconnect in cluster mode) go out as
+ * PUBLISH <prefix>ctl "sluice-ctl 1 <node id> <kind>\n<body>" on the
+ * publishing connection; every node subscribes to <prefix>ctl on its
+ * subscriber connection (again after every reconnect, like the probe)
+ * and applies what other nodes sent; its own it applied when asked.
+ * The version (1) covers the envelope and the body: a node refuses a
+ * version it does not know rather than guess. Live only: what goes out
+ * while a node's subscriber connection is down never reaches it (a
+ * replay could end streams opened after the request, e.g. a user
+ * allowed back meanwhile). */
+#define CTL_MAGIC "sluice-ctl "
+#define CTL_VERSION "1"
+
+struct ctl_msg {
+    struct ctl_msg *next;
+    size_t len;
+    char bytes[];
+};
+
+static void ctl_count(uint64_t *c)
+{
+    st_add(c, 1);
+}
+
+static void ctl_subscribe(struct redis_bus *rb, redisAsyncContext *ac)
+{
+    const char *argv[] = { "SUBSCRIBE", rb->ctl_chan };
+    size_t lens[] = { 9, rb->ctl_chan_len };
+    if (redisAsyncCommandArgv(ac, on_sub_message, NULL, 2, argv, lens) != REDIS_OK)
+        log_warn("redis: cannot subscribe to %s; disconnects from other nodes do not "
+                 "reach this one until the next reconnect", rb->ctl_chan);
+}
+
+/* From any thread: queued for the main loop (PUBLISH goes out there). */
+int redis_bus_control(struct redis_bus *rb, const char *kind, const char *body, size_t len)
+{
+    if (!__atomic_load_n(&rb->available, __ATOMIC_ACQUIRE)) {
+        ctl_count(&rb->ctl_failed);
+        return BUS_UNAVAILABLE;
+    }
+    size_t head = sizeof CTL_MAGIC - 1 + sizeof CTL_VERSION - 1 + 1 + strlen(rb->ctl_id) + 1 +
+                  strlen(kind) + 1;
+    struct ctl_msg *m = malloc(sizeof *m + head + len + 1);
+    if (!m) {
+        ctl_count(&rb->ctl_failed);
+        return -1;
+    }
+    int n = snprintf(m->bytes, head + 1, CTL_MAGIC CTL_VERSION " %s %s\n", rb->ctl_id, kind);
+    if (n < 0 || (size_t)n != head) {
+        free(m);
+        ctl_count(&rb->ctl_failed);
+        return -1;
+    }
+    memcpy(m->bytes + head, body, len);
+    m->len = head + len;
+    m->next = NULL;
+    pthread_mutex_lock(&rb->lock);
+    *rb->ctl_tail = m;
+    rb->ctl_tail = &m->next;
+    pthread_mutex_unlock(&rb->lock);
+    ev_async_send(rb->loop, &rb->ctl_kick);
+    return 0;
+}
+
+static void on_ctl_published(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    redisReply *reply = r;
+    struct rconn *c = ac->data;
+    if (!c)
+        return;
+    struct redis_bus *rb = c->rb;
+    if (rb->pub.ac == ac && reply) {
+        rb->pub.inflight--;
+        rb->pub.last_reply = clock_mono();
+    }
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        ctl_count(&rb->ctl_sent);
+        return;
+    }
+    ctl_count(&rb->ctl_failed);
+    if (!rb->closing)
+        log_warn("redis: a disconnect may not have reached the other nodes: %s",
+                 reply && reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                           : "the connection went first");
+}
+
+static void on_ctl_kick(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct redis_bus *rb = a->data;
+    pthread_mutex_lock(&rb->lock);
+    struct ctl_msg *m = rb->ctl_head;
+    rb->ctl_head = NULL;
+    rb->ctl_tail = &rb->ctl_head;
+    pthread_mutex_unlock(&rb->lock);
+    while (m) {
+        struct ctl_msg *next = m->next;
+        const char *argv[] = { "PUBLISH", rb->ctl_chan, m->bytes };
+        size_t lens[] = { 7, rb->ctl_chan_len, m->len };
+        if (rb->pub.up && rb->pub.ac &&
+            redisAsyncCommandArgv(rb->pub.ac, on_ctl_published, NULL, 3, argv, lens) == REDIS_OK) {
+            rb->pub.inflight++;
+        } else {
+            ctl_count(&rb->ctl_failed);
+            log_warn("redis: unavailable; a disconnect did not reach the other nodes");
+        }
+        free(m);   /* hiredis holds its own copy */
+        m = next;
+    }
+}
+
+/* The next space- or newline-ended word at *p (before end). */
+static bool ctl_word(const char **p, const char *end, char stop, const char **w, size_t *n)
+{
+    const char *e = memchr(*p, stop, (size_t)(end - *p));
+    if (!e || e == *p)
+        return false;
+    *w = *p;
+    *n = (size_t)(e - *p);
+    *p = e + 1;
+    return true;
+}
+
+/* A message on the subscriber connection: true if it was the control
+ * channel's (applied here unless this node sent it). */
+static bool ctl_on_message(struct redis_bus *rb, const redisReply *reply)
+{
+    const redisReply *chan = reply->element[1];
+    if (chan->len != rb->ctl_chan_len || memcmp(chan->str, rb->ctl_chan, chan->len) != 0)
+        return false;
+    const redisReply *msg = reply->element[2];
+    if (strcmp(reply->element[0]->str, "message") != 0 || msg->type != REDIS_REPLY_STRING)
+        return true;   /* the SUBSCRIBE's confirmation */
+    const char *p = msg->str, *end = msg->str + msg->len, *version, *node, *kind;
+    size_t vlen, nlen, klen;
+    size_t mlen = sizeof CTL_MAGIC - 1;
+    if (msg->len < mlen || memcmp(p, CTL_MAGIC, mlen) != 0 ||
+        (p += mlen, !ctl_word(&p, end, ' ', &version, &vlen)) ||
+        !ctl_word(&p, end, ' ', &node, &nlen) || !ctl_word(&p, end, '\n', &kind, &klen)) {
+        ctl_count(&rb->ctl_failed);
+        log_warn("redis: a malformed message on %s, ignored", rb->ctl_chan);
+        return true;
+    }
+    if (nlen == strlen(rb->ctl_id) && memcmp(node, rb->ctl_id, nlen) == 0)
+        return true;   /* ours: applied when it was asked for */
+    struct disconnect_req req;
+    if (vlen != sizeof CTL_VERSION - 1 || memcmp(version, CTL_VERSION, vlen) != 0 ||
+        klen != 10 || memcmp(kind, "disconnect", 10) != 0 ||
+        !disconnect_decode(p, (size_t)(end - p), &req)) {
+        ctl_count(&rb->ctl_failed);
+        log_warn("redis: a control message from node %.*s that this node cannot read "
+                 "(version %.*s, %.*s), ignored", (int)nlen, node, (int)vlen, version,
+                 (int)klen, kind);
+        return true;
+    }
+    long n = disconnect_streams_posted(&req);
+    if (n < 0) {
+        ctl_count(&rb->ctl_failed);
+        log_warn("redis: out of memory applying a disconnect from node %.*s", (int)nlen, node);
+        return true;
+    }
+    ctl_count(&rb->ctl_applied);
+    log_info("redis: a disconnect from node %.*s ended %ld stream(s) here", (int)nlen, node, n);
+    return true;
+}
+
+static int ctl_init(struct redis_bus *rb, const struct timespec *started)
+{
+    rb->ctl_chan = key_of(rb, "ctl", "", 0);
+    if (!rb->ctl_chan)
+        return -1;
+    rb->ctl_chan_len = strlen(rb->ctl_chan);
+    /* pid and start time, and random bits: two hosts' pids and clocks
+     * may agree. */
+    uint32_t rnd;
+    if (getrandom(&rnd, sizeof rnd, GRND_NONBLOCK) != (ssize_t)sizeof rnd)
+        rnd = (uint32_t)random();
+    snprintf(rb->ctl_id, sizeof rb->ctl_id, "%ld-%ld-%08" PRIx32, (long)getpid(),
+             (long)started->tv_nsec, rnd);
+    rb->ctl_tail = &rb->ctl_head;
+    ev_async_init(&rb->ctl_kick, on_ctl_kick);
+    rb->ctl_kick.data = rb;
+    ev_async_start(rb->loop, &rb->ctl_kick);
+    return 0;
+}
+
+/* After the connections were dropped. */
+static void ctl_free(struct redis_bus *rb)
+{
+    if (rb->loop && rb->ctl_tail)
+        ev_async_stop(rb->loop, &rb->ctl_kick);
+    struct ctl_msg *m = rb->ctl_head;
+    while (m) {
+        struct ctl_msg *next = m->next;
+        free(m);
+        m = next;
+    }
+    free(rb->ctl_chan);
+}
+
 struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
                                 const char *url, const char *prefix)
 {
@@ -1871,6 +2089,11 @@ struct redis_bus *redis_bus_new(struct ev_loop *loop, struct bus *bus,
     rb->q_tail = &rb->q_head;
     rb->c_tail = &rb->c_head;
     rb->r_tail = &rb->r_head;
+    if (ctl_init(rb, &ts) < 0) {
+        log_error("out of memory starting cluster mode");
+        redis_bus_free(rb);
+        return NULL;
+    }
     ev_async_init(&rb->kick, on_kick);
     rb->kick.data = rb;
     ev_async_start(loop, &rb->kick);
@@ -1928,6 +2151,9 @@ void redis_bus_stats(struct redis_bus *rb, struct redis_bus_stats *out)
     out->probe_failures = st_get(&rb->st.probe_failures);
     out->command_timeouts = st_get(&rb->st.command_timeouts);
     out->channels = st_get(&rb->st.chans);
+    out->control_sent = st_get(&rb->ctl_sent);
+    out->control_applied = st_get(&rb->ctl_applied);
+    out->control_failed = st_get(&rb->ctl_failed);
     out->reachable = redis_bus_reachable(rb);
 }
 
@@ -1946,6 +2172,7 @@ void redis_bus_free(struct redis_bus *rb)
     }
     drop(&rb->pub);
     drop(&rb->sub);
+    ctl_free(rb);
     struct pub_req *q = rb->q_head;
     while (q) {
         struct pub_req *next = q->next;

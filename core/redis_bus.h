@@ -45,8 +45,19 @@ struct redis_bus_stats {
     uint64_t probe_failures;      /* subscriber connection dropped as wedged */
     uint64_t command_timeouts;    /* publish connection dropped: no answer */
     uint64_t channels;            /* channel records held (followed, or going) */
+    uint64_t control_sent;        /* control messages Redis took (PUBLISH answered) */
+    uint64_t control_applied;     /* control messages from other nodes applied here */
+    uint64_t control_failed;      /* not sent (Redis away, an error), or received unreadable */
     bool reachable;
 };
+
+/* A request for every other node (kind "disconnect": the body is
+ * disconnect_encode's), PUBLISHed on the control channel <prefix>ctl
+ * with this node's id, so that this node skips it when it comes back.
+ * Any thread. 0: queued for Redis; BUS_UNAVAILABLE: Redis is away, not
+ * sent; -1: out of memory. Not replayed: a node whose subscriber
+ * connection is down when it goes never gets it. */
+int redis_bus_control(struct redis_bus *rb, const char *kind, const char *body, size_t len);
 
 /* Any thread. */
 void redis_bus_stats(struct redis_bus *rb, struct redis_bus_stats *out);

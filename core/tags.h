@@ -15,6 +15,7 @@
 #define TAGS_MAX 4            /* tags per stream */
 #define TAG_NAME_MAX 32       /* bytes of a tag's name */
 #define TAG_VALUE_MAX 128     /* bytes of a tag's value */
+#define TAGS_CRITERIA_MAX (TAGS_MAX + 8)   /* tags one disconnect may name */
 
 struct tag_entry;
 
@@ -35,7 +36,7 @@ void tags_remove(struct tag_entry *e);
 
 struct tags_match {
     size_t ntags;
-    uint64_t name[TAGS_MAX + 8], value[TAGS_MAX + 8];   /* hashes */
+    uint64_t name[TAGS_CRITERIA_MAX], value[TAGS_CRITERIA_MAX];   /* hashes */
     bool has_channel;
     uint64_t channel;
 };
