@@ -91,6 +91,8 @@ end
 -- with data {"reason": reason}. Returns how many streams it found (and
 -- ended: at once in this worker, within their loop's next turn in the
 -- others). At least one tag is required: untagged streams are not found.
+-- With --redis it also reaches the other nodes, and a second value says
+-- whether they were told (the count is this node's).
 local disconnect_keys = { channel = true, reason = true, event = true }
 
 function sluice.disconnect(spec)
