@@ -1049,6 +1049,17 @@ static const redisReply *field(const redisReply *fields, const char *name)
     return NULL;
 }
 
+/* Events of ch after last_seen are gone from its history (trimmed, or it
+ * keeps none): its streams are told (history-lost), never left with a
+ * silent hole. Returns true, for the caller's "lost" flag. */
+static bool tell_lost(struct redis_bus *rb, struct rchan *ch)
+{
+    log_warn("redis: events of %.*s after %" PRIu64 " are not in its history; "
+             "its streams get history-lost", (int)ch->name_len, ch->name, ch->last_seen);
+    bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
+    return true;
+}
+
 static void on_filled(redisAsyncContext *ac, void *r, void *priv)
 {
     struct rchan *ch = priv;
@@ -1089,11 +1100,7 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
             if (!gap_told && ch->known && prev > ch->last_seen) {
                 /* Trimmed away before it could be read: said, not skipped
                  * over in silence (the notice goes before these events). */
-                log_warn("redis: events of %.*s after %" PRIu64 " are gone from "
-                         "its history; its streams get history-lost",
-                         (int)ch->name_len, ch->name, ch->last_seen);
-                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
-                lost = true;
+                lost = tell_lost(rb, ch);
             }
             gap_told = true;
             got++;
@@ -1105,24 +1112,14 @@ static void on_filled(redisAsyncContext *ac, void *r, void *priv)
          * asked again and again). */
         struct held *h = ch->held;
         if (h && ch->known && h->prev > ch->last_seen && h->id > ch->last_seen) {
-            if (!gap_told) {
-                log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
-                         "history; its streams get history-lost", (int)ch->name_len,
-                         ch->name, ch->last_seen);
-                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
-                lost = true;
-            }
+            if (!gap_told)
+                lost = tell_lost(rb, ch);
             ch->last_seen = h->prev;
         } else if (!h && quiet && ch->known && ch->quiet_mark > ch->last_seen) {
             /* The quiet check saw a last id the stream does not reach:
              * those events are gone (else it would read again and again). */
-            if (!lost) {
-                log_warn("redis: events of %.*s after %" PRIu64 " are not in its "
-                         "history; its streams get history-lost", (int)ch->name_len,
-                         ch->name, ch->last_seen);
-                bus_notice_lost(rb->bus, ch->name, ch->name_len, ch->last_seen);
-                lost = true;
-            }
+            if (!lost)
+                lost = tell_lost(rb, ch);
             ch->last_seen = ch->quiet_mark;
         }
     }
@@ -1220,38 +1217,36 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
     }
 }
 
-static void subscribe_chan(struct redis_bus *rb, struct rchan *ch)
+/* SUBSCRIBE (on) or UNSUBSCRIBE ch's live channel on the subscriber
+ * connection; both confirmations come to on_sub_message (hiredis hands an
+ * UNSUBSCRIBE's to the channel's SUBSCRIBE callback). */
+static bool send_subscription(struct redis_bus *rb, struct rchan *ch, bool on)
 {
-    if (!rb->sub.ac)
-        return;   /* subscribed on (re)connect */
     char *live = key_of(rb, "live:", ch->name, ch->name_len);
     if (!live)
-        return;
-    const char *argv[] = { "SUBSCRIBE", live };
-    size_t lens[] = { 9, strlen(live) };
-    if (redisAsyncCommandArgv(rb->sub.ac, on_sub_message, NULL, 2, argv, lens) != REDIS_OK)
-        log_warn("redis: cannot subscribe to %s", live);
-    else
-        ch->sub_pending++;
+        return false;
+    const char *verb = on ? "SUBSCRIBE" : "UNSUBSCRIBE";
+    const char *argv[] = { verb, live };
+    size_t lens[] = { strlen(verb), strlen(live) };
+    bool sent = redisAsyncCommandArgv(rb->sub.ac, on ? on_sub_message : NULL, NULL, 2, argv,
+                                      lens) == REDIS_OK;
+    if (!sent)
+        log_warn("redis: cannot %s %s", on ? "subscribe to" : "unsubscribe from", live);
     free(live);
+    return sent;
+}
+
+static void subscribe_chan(struct redis_bus *rb, struct rchan *ch)
+{
+    if (rb->sub.ac && send_subscription(rb, ch, true))   /* else on (re)connect */
+        ch->sub_pending++;
 }
 
 static void unsubscribe_chan(struct redis_bus *rb, struct rchan *ch)
 {
     ch->subscribed = false;
-    if (!rb->sub.ac)
-        return;
-    char *live = key_of(rb, "live:", ch->name, ch->name_len);
-    if (!live)
-        return;
-    const char *argv[] = { "UNSUBSCRIBE", live };
-    size_t lens[] = { 11, strlen(live) };
-    /* Its confirmation comes to the channel's SUBSCRIBE callback. */
-    if (redisAsyncCommandArgv(rb->sub.ac, NULL, NULL, 2, argv, lens) != REDIS_OK)
-        log_warn("redis: cannot unsubscribe from %s", live);
-    else
+    if (rb->sub.ac && send_subscription(rb, ch, false))
         ch->unsub_pending++;
-    free(live);
 }
 
 static void apply_change(struct redis_bus *rb, struct sub_change *chg)
