@@ -6,28 +6,12 @@
 -- keeps exactly its last N events. The batches are checked to happen:
 -- Redis counts fewer script calls than publishes.
 local cjson = require "cjson"
+local cluster = require "cluster"
 local raw = require "raw"
-local redis = require "redis"
-local server = require "server"
 local socket = require "socket"
 
-local APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
-app:history("big", { size = 5000 })
-app:history("short.", { size = 5 })
-
-app:stream("/s", function(req, s)
-  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
-end)
-
--- waits for Redis: the id and the nodes reached
-app:post("/pub/:ch", function(req)
-  local id, reached = sluice.publish(req.params.ch, { data = req.body })
-  if not id then return 503, reached end
-  return 202, { id = id, reached = reached }
-end)
-
+-- /pub/:ch waits for Redis: 202 { id, reached }
+local APP = cluster.app { history = { big = 5000, ["short."] = 5 }, routes = [[
 -- n publishes queued at once (a coroutine of the script's own cannot
 -- wait), alternating over the channels in ch: "<tag> <i>"
 app:post("/burst", function(req)
@@ -43,20 +27,10 @@ app:post("/burst", function(req)
   end
   return 202, "queued " .. n
 end)
-
-return app
-]]
+]] }
 
 local PREFIX
-
-local function node(r)
-  local srv = server.start { apps = { ["app.lua"] = APP },
-    args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(), "--redis-prefix", PREFIX } }
-  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-  return srv
-end
-
-local function settle() socket.sleep(0.3) end
+local settle = cluster.settle
 
 -- Script calls Redis ran so far (EVALSHA and EVAL).
 local function script_calls(r)
@@ -95,22 +69,12 @@ local function take_response(c)
 end
 
 describe("#cluster publishes batched into one script call", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  if not cluster.nodes({ app = APP, tag = "b" }, function(c)
+    r, a, b, PREFIX = c.r, c.a, c.b, cluster.prefix(c.r, "b")
+  end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    PREFIX = "b" .. r.port .. ":"
-    a = node(r)
-    b = node(r)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   it("2,000 publishes at once from 40 connections (and a few to another channel): each handler gets its own id, the one the other node's subscribers receive, in order, and the history replays them all", function()
     local sb = b:stream("/s?ch=big")

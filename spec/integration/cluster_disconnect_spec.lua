@@ -4,50 +4,24 @@
 -- other node applies it on all its workers. Redis down: the node's own
 -- streams still end, the call neither hangs nor raises, and it says the
 -- other nodes were not told.
-local server = require "server"
-local redis = require "redis"
+local cluster = require "cluster"
 local pinned = require "pinned"
 local client = require "client"
 local socket = require "socket"
-local cjson = require "cjson"
 local admin = require "admin"
 
-local APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
+-- /s?user=u&ch=a (cluster.app's stream tags the user)
+local APP = cluster.app { routes = [[
 app:get("/who", function() return 200, tostring(sluice.worker_id()) end)
--- /s?user=u&ch=a
-app:stream("/s", function(req, s)
-  if req.query.user then s:tag("user", req.query.user) end
-  s:subscribe(req.query.ch or "a")
-end)
 app:post("/kick", function(req)
   local spec = {}
   for k, v in pairs(req.query) do spec[k] = v end
   local n, told = sluice.disconnect(spec)
   return 200, { n = n, told = told }
 end)
-app:post("/pub/:ch", function(req)
-  local ok, err = sluice.publish(req.params.ch, { data = req.body })
-  if not ok then return 503, err end
-  return 202
-end)
-app:get("/stats", function() return sluice.stats() end)
-return app
-]]
+]] }
 
-local function node(r, extra)
-  local args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
-                 "--redis-prefix", "d" .. r.port .. ":" }
-  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-  local srv = server.start { apps = { ["app.lua"] = APP }, args = args }
-  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-  return srv
-end
-
-local function json(body)
-  return type(body) == "table" and body or cjson.decode(body)
-end
+local json, stats = cluster.json, cluster.stats
 
 local function kick(srv, query)
   local t0 = socket.gettime()
@@ -55,12 +29,6 @@ local function kick(srv, query)
   local took = socket.gettime() - t0
   assert.equal(200, r.status, r.body)
   return json(r.body), took
-end
-
-local function stats(srv)
-  local res = srv:get("/stats")
-  assert.equal(200, res.status)
-  return json(res.body)
 end
 
 local function open(srv, wid, path)
@@ -78,24 +46,14 @@ end
 
 -- Until the nodes' subscriber connections have subscribed (the control
 -- channel and the streams' channels).
-local function settle() socket.sleep(0.4) end
+local function settle() cluster.settle(0.4) end
 
 describe("#cluster sluice.disconnect", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  local args = { nil, { "--workers", "2", "--admin-listen", "127.0.0.1:0" } }
+  if not cluster.nodes({ app = APP, tag = "d", args = args }, function(c) r, a, b = c.r, c.a, c.b end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r)
-    b = node(r, { "--workers", "2", "--admin-listen", "127.0.0.1:0" })
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   it("ends the user's streams on every node and every worker, with the reason; others stay", function()
     local a_u1 = open(a, nil, "/s?user=u1")
@@ -171,21 +129,8 @@ describe("#cluster sluice.disconnect", function()
 end)
 
 describe("#cluster sluice.disconnect with Redis down", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
   local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r)
-    b = node(r)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
+  if not cluster.nodes({ app = APP, tag = "d" }, function(c) r, a, b = c.r, c.a, c.b end) then return end
 
   it("still ends this node's streams, promptly, and says the others were not told", function()
     local a_u1 = open(a, nil, "/s?user=u1")

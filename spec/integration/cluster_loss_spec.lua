@@ -6,60 +6,13 @@
 -- Redis with no live message at all. What a subscriber must see: every
 -- event once, in id order, or the reset event where an event is gone.
 local server = require "server"
-local redis = require "redis"
-local raw = require "raw"
+local cluster = require "cluster"
 local socket = require "socket"
 local cjson = require "cjson"
 local admin = require "admin"
 
-local APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
-app:history("none.", { size = 0 })
-
-app:stream("/s", function(req, s)
-  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
-end)
-
-app:post("/pub/:ch", function(req)
-  local ok, err = sluice.publish(req.params.ch, { data = req.body })
-  if not ok then return 503, err, { ["Retry-After"] = "1" } end
-  return 202, "queued"
-end)
-
--- n events in one request: "<tag> <i>"
-app:post("/burst/:ch", function(req)
-  local n = tonumber(req.query.n) or 1
-  for i = 1, n do
-    local ok, err = sluice.publish(req.params.ch, { data = req.query.tag .. " " .. i })
-    if not ok then return 503, err, { ["Retry-After"] = "1" } end
-  end
-  return 202, "queued " .. n
-end)
-
-app:get("/stats", function() return sluice.stats() end)
-
-return app
-]]
-
-local function node(r, tag, extra)
-  local args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
-                 "--redis-prefix", tag .. r.port .. ":" }
-  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-  local srv = server.start { apps = { ["app.lua"] = APP }, args = args }
-  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-  return srv
-end
-
--- Until the node has subscribed upstream (a stream without Last-Event-ID
--- starts from what comes next).
-local function settle() socket.sleep(0.3) end
-
-local function stats(srv)
-  local res = srv:get("/stats")
-  assert.equal(200, res.status)
-  return type(res.body) == "table" and res.body or cjson.decode(res.body)
-end
+local APP = cluster.app { history = { ["none."] = 0 } }
+local settle, stats = cluster.settle, cluster.stats
 
 -- Events of s until every one of want came (bounded): asserts no reset,
 -- no duplicate, ids strictly increasing, and the order of each publisher
@@ -98,27 +51,16 @@ local function collect(s, want, timeout, who)
 end
 
 describe("#cluster node B's subscriber connection killed in Redis", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  if not cluster.nodes({ app = APP, tag = "k" }, function(c) r, a, b = c.r, c.a, c.b end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, "k")
-    b = node(r, "k")
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   it("catches up from history while node A publishes: every event once, in order, no reset", function()
     local sb = b:stream("/s?ch=k")
     settle()
     local name = "sluice-sub-" .. b.pid
-    local id = raw.eventually(function() return r:client_id(name) end, 5)
+    local id = cluster.connection_id(r, b, "sub")
     assert.truthy(id, "node B's subscriber connection is not named " .. name .. ": " ..
                   r:cli("CLIENT LIST"))
     local before = stats(b).redis
@@ -142,28 +84,17 @@ describe("#cluster node B's subscriber connection killed in Redis", function()
 end)
 
 describe("#cluster a new channel's first events while node B's subscriber connection is lost", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  if not cluster.nodes({ app = APP, tag = "n" }, function(c) r, a, b = c.r, c.a, c.b end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, "n")
-    b = node(r, "n")
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   it("are caught up from history though the stream had received nothing yet", function()
     for i = 1, 3 do
       local ch = "n" .. i
       local sb = b:stream("/s?ch=" .. ch)
       settle()
-      local id = assert(raw.eventually(function() return r:client_id("sluice-sub-" .. b.pid) end, 5),
+      local id = assert(cluster.connection_id(r, b, "sub"),
                         "node B's subscriber connection is not named")
       assert.equal("1", r:cli("CLIENT KILL ID " .. id))
       assert.equal(202, a:post("/pub/" .. ch, "first").status)
@@ -179,21 +110,10 @@ describe("#cluster a new channel's first events while node B's subscriber connec
 end)
 
 describe("#cluster Redis killed and started again with its data", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  if not cluster.nodes({ app = APP, tag = "p", persist = true }, function(c) r, a, b = c.r, c.a, c.b end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start { persist = true }
-    a = node(r, "p")
-    b = node(r, "p")
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   it("answers 503 in the gap, keeps streams open, and loses nothing that was answered 202", function()
     local sa = a:stream("/s?ch=p")
@@ -243,16 +163,14 @@ describe("#cluster Redis killed and started again with its data", function()
 end)
 
 describe("#cluster Redis killed while publishes are on their way", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a
+  if not cluster.nodes({ app = APP, tag = "m", nodes = 1, persist = true }, function(c) r, a = c.r, c.a end) then
     return
   end
   -- A publish in a plain handler waits for Redis's answer, so a 202 means
   -- published (in Redis's append-only file here): killing Redis right
   -- after cannot lose any of them.
   it("every publish answered 202 before the kill is delivered after Redis is back with its data", function()
-    local r = redis.start { persist = true }
-    local a = node(r, "m")
     local s = a:stream("/s?ch=m")
     settle()
     assert.equal(202, a:post("/burst/m?n=2000&tag=x").status)
@@ -260,28 +178,17 @@ describe("#cluster Redis killed while publishes are on their way", function()
     r:start()
     local evs = s:events_until(2000, 15)
     assert.equal(2000, #evs)
-    a:stop()
-    r:stop()
   end)
 end)
 
 describe("#cluster gaps", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b, p
+  local args = { nil, { "--admin-listen", "127.0.0.1:0" } }
+  if not cluster.nodes({ app = APP, tag = "g", args = args }, function(c)
+    r, a, b, p = c.r, c.a, c.b, cluster.prefix(c.r, "g")
+  end) then
     return
   end
-  local r, a, b, p
-  setup(function()
-    r = redis.start()
-    a = node(r, "g")
-    b = node(r, "g", { "--admin-listen", "127.0.0.1:0" })
-    p = "g" .. r.port .. ":"
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   -- As the publish script would, without the live message: the stream
   -- entry, the channel's last id and the sequence.
@@ -364,7 +271,7 @@ describe("#cluster gaps", function()
     settle()
     assert.equal(202, a:post("/pub/w", "one").status)
     local one = assert(sb:next(5))
-    local pub = assert(raw.eventually(function() return r:client_id("sluice-pub-" .. b.pid) end, 5),
+    local pub = assert(cluster.connection_id(r, b, "pub"),
                        "node B's publishing connection is not named")
     -- An event in the stream whose live message is lost, then a live
     -- message after it, sent while node B has no publishing connection
@@ -418,21 +325,10 @@ describe("#cluster gaps", function()
 end)
 
 describe("#cluster a new stream's first events", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, a, b
+  if not cluster.nodes({ app = APP, tag = "f" }, function(c) r, a, b = c.r, c.a, c.b end) then
     return
   end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, "f")
-    b = node(r, "f")
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
 
   -- The head of a stream goes out before its node's SUBSCRIBE in Redis is
   -- confirmed: what is published once the head came is owed to the
@@ -443,7 +339,7 @@ describe("#cluster a new stream's first events", function()
     local missed = {}
     for i = 1, 3 do
       local ch = "fresh" .. i
-      local id = assert(raw.eventually(function() return r:client_id("sluice-sub-" .. b.pid) end, 5),
+      local id = assert(cluster.connection_id(r, b, "sub"),
                         "node B's subscriber connection is not named")
       assert.equal("1", r:cli("CLIENT KILL ID " .. id))
       local sb = b:stream("/s?ch=" .. ch)   -- returns once the head came

@@ -1,38 +1,22 @@
 -- Cluster mode (--redis) as operators see it: readiness follows Redis,
 -- app timers run once per service. Each describe starts its own
 -- redis-server (spec/helpers/redis.lua).
-local server = require "server"
-local redis = require "redis"
+local cluster = require "cluster"
 local raw = require "raw"
 local socket = require "socket"
 local cjson = require "cjson"
-
-local APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
-app:stream("/s", function(req, s) s:subscribe(req.query.ch or "a") end)
-return app
-]]
 
 local admin = require "admin"
 local admin_get = admin.get
 
 describe("#cluster readiness", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
+  local r, srv
+  local args = { { "--admin-listen", "127.0.0.1:0" } }
+  if not cluster.nodes({ tag = "o", nodes = 1, args = args }, function(c) r, srv = c.r, c.a end) then
     return
   end
-  local r, srv
-  teardown(function()
-    if srv then srv:stop() end
-    if r then r:stop() end
-  end)
 
   it("/readyz says 503 while Redis is unreachable and 200 once it is back", function()
-    r = redis.start()
-    srv = server.start { apps = { ["app.lua"] = APP },
-                         args = { "--no-watch", "--admin-listen", "127.0.0.1:0",
-                                  "--redis", r:url(), "--redis-prefix", "o" .. r.port .. ":" } }
     local port = admin.port(srv)
     assert.truthy(raw.eventually(function() return admin_get(port, "/readyz").status == 200 end, 10),
                   "never ready with Redis up")
@@ -50,36 +34,10 @@ describe("#cluster readiness", function()
 end)
 
 describe("#cluster Redis back empty", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
   local r, a, b
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
-
-  local function node(app)
-    local srv = server.start { apps = { ["app.lua"] = app },
-                               args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
-                                        "--redis-prefix", "e" .. r.port .. ":" } }
-    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-    return srv
-  end
+  if not cluster.nodes({ tag = "e" }, function(c) r, a, b = c.r, c.a, c.b end) then return end
 
   it("sends open streams the reset event (history-lost) and keeps new ids above the old ones", function()
-    local app = APP:gsub("return app", [[
-app:post("/pub/:ch", function(req)
-  local ok, err = sluice.publish(req.params.ch, { data = req.body })
-  if not ok then return 503, err end
-  return 202, "queued"
-end)
-return app]])
-    r = redis.start()
-    a = node(app)
-    b = node(app)
     local sb = b:stream("/s?ch=e1")
     socket.sleep(0.3)
     assert.equal(202, a:post("/pub/e1", "before").status)
@@ -108,29 +66,14 @@ return app]])
 end)
 
 describe("#cluster app timers", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
-  local r, a, b, sb
+  local TICK_APP = cluster.app { routes = [[
+app:every(0.2, function() sluice.publish("ticks", { data = "tick" }) end)
+]] }
+  local a, b, sb
+  if not cluster.nodes({ tag = "l", app = TICK_APP }, function(c) a, b = c.a, c.b end) then return end
   teardown(function()
     if sb then sb:close() end
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
   end)
-
-  local TICK_APP = APP:gsub("return app", [[
-app:every(0.2, function() sluice.publish("ticks", { data = "tick" }) end)
-return app]])
-
-  local function node()
-    local srv = server.start { apps = { ["app.lua"] = TICK_APP },
-                               args = { "--no-watch", "--heartbeat", "0.3", "--redis", r:url(),
-                                        "--redis-prefix", "l" .. r.port .. ":" } }
-    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-    return srv
-  end
 
   -- Ticks seen by s over secs seconds.
   local function count(s, secs)
@@ -143,9 +86,6 @@ return app]])
   end
 
   it("run on one node of two, and on the other within seconds once that one is killed", function()
-    r = redis.start()
-    a = node()
-    b = node()
     local holder = raw.eventually(function()
       if a:log():find("runs the app timers", 1, true) then return "a" end
       if b:log():find("runs the app timers", 1, true) then return "b" end
@@ -170,43 +110,14 @@ return app]])
 end)
 
 describe("#cluster channel records", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
   local r, srv
-  teardown(function()
-    if srv then srv:stop() end
-    if r then r:stop() end
-  end)
-
-  local STATS_APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
-app:stream("/s", function(req, s)
-  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
-end)
-app:post("/pub/:ch", function(req)
-  local ok, err = sluice.publish(req.params.ch, { data = req.body })
-  if not ok then return 503, err end
-  return 202, "queued"
-end)
-app:get("/stats", function() return sluice.stats() end)
-return app
-]]
+  if not cluster.nodes({ tag = "c", nodes = 1 }, function(c) r, srv = c.r, c.a end) then return end
 
   local function redis_stats()
-    local res = srv:get("/stats")
-    assert.equal(200, res.status)
-    local body = type(res.body) == "table" and res.body or cjson.decode(res.body)
-    return assert(body.redis, "no redis key in sluice.stats()")
+    return assert(cluster.stats(srv).redis, "no redis key in sluice.stats()")
   end
 
   it("are released once a channel has no subscriber left on the node: 200 channels come and go, none kept", function()
-    r = redis.start()
-    srv = server.start { apps = { ["app.lua"] = STATS_APP },
-                         args = { "--no-watch", "--redis", r:url(), "--redis-prefix", "c" .. r.port .. ":" } }
-    assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
     local streams = {}
     for i = 0, 9 do
       local names = {}

@@ -4,9 +4,8 @@
 -- several. Where a publish cannot wait (a coroutine of the script's own,
 -- a yield across a C call) it is queued and returns true, 0.
 local cjson = require "cjson"
+local cluster = require "cluster"
 local raw = require "raw"
-local redis = require "redis"
-local server = require "server"
 local socket = require "socket"
 
 local APP = [[
@@ -65,16 +64,13 @@ end)
 return app
 ]]
 
-local function node(r, workers)
-  local srv = server.start { apps = { ["app.lua"] = APP },
-    args = { "--no-watch", "--heartbeat", "0.3", "--workers", tostring(workers or 1),
-             "--redis", r:url(), "--redis-prefix", "p" .. r.port .. ":" } }
-  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-  return srv
+-- Its own app, not cluster.app(): a test names a line of it.
+local function nodes(opts, bind)
+  opts.app, opts.tag, opts.workers = APP, "p", opts.workers or 1
+  return cluster.nodes(opts, bind)
 end
 
--- Until the node has subscribed upstream.
-local function settle() socket.sleep(0.3) end
+local settle = cluster.settle
 
 local function publish(srv, ch, body)
   local res = srv:post("/pub/" .. ch, body)
@@ -86,18 +82,9 @@ local function is_id(v)
   return type(v) == "string" and v:match("^%d+$") ~= nil and tonumber(v) > 1e15
 end
 
-local function cluster_specs(workers)
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, workers)
-    b = node(r, workers)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
+local function cluster_specs(workers, quiet)
+  local a, b
+  if not nodes({ workers = workers, quiet = quiet }, function(c) a, b = c.a, c.b end) then return end
 
   it("a handler gets the id Redis gave the event; a subscriber on the other node receives it with exactly that id", function()
     local sb = b:stream("/s?ch=x1")
@@ -180,29 +167,16 @@ local function cluster_specs(workers)
 end
 
 describe("#cluster sluice.publish returns the id from Redis", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
   cluster_specs(1)
 end)
 
 describe("#cluster sluice.publish returns the id from Redis, 2 workers per node", function()
-  if not redis.available() then return end
-  cluster_specs(2)
+  cluster_specs(2, true)
 end)
 
 describe("#cluster a handler that waited for Redis", function()
-  if not redis.available() then return end
-  local r, a
-  setup(function()
-    r = redis.start()
-    a = node(r, 1)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if r then r:stop() end
-  end)
+  local a
+  if not nodes({ nodes = 1, quiet = true }, function(c) a = c.a end) then return end
 
   it("fails with a 500 and a log line naming the script's line", function()
     local res = a:post("/fails/f")
@@ -220,19 +194,9 @@ describe("#cluster a handler that waited for Redis", function()
 end)
 
 describe("#cluster sluice.publish while Redis goes away", function()
-  if not redis.available() then return end
   local r, a
-  before_each(function()
-    r = redis.start()
-    a = node(r, 1)
-  end)
-  after_each(function()
-    if a then a:stop() end
-    if r then
-      os.execute(("kill -CONT %d 2>/dev/null"):format(r.pid or 0))
-      r:stop()
-    end
-  end)
+  -- per test: a test leaves Redis killed or stopped (SIGSTOP)
+  if not nodes({ nodes = 1, quiet = true, each = true }, function(c) r, a = c.r, c.a end) then return end
 
   it("a handler waiting for a Redis that is killed gets nil, \"redis unavailable\" (503) at once", function()
     assert.truthy(is_id(publish(a, "k", "before").id))

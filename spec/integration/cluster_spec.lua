@@ -4,70 +4,15 @@
 -- reaches the subscribers of every node once, with one id and in one
 -- order; Redis away means 503 for publishes while streams stay open, and
 -- Redis back means events flow again.
-local server = require "server"
-local redis = require "redis"
+local cluster = require "cluster"
 local socket = require "socket"
 
-local APP = [[
-local sluice = require "sluice"
-local app = sluice.app()
-app:history("short.", { size = 2 })
-
-app:stream("/s", function(req, s)
-  for name in (req.query.ch or "a"):gmatch("[^,]+") do s:subscribe(name) end
-end)
-
--- Redis unreachable: nil and an error, not a raised error; the client is
--- told to come back.
-app:post("/pub/:ch", function(req)
-  local ok, err = sluice.publish(req.params.ch, { data = req.body })
-  if not ok then return 503, err, { ["Retry-After"] = "1" } end
-  return 202, "queued"
-end)
-
--- n events in one request: "<tag> <i>"
-app:post("/burst/:ch", function(req)
-  local n = tonumber(req.query.n) or 1
-  for i = 1, n do
-    local ok, err = sluice.publish(req.params.ch, { data = req.query.tag .. " " .. i })
-    if not ok then return 503, err, { ["Retry-After"] = "1" } end
-  end
-  return 202, "queued " .. n
-end)
-
-return app
-]]
-
-local function node(r, workers, extra)
-  local args = { "--no-watch", "--heartbeat", "0.3", "--workers", tostring(workers or 1),
-                 "--redis", r:url(), "--redis-prefix", "t" .. r.port .. ":" }
-  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-  local srv = server.start { apps = { ["app.lua"] = APP }, args = args }
-  assert(srv:wait_log("redis: publishing through", 10, true), "node never reached Redis")
-  return srv
-end
-
--- Until the node has subscribed upstream: a publish right after opening a
--- stream may otherwise go by before the SUBSCRIBE is in place (a stream
--- without Last-Event-ID starts from what comes next).
-local function settle() socket.sleep(0.3) end
+local APP = cluster.app { history = { ["short."] = 2 } }
+local settle = cluster.settle
 
 describe("#cluster several nodes through Redis", function()
-  if not redis.available() then
-    pending("redis-server is not installed (make deps)")
-    return
-  end
   local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, 1)
-    b = node(r, 1)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
+  if not cluster.nodes({ app = APP, workers = 1 }, function(c) r, a, b = c.r, c.a, c.b end) then return end
 
   it("delivers an event published on node A to a subscriber on node B, with the same id", function()
     local sa = a:stream("/s?ch=x1")
@@ -207,18 +152,10 @@ describe("#cluster several nodes through Redis", function()
 end)
 
 describe("#cluster 2 nodes x 2 workers", function()
-  if not redis.available() then return end
-  local r, a, b
-  setup(function()
-    r = redis.start()
-    a = node(r, 2)
-    b = node(r, 2)
-  end)
-  teardown(function()
-    if a then a:stop() end
-    if b then b:stop() end
-    if r then r:stop() end
-  end)
+  local a, b
+  if not cluster.nodes({ app = APP, workers = 2, quiet = true }, function(c) a, b = c.a, c.b end) then
+    return
+  end
 
   it("delivers every one of 10,000 events of publishers on both nodes once, in one increasing id order", function()
     local streams = {}
