@@ -972,7 +972,7 @@ static uint32_t first_after(struct bchan *ch, uint64_t last_id)
     return lo;
 }
 
-static bool replay_push(struct bus_replay *r, struct bus_event *ev, int req)
+bool bus_replay_push(struct bus_replay *r, struct bus_event *ev, int req)
 {
     if (r->len == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 16;
@@ -1073,7 +1073,7 @@ int bus_subscribe(struct bus *cs, unsigned wid, const struct subscription_req *r
             break;
         struct hist_entry *e = ring_at(chans[best], pos[best]);
         size_t framed;
-        if (!frame_raw(e->ev, &framed) || !replay_push(replay, e->ev, best)) {
+        if (!frame_raw(e->ev, &framed) || !bus_replay_push(replay, e->ev, best)) {
             rc = -1;
             break;
         }

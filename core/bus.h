@@ -171,6 +171,10 @@ struct bus_replay {
     size_t len, cap;
 };
 
+/* Appends ev (taking a reference of its own) for request req. False out
+ * of memory (nothing taken). */
+bool bus_replay_push(struct bus_replay *r, struct bus_event *ev, int req);
+
 /* Subscribes n (channel) requests of worker wid at once, atomically with
  * live delivery: under the lock it takes the worker's inbox into pending
  * (to be delivered before the new stream is added), counts the

@@ -205,21 +205,6 @@ static struct lchan *find(struct channels *cs, const char *name, size_t len)
 
 static bool add_to_view(struct lchan *ch, struct sub *s);
 
-static bool keep_push(struct bus_replay *r, struct bus_event *ev, int req)
-{
-    if (r->len == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 16;
-        struct bus_replay_item *items = realloc(r->items, sizeof *items * cap);
-        if (!items)
-            return false;
-        r->items = items;
-        r->cap = cap;
-    }
-    __atomic_add_fetch(&ev->refs, 1, __ATOMIC_RELAXED);
-    r->items[r->len++] = (struct bus_replay_item){ ev, req };
-    return true;
-}
-
 /* A live event of a channel with resuming subscribers: kept for the ones
  * still waiting for Redis, dropped for the ones that had it in their
  * replay, and the first one past the replay moves the subscriber into
@@ -232,7 +217,7 @@ static void deliver_resuming(struct channels *cs, struct lchan *ch, struct bus_e
         struct sub *s = *link;
         struct sub_resume *r = s->resume;
         if (r->wait) {
-            if (!keep_push(&r->wait->kept, ev, r->req))
+            if (!bus_replay_push(&r->wait->kept, ev, r->req))
                 stream_abort(s->stream);   /* never a silent hole */
         } else if (ev->src.id > r->floor) {
             if (add_to_view(ch, s)) {
@@ -752,7 +737,7 @@ static void resumed(struct channels *cs, struct bus_resumed *r)
     /* Both lists into kept (which owns them all), sorted once. */
     bool ok = true;
     for (size_t i = 0; i < r->replay.len && ok; i++)
-        ok = keep_push(&w->kept, r->replay.items[i].ev, r->replay.items[i].req);
+        ok = bus_replay_push(&w->kept, r->replay.items[i].ev, r->replay.items[i].req);
     if (!ok) {
         stream_abort(st);
     } else {

@@ -1380,21 +1380,12 @@ static enum bus_reset resume_chan(const struct resume_req *req, int i, uint64_t 
                                               has_event ? ev->str + 1 : NULL,
                                               has_event ? ev->len - 1 : 0, data->str,
                                               data->len);
-        struct bus_replay *r = &out->replay;
-        if (be && r->len == r->cap) {
-            size_t cap = r->cap ? r->cap * 2 : 16;
-            struct bus_replay_item *items = realloc(r->items, sizeof *items * cap);
-            if (items) {
-                r->items = items;
-                r->cap = cap;
-            }
-        }
-        if (!be || r->len == r->cap) {
-            bus_event_unref(be);
+        bool kept = be && bus_replay_push(&out->replay, be, i);
+        bus_event_unref(be);   /* the replay holds its own reference */
+        if (!kept) {
             log_warn("redis: out of memory replaying %.*s", (int)req->lens[i], req->names[i]);
             return BUS_RESET_LOST;
         }
-        r->items[r->len++] = (struct bus_replay_item){ be, i };
         if (id > out->upto[i])
             out->upto[i] = id;
     }
