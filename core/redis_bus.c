@@ -1004,9 +1004,10 @@ static void hold(struct rchan *ch, uint64_t id, uint64_t prev, const char *event
 static void on_live(struct redis_bus *rb, struct rchan *ch, uint64_t id, uint64_t prev,
                     const char *event, size_t event_len, const char *data, size_t data_len)
 {
-    if (!ch->known && ch->based) {
-        if (id <= ch->base)
-            return;   /* what came before the base is not owed here */
+    /* From the base on, the channel's chain is followed. One at or below
+     * it that comes live is still delivered: a base read after the
+     * SUBSCRIBE may be above an event published after the SUBSCRIBE. */
+    if (!ch->known && ch->based && id > ch->base) {
         ch->known = true;
         ch->last_seen = ch->base;
     }
