@@ -100,7 +100,7 @@ end
 -- socket's bytes (the test's own events: no "id: " inside their data).
 -- For a stream nothing has been read from since its head.
 local function scan_ids(s, count, timeout)
-  local ids, carry = {}, ""
+  local ids, carry, closed = {}, "", false
   local c = s.sock
   local deadline = gettime() + timeout
   while #ids < count do
@@ -123,9 +123,9 @@ local function scan_ids(s, count, timeout)
     local cut = text:match(".*()\n") or 0
     for id in text:sub(1, cut):gmatch("id: (%d+)\n") do ids[#ids + 1] = tonumber(id) end
     carry = text:sub(cut + 1)
-    if err == "closed" then break end
+    if err == "closed" then closed = true; break end
   end
-  return ids
+  return ids, closed
 end
 
 local function open_stream(port, ch, headers)
@@ -197,11 +197,15 @@ describe("workers", function()
 
         for i = 1, 500 do
           local w = expect[chans[i]]
-          local got = scan_ids(streams[i], #w, 20)
+          local t0 = gettime()
+          local got, closed = scan_ids(streams[i], #w, 20)
           streams[i]:close()
           if #got ~= #w then
-            error(("stream %d (%s, worker %s) got %d of %d events")
-                  :format(i, chans[i], streams[i].headers["x-worker"], #got, #w))
+            -- Which failure: the server ended the stream, or it went quiet.
+            error(("stream %d (%s, worker %s) got %d of %d events (last id %s; %s after %.1f s)")
+                  :format(i, chans[i], streams[i].headers["x-worker"], #got, #w,
+                          tostring(got[#got]), closed and "closed by the server" or "still open, silent",
+                          gettime() - t0))
           end
           for k = 1, #w do
             if got[k] ~= w[k] then
