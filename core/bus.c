@@ -881,11 +881,19 @@ int bus_resume(struct bus *b, unsigned wid, uint64_t token, const char *const *n
     return b->upstream.resume(b->upstream.ctx, wid, token, names, lens, n, last_id);
 }
 
+/* Under the lock: worker wid's inbox, or NULL when there is no such
+ * worker or it has stopped (its loop detached). */
+static struct inbox *worker_inbox(struct bus *b, unsigned wid)
+{
+    struct inbox *in = wid < b->nworkers ? &b->inboxes[wid] : NULL;
+    return in && in->loop ? in : NULL;
+}
+
 void bus_resumed_push(struct bus *b, unsigned wid, struct bus_resumed *r)
 {
     lock(b);
-    struct inbox *in = wid < b->nworkers ? &b->inboxes[wid] : NULL;
-    if (!in || !in->loop) {
+    struct inbox *in = worker_inbox(b, wid);
+    if (!in) {
         unlock(b);
         bus_resumed_free(r);
         return;
@@ -908,8 +916,8 @@ void bus_answer_push(struct bus *b, unsigned wid, uint64_t ticket, bool ok, uint
     }
     *a = (struct bus_answer){ .ticket = ticket, .id = id, .reached = reached, .ok = ok };
     lock(b);
-    struct inbox *in = wid < b->nworkers ? &b->inboxes[wid] : NULL;
-    if (!in || !in->loop) {
+    struct inbox *in = worker_inbox(b, wid);
+    if (!in) {
         unlock(b);
         free(a);
         return;
